@@ -1,0 +1,220 @@
+"""TrialSpec: everything that determines one trial's result, and its seed hash.
+
+The spec is the unit of deduplication: two specs with the same canonical JSON are the
+same trial, whichever grid or experiment produced them. Nothing that does not change the
+result (experiment name, resources, data root, paths) belongs here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+# Bump when a kernel changes numerically: old results stay in the DB, new specs hash anew.
+KERNEL_VERSION = "1"
+
+Kind = Literal["source", "transfer"]
+KINDS: tuple[str, ...] = ("source", "transfer")
+
+SOURCE_METHODS = ("natural", "pgd-l2", "pgd-linf", "pgd1", "gaussian")
+TRANSFER_METHODS = (
+    "finetune",
+    "linear",
+    "l2sp",
+    "delta",
+    "delta-r",
+    "retrain",
+    "renofeation",
+)
+
+# Hyper-parameters a spec may carry in `params`, with their types. Values are coerced to
+# these types before hashing so that `lr: 1` and `lr: 1.0` are the same trial.
+PARAM_TYPES: dict[str, type] = {
+    "input_size": int,  # model input side in pixels
+    "batch_size": int,
+    "lr": float,
+    "momentum": float,
+    "weight_decay": float,
+    "schedule": str,  # thirds | step-every-third | cosine | constant
+    "iterations_per_epoch": int,  # 0 = one pass over the (subset) training data
+    "eval_epochs": list,  # 1-based epochs at which ID/OOD accuracy is evaluated and reported
+    "eval_images": int,  # cap on test / OOD images per evaluation (0 = all)
+    "head_init": str,  # normal (paper: N(0,1)) | default (PyTorch)
+    "bn_mode": str,  # train (paper) | eval (frozen BN layers use running stats)
+    "lambda_feat": float,  # DELTA / Renofeation feature-distillation weight
+    "lambda_sp": float,  # L2SP weight
+    "beta_fc": float,  # Renofeation's always-on fc weight penalty
+    "dropout": float,  # spatial dropout after each stage
+    "swa_epochs": int,  # SWA stage length in epochs (0 = no SWA)
+    "swa_lr": float,  # constant LR of the SWA stage
+    "swa_every": int,  # fold the weights into the SWA mean every this many steps
+    "adv_norm": str,  # l2 | linf: adversarial training threat model
+    "adv_eps": float,  # in [0,1] pixel units
+    "adv_step": float,
+    "adv_steps": int,  # 0 = no adversarial training
+    "noise_sigma": float,  # Gaussian-noise training
+    "robust_eval_steps": int,  # PGD steps for the robust test accuracy of source models
+    "attack_eps": float,  # penultimate attack budget, normalised units
+    "attack_step": float,
+    "attack_steps": int,  # 0 = no ASR attack
+    "attack_m": float,
+    "attack_clamp": float,
+    "attack_images": int,
+    "num_classes": int,  # synthetic datasets: classes to generate
+    "train_images": int,  # synthetic datasets: training images to generate
+}
+
+_SPEC_FIELDS = (
+    "kind",
+    "arch",
+    "dataset",
+    "method",
+    "seed",
+    "epochs",
+    "source",
+    "source_checksum",
+    "ood",
+    "blocks",
+    "subset_size",
+    "params",
+    "kernel_version",
+)
+
+
+class SpecError(ValueError):
+    """A spec field is missing, unknown or of the wrong type (one-line message)."""
+
+
+def _normalise_float(value: float) -> float:
+    if not math.isfinite(value):
+        raise SpecError(f"non-finite number {value!r} in spec")
+    # 12 significant digits absorb spelling and arithmetic noise (0.1 vs 1e-1 vs 0.1000000000001).
+    normalised = float(f"{value:.12g}")
+    return 0.0 if normalised == 0 else normalised
+
+
+def _coerce(name: str, value: Any, expected: type) -> Any:
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"param {name!r} must be a number, got {value!r}")
+        return _normalise_float(float(value))
+    if expected is int:
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        ):
+            raise SpecError(f"param {name!r} must be an integer, got {value!r}")
+        return int(value)
+    if expected is str:
+        if not isinstance(value, str):
+            raise SpecError(f"param {name!r} must be a string, got {value!r}")
+        return value
+    if expected is list:
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise SpecError(f"param {name!r} must be a list of integers, got {value!r}")
+        return tuple(sorted(set(int(v) for v in value)))
+    raise SpecError(f"param {name!r} has unsupported type {expected!r}")  # pragma: no cover
+
+
+def normalise_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate and coerce hyper-parameters; unknown names are errors, not silently hashed."""
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if name not in PARAM_TYPES:
+            raise SpecError(f"unknown param {name!r}")
+        if value is None:
+            continue  # None means "not set": it must hash like an absent key
+        out[name] = _coerce(name, value, PARAM_TYPES[name])
+    return out
+
+
+def _optional_int(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        raise SpecError(f"field {name!r} must be an integer, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    kind: Kind
+    arch: str
+    dataset: str
+    method: str
+    seed: int
+    epochs: int
+    # transfer: where the pre-trained weights come from. "scratch" (random init),
+    # "torchvision:<arch>", "robustness:<name>", "file:<name>", or "spec:<spec_hash>" for a
+    # source model trained by a source trial of the same grid.
+    source: str | None = None
+    source_checksum: str | None = None  # sha256 of the source file, when it is a file
+    ood: str | None = None  # OOD evaluation set: "cifar10.1", "noise-3", "blur-2", …
+    blocks: int | None = None  # residual blocks fine-tuned besides the head
+    subset_size: int | None = None  # None = the full training split
+    params: Mapping[str, Any] = field(default_factory=dict)
+    kernel_version: str = KERNEL_VERSION
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise SpecError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        allowed = SOURCE_METHODS if self.kind == "source" else TRANSFER_METHODS
+        if self.method not in allowed:
+            raise SpecError(f"unknown {self.kind} method {self.method!r} (known: {', '.join(allowed)})")
+        for name in ("arch", "dataset"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise SpecError(f"field {name!r} must be a non-empty string")
+        seed = _optional_int("seed", self.seed)
+        epochs = _optional_int("epochs", self.epochs)
+        if seed is None or epochs is None or epochs < 1:
+            raise SpecError("fields 'seed' and 'epochs' (>= 1) are required integers")
+        object.__setattr__(self, "seed", seed)
+        object.__setattr__(self, "epochs", epochs)
+        object.__setattr__(self, "blocks", _optional_int("blocks", self.blocks))
+        subset = _optional_int("subset_size", self.subset_size)
+        if subset is not None and subset < 1:
+            raise SpecError(f"subset_size must be >= 1 or full, got {subset}")
+        object.__setattr__(self, "subset_size", subset)
+        if self.kind == "transfer" and not self.source:
+            raise SpecError("a transfer spec needs a 'source'")
+        # Frozen all the way down: params cannot change after hashing.
+        object.__setattr__(self, "params", MappingProxyType(normalise_params(self.params)))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in _SPEC_FIELDS}
+        data["params"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()}
+        return data
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    @property
+    def spec_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def param(self, name: str, default: Any = None) -> Any:
+        return self.params.get(name, default)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialSpec:
+        unknown = set(data) - set(_SPEC_FIELDS)
+        if unknown:
+            raise SpecError(f"unknown spec field(s): {', '.join(sorted(unknown))}")
+        missing = {"kind", "arch", "dataset", "method", "seed", "epochs"} - set(data)
+        if missing:
+            raise SpecError(f"missing spec field(s): {', '.join(sorted(missing))}")
+        return cls(**{k: v for k, v in data.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialSpec:
+        return cls.from_dict(json.loads(text))
+
+
+def spec_hash_of(data: Mapping[str, Any]) -> str:
+    return TrialSpec.from_dict(data).spec_hash
