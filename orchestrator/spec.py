@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -142,7 +143,7 @@ def _optional_int(name: str, value: Any) -> int | None:
     return int(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TrialSpec:
     kind: Kind
     arch: str
@@ -194,9 +195,15 @@ class TrialSpec:
     def canonical_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
-    @property
+    @cached_property
     def spec_hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TrialSpec) and other.spec_hash == self.spec_hash
+
+    def __hash__(self) -> int:
+        return hash(self.spec_hash)
 
     def param(self, name: str, default: Any = None) -> Any:
         return self.params.get(name, default)

@@ -1,0 +1,461 @@
+"""Grid presets and YAML grid files -> list[TrialSpec].
+
+Every preset is a function of plain data (the constants next to it). A grid lists its
+source-training specs first; transfer specs that need a grid-trained source name it as
+``spec:<source spec_hash>`` so the dedup key is known before the source exists.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.spec import SpecError, TrialSpec
+
+FULL = None  # subset_size of the whole training split
+
+
+class GridError(ValueError):
+    """A grid name or grid file is invalid (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    description: str
+    specs: list[TrialSpec]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def sources(self) -> list[TrialSpec]:
+        return [s for s in self.specs if s.kind == "source"]
+
+    @property
+    def transfers(self) -> list[TrialSpec]:
+        return [s for s in self.specs if s.kind == "transfer"]
+
+
+def _eval_epochs(epochs: int, every: int) -> list[int]:
+    """First epoch, every `every`-th epoch and the last one (1-based)."""
+    return sorted({1, epochs, *range(every, epochs + 1, every)})
+
+
+def _code_eval_epochs(epochs: int, every: int) -> list[int]:
+    """Utrera code: rows at 0-based epochs that are multiples of `every`, plus the last."""
+    return sorted({*(e + 1 for e in range(0, epochs, every)), epochs})
+
+
+# --- Utrera et al. 2021 -------------------------------------------------------------------
+
+UTRERA_SOURCES: dict[str, str] = {
+    "natural": "torchvision:resnet50",
+    "l2-3": "robustness:imagenet_l2_3_0",
+    "linf-4": "robustness:imagenet_linf_4",
+    "linf-8": "robustness:imagenet_linf_8",
+}
+UTRERA_TARGETS = ("cifar100", "cifar10", "svhn", "fmnist", "kmnist", "mnist")
+UTRERA_BLOCKS = (0, 1, 3, 9)
+UTRERA_SEED_BASE = 20_000_000
+UTRERA_SEED_STEP = 100_000
+# OOD sets: the natural shift where one exists, else a fixed corruption of the test split.
+UTRERA_OOD = {"cifar10": "cifar10.1"}
+UTRERA_DEFAULT_OOD = "noise-3"
+
+# subset size -> number of seeds
+UTRERA_SEEDS_PAPER: dict[int | None, int] = {
+    100: 20, 200: 20, 400: 20, 800: 20, 1600: 20,
+    3200: 10, 6400: 10, 12800: 10, 25600: 10, FULL: 10,
+}
+UTRERA_SEEDS_TABLE4: dict[int | None, int] = {
+    100: 20, 200: 20, 400: 20, 800: 20, 1600: 20,
+    3200: 10, 6400: 10, 12800: 5, 25600: 5, FULL: 1,
+}
+UTRERA_SEEDS_CODE: dict[int | None, int] = {
+    100: 10, 200: 10, 400: 10, 800: 10, 1600: 10, 3200: 10, 6400: 10,
+    12800: 5, 25600: 5, FULL: 1,
+}
+
+PAPER_ATTACK = {
+    "attack_eps": 0.1,
+    "attack_step": 0.01,
+    "attack_steps": 40,
+    "attack_m": 1000.0,
+    "attack_clamp": 2.2,
+    "attack_images": 1000,
+}
+
+
+def utrera_seed(index: int) -> int:
+    return UTRERA_SEED_BASE + UTRERA_SEED_STEP * index
+
+
+def _utrera(seeds_per_size: Mapping[int | None, int], *, code_rules: bool) -> list[TrialSpec]:
+    specs: list[TrialSpec] = []
+    for source, blocks, target in itertools.product(UTRERA_SOURCES.values(), UTRERA_BLOCKS, UTRERA_TARGETS):
+        for subset_size, n_seeds in seeds_per_size.items():
+            small = subset_size is not None and subset_size <= 1600
+            epochs = 100 if small else 150
+            every = 20 if small else 10
+            evals = _code_eval_epochs(epochs, every) if code_rules else _eval_epochs(epochs, every)
+            params = {
+                "input_size": 224,
+                "batch_size": 128,
+                "lr": 0.1,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "schedule": "step-every-third" if code_rules else "thirds",
+                "eval_epochs": evals,
+                "head_init": "normal",
+                "bn_mode": "train",
+                **PAPER_ATTACK,
+            }
+            for i in range(n_seeds):
+                specs.append(
+                    TrialSpec(
+                        kind="transfer",
+                        arch="resnet50",
+                        source=source,
+                        dataset=target,
+                        ood=UTRERA_OOD.get(target, UTRERA_DEFAULT_OOD),
+                        method="finetune",
+                        blocks=blocks,
+                        subset_size=subset_size,
+                        seed=utrera_seed(i),
+                        epochs=epochs,
+                        params=params,
+                    )
+                )
+    return specs
+
+
+def utrera2021() -> Grid:
+    return Grid(
+        "utrera2021",
+        "Utrera et al. 2021, paper text: 4 ImageNet ResNet-50 sources x blocks {0,1,3,9} x 6 targets "
+        "x 150 (subset, seed) pairs = 14,400",
+        _utrera(UTRERA_SEEDS_PAPER, code_rules=False),
+        ["LR x0.1 at 1/3 and 2/3 of the epochs (paper text)", "'9 blocks' = layer3 + layer4 (code key '6')"],
+    )
+
+
+def utrera2021_table4() -> Grid:
+    return Grid(
+        "utrera2021-table4",
+        "Utrera et al. 2021, Table 4 seeds (20/20/20/20/20/10/10/5/5/1) = 12,576",
+        _utrera(UTRERA_SEEDS_TABLE4, code_rules=False),
+    )
+
+
+def utrera2021_code() -> Grid:
+    return Grid(
+        "utrera2021-code",
+        "Utrera et al. 2021, released code: 10/5/1 seeds, StepLR every E/3 epochs = 7,776",
+        _utrera(UTRERA_SEEDS_CODE, code_rules=True),
+    )
+
+
+# --- Renofeation (Chin et al.) -----------------------------------------------------------
+
+RENO_ARCHS = ("resnet18", "resnet50", "resnet101", "mobilenet_v2")
+# dataset -> (lr, weight_decay, momentum, lambda_feat) of the DELTA / fine-tune scripts
+RENO_DATASETS: dict[str, tuple[float, float, float, float]] = {
+    "flower": (5e-3, 1e-4, 0.9, 0.1),
+    "indoor": (1e-2, 1e-4, 0.0, 0.5),
+    "action": (5e-3, 0.0, 0.0, 1.0),
+    "bird": (1e-2, 0.0, 0.0, 0.1),
+    "dog": (1e-2, 0.0, 0.0, 10.0),
+}
+RENO_EVAL_ITERS = 1000  # the scripts evaluate every 1000 iterations: one reported "epoch"
+RENO_LAMBDA_SP = 1e-2  # unknown in the scripts (REFERENCE A): a documented choice
+
+
+def _reno_common() -> dict[str, Any]:
+    return {
+        "input_size": 224,
+        "batch_size": 64,
+        "iterations_per_epoch": RENO_EVAL_ITERS,
+        "schedule": "cosine",
+        "beta_fc": 1e-2,
+        "head_init": "default",
+        **PAPER_ATTACK,
+    }
+
+
+def _reno_methods(dataset: str) -> dict[str, tuple[str, int, dict[str, Any]]]:
+    """variant name -> (method, epochs, params) for one dataset."""
+    lr, wd, mom, lam = RENO_DATASETS[dataset]
+    tuned = {"lr": lr, "weight_decay": wd, "momentum": mom}
+    scratch = {"lr": 1e-2, "weight_decay": 5e-3, "momentum": 0.9}
+    reno_lam = 1.0 if dataset == "bird" else 5.0
+    swa = {"swa_epochs": 30, "swa_lr": 5e-3, "swa_every": 500}
+    return {
+        "linear": ("linear", 30, {**tuned, "bn_mode": "eval"}),
+        "finetune": ("finetune", 30, tuned),
+        "l2sp": ("l2sp", 30, {**tuned, "lambda_sp": RENO_LAMBDA_SP}),
+        "delta": ("delta", 30, {**tuned, "lambda_feat": lam}),
+        "retrain": ("retrain", 90, scratch),
+        "renofeation": ("renofeation", 90, {**scratch, "lambda_feat": reno_lam, "dropout": 0.1, **swa}),
+        # ablations
+        "delta-r": ("delta-r", 90, {**scratch, "lambda_feat": reno_lam}),
+        "renofeation-no-dropout": ("renofeation", 90, {**scratch, "lambda_feat": reno_lam, **swa}),
+        "renofeation-no-swa": ("renofeation", 90, {**scratch, "lambda_feat": reno_lam, "dropout": 0.1}),
+        "delta-adv": (
+            "delta",
+            30,
+            {**tuned, "lambda_feat": lam, "adv_norm": "linf", "adv_eps": 8 / 255, "adv_step": 2 / 255,
+             "adv_steps": 3},
+        ),
+    }
+
+
+def renofeation2021() -> Grid:
+    specs = []
+    for arch, dataset in itertools.product(RENO_ARCHS, RENO_DATASETS):
+        for method, epochs, extra in _reno_methods(dataset).values():
+            blocks = 0 if method == "linear" else None
+            specs.append(
+                TrialSpec(
+                    kind="transfer", arch=arch, source=f"torchvision:{arch}", dataset=dataset,
+                    method=method, blocks=blocks, seed=0, epochs=epochs,
+                    params={**_reno_common(), **extra},
+                )
+            )
+    return Grid(
+        "renofeation2021",
+        "Renofeation (Chin et al.): 4 archs x 5 datasets x (6 methods + 4 ablations); one 'epoch' = 1000 "
+        "iterations",
+        specs,
+        [f"L2SP lambda = {RENO_LAMBDA_SP} (unknown in the released scripts)"],
+    )
+
+
+# --- Andreassen et al. 2021 ----------------------------------------------------------------
+
+ANDREASSEN_ARCHS = ("resnet18", "resnet50", "resnet101", "mobilenet_v2")
+ANDREASSEN_SEEDS = (0, 1, 2, 3, 4)
+
+
+def andreassen2021() -> Grid:
+    specs = []
+    for arch, seed in itertools.product(ANDREASSEN_ARCHS, ANDREASSEN_SEEDS):
+        common = {"input_size": 224, "batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4,
+                  "schedule": "cosine"}
+        specs.append(
+            TrialSpec(kind="transfer", arch=arch, source=f"torchvision:{arch}", dataset="cifar10",
+                      ood="cifar10.1", method="finetune", seed=seed, epochs=20,
+                      params={**common, "lr": 0.01, "head_init": "default", **PAPER_ATTACK})
+        )
+        specs.append(
+            TrialSpec(kind="transfer", arch=arch, source="scratch", dataset="cifar10", ood="cifar10.1",
+                      method="retrain", seed=seed, epochs=100,
+                      params={**common, "lr": 0.1, "head_init": "default"})
+        )
+    return Grid(
+        "andreassen2021",
+        "Andreassen et al.: pre-trained vs random-init on cifar10, ER on cifar10.1 at every epoch",
+        specs,
+    )
+
+
+# --- smoke: the embedded demo ------------------------------------------------------------
+
+SMOKE_SOURCE_METHODS: dict[str, dict[str, Any]] = {
+    "natural": {},
+    "pgd-l2": {"adv_norm": "l2", "adv_eps": 0.5, "adv_step": 0.25, "adv_steps": 3},
+    "pgd-linf": {"adv_norm": "linf", "adv_eps": 8 / 255, "adv_step": 4 / 255, "adv_steps": 3},
+}
+SMOKE_TARGETS = {"digits": "noise-2", "synthetic-target-a": "noise-2"}
+SMOKE_BLOCKS = (0, 3)
+SMOKE_SUBSETS = (100, 400)
+SMOKE_SEEDS = (0, 1)
+SMOKE_TESTBED_SUBSETS = (50, 100, 200, 400, FULL)
+SMOKE_ARCH = "tiny_resnet"
+
+
+def smoke() -> Grid:
+    base = {"input_size": 16, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+            "schedule": "thirds", "eval_images": 500}
+    sources = [
+        TrialSpec(kind="source", arch=SMOKE_ARCH, dataset="synthetic-source", method=method, seed=0,
+                  epochs=4, params={**base, "lr": 0.1, "robust_eval_steps": 5, **adv})
+        for method, adv in SMOKE_SOURCE_METHODS.items()
+    ]
+    attack = {"attack_eps": 0.1, "attack_step": 0.01, "attack_steps": 10, "attack_m": 1000.0,
+              "attack_clamp": 2.2, "attack_images": 200}
+    transfers = []
+    for source, (target, ood), blocks, subset, seed in itertools.product(
+        sources, SMOKE_TARGETS.items(), SMOKE_BLOCKS, SMOKE_SUBSETS, SMOKE_SEEDS
+    ):
+        transfers.append(
+            TrialSpec(kind="transfer", arch=SMOKE_ARCH, source=f"spec:{source.spec_hash}", dataset=target,
+                      ood=ood, method="finetune", blocks=blocks, subset_size=subset, seed=seed, epochs=3,
+                      params={**base, **attack})
+        )
+    # From-scratch models of varied quality: the ER testbed (baseline fit per target).
+    testbed = [
+        TrialSpec(kind="transfer", arch=SMOKE_ARCH, source="scratch", dataset=target, ood=ood,
+                  method="retrain", subset_size=subset, seed=0, epochs=3, params=base)
+        for (target, ood), subset in itertools.product(SMOKE_TARGETS.items(), SMOKE_TESTBED_SUBSETS)
+    ]
+    return Grid(
+        "smoke",
+        "embedded CPU demo: 3 synthetic sources (natural, l2, linf) -> digits + synthetic target, "
+        "2 block settings x 2 subset sizes x 2 seeds, plus from-scratch ER testbed",
+        sources + transfers + testbed,
+    )
+
+
+PRESETS: dict[str, Callable[[], Grid]] = {
+    "utrera2021": utrera2021,
+    "utrera2021-table4": utrera2021_table4,
+    "utrera2021-code": utrera2021_code,
+    "renofeation2021": renofeation2021,
+    "andreassen2021": andreassen2021,
+    "smoke": smoke,
+}
+
+
+# --- YAML grid files -----------------------------------------------------------------------
+
+SPEC_AXES = ("kind", "arch", "dataset", "method", "seed", "epochs", "source", "ood", "blocks", "subset_size")
+_TOP_KEYS = {"name", "description", "fixed", "axes", "sources"}
+
+
+def _parse_subset(value: Any) -> int | None:
+    return None if value in ("full", None) else value
+
+
+def _spec_from_fields(fields: Mapping[str, Any], where: str) -> TrialSpec:
+    flat = dict(fields)
+    params = dict(flat.pop("params", {}) or {})
+    for key in list(flat):
+        if key.startswith("params."):
+            params[key.removeprefix("params.")] = flat.pop(key)
+    unknown = set(flat) - set(SPEC_AXES)
+    if unknown:
+        raise GridError(f"{where}: unknown field(s) {', '.join(sorted(unknown))} (known: {', '.join(SPEC_AXES)}, "
+                        "params.<name>)")
+    if "subset_size" in flat:
+        flat["subset_size"] = _parse_subset(flat["subset_size"])
+    try:
+        return TrialSpec.from_dict({**flat, "params": params})
+    except (SpecError, TypeError) as exc:
+        raise GridError(f"{where}: {exc}") from None
+
+
+def _resolve_source(value: Any, named_sources: Mapping[str, TrialSpec], base_dir: Path) -> tuple[str, str | None]:
+    if not isinstance(value, str):
+        raise GridError(f"source must be a string, got {value!r}")
+    if value.startswith("grid:"):
+        name = value.removeprefix("grid:")
+        if name not in named_sources:
+            raise GridError(f"source {value!r} names no entry of 'sources:' (have: {', '.join(named_sources)})")
+        return f"spec:{named_sources[name].spec_hash}", None
+    if value.startswith("file:"):
+        path = Path(value.removeprefix("file:")).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if not path.is_file():
+            raise GridError(f"source file not found: {path}")
+        from orchestrator.checksums import sha256_file
+
+        return f"file:{path.resolve()}", sha256_file(path)
+    return value, None
+
+
+def load_grid_file(path: str | Path) -> Grid:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise GridError(f"cannot read grid file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise GridError(f"malformed YAML in {path}{where}") from None
+    if not isinstance(data, dict):
+        raise GridError(f"{path}: a grid file must be a mapping with 'fixed' and 'axes'")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise GridError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} (known: "
+                        f"{', '.join(sorted(_TOP_KEYS))})")
+    fixed = data.get("fixed") or {}
+    axes = data.get("axes") or {}
+    if not isinstance(fixed, dict) or not isinstance(axes, dict):
+        raise GridError(f"{path}: 'fixed' and 'axes' must be mappings")
+    for axis, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise GridError(f"{path}: axis {axis!r} must be a non-empty list")
+        if axis not in SPEC_AXES and not str(axis).startswith("params."):
+            raise GridError(f"{path}: unknown axis {axis!r} (known: {', '.join(SPEC_AXES)}, params.<name>)")
+    overlap = set(fixed) & set(axes)
+    if overlap:
+        raise GridError(f"{path}: {', '.join(sorted(overlap))} is both fixed and an axis")
+
+    named_sources: dict[str, TrialSpec] = {}
+    for name, fields in (data.get("sources") or {}).items():
+        if not isinstance(fields, dict):
+            raise GridError(f"{path}: sources.{name} must be a mapping")
+        named_sources[name] = _spec_from_fields({"kind": "source", **fields}, f"{path}: sources.{name}")
+
+    specs: list[TrialSpec] = list(named_sources.values())
+    names = list(axes)
+    for combo in itertools.product(*(axes[n] for n in names)):
+        fields = {"kind": "transfer", **fixed, **dict(zip(names, combo, strict=True))}
+        checksum = None
+        if fields.get("source") is not None:
+            fields["source"], checksum = _resolve_source(fields["source"], named_sources, path.parent)
+        spec = _spec_from_fields(fields, str(path))
+        if checksum is not None:
+            spec = TrialSpec.from_dict({**spec.to_dict(), "source_checksum": checksum})
+        specs.append(spec)
+    unique = list(dict.fromkeys(specs))
+    return Grid(str(data.get("name") or path.stem), str(data.get("description") or f"grid file {path}"), unique)
+
+
+def load_grid(name_or_path: str) -> Grid:
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]()
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise GridError(f"grid file not found: {path}")
+        return load_grid_file(path)
+    raise GridError(f"unknown grid {name_or_path!r}: not a preset ({', '.join(PRESETS)}) nor a YAML file")
+
+
+# --- breakdown ----------------------------------------------------------------------------
+
+CELL_AXES = ("kind", "arch", "source", "dataset", "method", "blocks")
+
+
+def _label(value: Any) -> str:
+    return "full" if value is None else str(value)
+
+
+def breakdown(specs: Sequence[TrialSpec]) -> dict[str, Any]:
+    """Counts per axis value, plus how the grid factors into cells x (subset, seed) pairs."""
+    axes: dict[str, dict[str, int]] = {}
+    for axis in SPEC_AXES:
+        counts = Counter(_label(getattr(s, axis)) for s in specs)
+        axes[axis] = dict(sorted(counts.items(), key=lambda kv: kv[0]))
+    cells = Counter(tuple(getattr(s, a) for a in CELL_AXES) for s in specs)
+    per_cell = sorted(set(cells.values()))
+    return {
+        "total": len(specs),
+        "axes": axes,
+        "cells": len(cells),
+        "pairs_per_cell": per_cell,
+        "factors": {a: len(axes[a]) for a in CELL_AXES if len(axes[a]) > 1},
+    }
+
+
+def iter_presets() -> Iterable[tuple[str, str]]:
+    for name, build in PRESETS.items():
+        grid = build()
+        yield name, f"{len(grid.specs):>6}  {grid.description}"
