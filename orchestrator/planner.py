@@ -1,0 +1,81 @@
+"""Plan a grid against the database: dedup by spec_hash, stage order, packing.
+
+The database is the truth: a spec whose hash is already `completed` (in any experiment)
+is linked, never run again; failed, cancelled-then-retried and interrupted ones run again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from db.repository import PlanResult, Repository
+from orchestrator.grids import Grid
+from orchestrator.spec import TrialSpec
+
+KEY_COLUMNS = ("kind", "arch", "source", "dataset", "ood", "method", "blocks", "subset_size", "seed", "epochs")
+
+
+def trial_row(spec: TrialSpec) -> dict[str, Any]:
+    """The `trials` row of a spec: its hash, canonical JSON and key fields as columns."""
+    row: dict[str, Any] = {name: getattr(spec, name) for name in KEY_COLUMNS}
+    row["spec_hash"] = spec.spec_hash
+    row["spec_json"] = spec.canonical_json()
+    return row
+
+
+def grid_summary_json(grid: Grid) -> str:
+    return json.dumps({"name": grid.name, "description": grid.description, "specs": len(grid.specs),
+                       "notes": grid.notes})
+
+
+def record_plan(repo: Repository, grid: Grid, experiment: str) -> tuple[int, PlanResult]:
+    """Upsert the experiment and one pending trial per new spec; link existing ones."""
+    experiment_id = repo.ensure_experiment(experiment, grid.name, grid_summary_json(grid))
+    result = repo.plan_trials(experiment_id, [trial_row(spec) for spec in grid.specs])
+    return experiment_id, result
+
+
+def estimated_cost(spec: TrialSpec) -> float:
+    """Relative cost used to start the longest trials first (fewer stragglers at the end)."""
+    images = spec.subset_size or 50_000
+    per_epoch = spec.param("iterations_per_epoch") or 0
+    work = per_epoch * (spec.param("batch_size") or 128) if per_epoch else images
+    adv = 1 + (spec.param("adv_steps") or 0)
+    size = (spec.param("input_size") or 32) ** 2
+    return float(spec.epochs * work * adv * size)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    specs: list[TrialSpec]
+
+
+def stages(specs: Iterable[TrialSpec]) -> list[Stage]:
+    """Sources before the transfers that need them; longest first inside a stage."""
+    ordered = sorted(specs, key=estimated_cost, reverse=True)
+    sources = [s for s in ordered if s.kind == "source"]
+    transfers = [s for s in ordered if s.kind == "transfer"]
+    return [stage for stage in (Stage("sources", sources), Stage("transfers", transfers)) if stage.specs]
+
+
+def pack(specs: Sequence[TrialSpec], pack_size: int) -> list[list[TrialSpec]]:
+    """Group specs into Tune trials of at most `pack_size`; specs of one cell stay together.
+
+    The order of `specs` (longest first) is kept between packs, so packs are long-first too.
+    """
+    if pack_size <= 1:
+        return [[s] for s in specs]
+    cells: dict[tuple[Any, ...], list[TrialSpec]] = {}
+    for spec in specs:
+        key = (spec.kind, spec.arch, spec.source, spec.dataset, spec.method, spec.blocks, spec.subset_size)
+        cells.setdefault(key, []).append(spec)
+    packs: list[list[TrialSpec]] = []
+    for members in cells.values():
+        for start in range(0, len(members), pack_size):
+            packs.append(members[start : start + pack_size])
+    packs.sort(key=lambda p: max(estimated_cost(s) for s in p) * len(p), reverse=True)
+    return packs

@@ -1,0 +1,58 @@
+"""Plain-text renderings of plans, breakdowns and status for the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.grids import Grid
+
+
+def format_breakdown(grid: Grid, info: Mapping[str, Any]) -> str:
+    lines = [f"{grid.name}: {grid.description}", f"trials: {info['total']}"]
+    factors = info["factors"]
+    if factors:
+        product = " x ".join(f"{n} {axis}" for axis, n in factors.items())
+        pairs = info["pairs_per_cell"]
+        per_cell = str(pairs[0]) if len(pairs) == 1 else f"{pairs[0]}..{pairs[-1]}"
+        lines.append(f"cells: {info['cells']} = {product}; {per_cell} (subset, seed) pairs per cell")
+    for axis, counts in info["axes"].items():
+        if len(counts) == 1 and axis not in factors:
+            (value, _), = counts.items()
+            lines.append(f"  {axis:<12} {value}")
+            continue
+        shown = ", ".join(f"{value} ({n})" for value, n in list(counts.items())[:12])
+        more = f", … {len(counts) - 12} more" if len(counts) > 12 else ""
+        lines.append(f"  {axis:<12} {len(counts)} values: {shown}{more}")
+    lines.extend(f"note: {note}" for note in grid.notes)
+    return "\n".join(lines)
+
+
+def format_plan(experiment: str, result: Any) -> str:
+    return (
+        f"experiment {experiment}: {result.total} trials — {result.new} new, "
+        f"{result.already_completed} already completed, {result.already_pending} already pending/other"
+    )
+
+
+def format_status(counts: Mapping[str, int], extra: Mapping[str, Any] | None = None) -> str:
+    order = ("pending", "running", "completed", "failed", "cancelled")
+    total = sum(counts.values())
+    parts = [f"{name} {counts.get(name, 0)}" for name in order]
+    line = f"{total} trials: " + ", ".join(parts)
+    if extra:
+        line += "".join(f"\n{key}: {value}" for key, value in extra.items())
+    return line
+
+
+def format_run(summary: Any) -> str:
+    line = (f"ran {summary.runnable} trials in {summary.seconds:.1f}s: {summary.completed} completed, "
+            f"{summary.failed} failed")
+    if summary.skipped:
+        line += f", {summary.skipped} not finished"
+    for spec_hash, error in list(summary.failures.items())[:10]:
+        line += f"\n  failed {spec_hash[:12]}: {error}"
+    if len(summary.failures) > 10:
+        line += (f"\n  … {len(summary.failures) - 10} more failures "
+                 "(rtgrid query \"SELECT spec_hash, error FROM trials WHERE status='failed'\")")
+    return line

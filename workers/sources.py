@@ -1,0 +1,74 @@
+"""Resolve a spec's `source` to a checkpoint file on this worker, and check its checksum."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+from workers.errors import KernelInputError
+
+SOURCE_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+@functools.lru_cache(maxsize=64)
+def file_sha256(path: str, size: int, mtime: float) -> str:
+    """sha256 of a file, cached per (path, size, mtime) so a worker hashes each source once."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_of(path: str | Path) -> str:
+    stat = os.stat(path)
+    return file_sha256(str(path), stat.st_size, stat.st_mtime)
+
+
+def _candidates(directory: Path, stem: str) -> list[Path]:
+    found = [directory / f"{stem}{suffix}" for suffix in SOURCE_SUFFIXES]
+    found += sorted(directory.glob(f"{stem}-*.pth"))  # torchvision names: resnet50-0676ba61.pth
+    return [path for path in found if path.is_file()]
+
+
+def resolve_source_path(source: str, data_root: str | None, given: str | None = None) -> str | None:
+    """The checkpoint file for `source`; None for a random-init ("scratch") source.
+
+    `given` is what the driver resolved (grid-trained sources live in the artifacts store).
+    Named published weights are looked up in <data_root>/sources, then the torch hub cache.
+    """
+    if given:
+        if not Path(given).is_file():
+            raise KernelInputError(f"source checkpoint {given} is not readable from this worker")
+        return given
+    if source == "scratch":
+        return None
+    scheme, _, name = source.partition(":")
+    if scheme == "file":
+        if not Path(name).is_file():
+            raise KernelInputError(f"source file not found: {name}")
+        return name
+    if scheme == "spec":
+        raise KernelInputError(f"source trial {name[:12]} has no checkpoint yet (run its source trial first)")
+    if scheme not in ("torchvision", "robustness"):
+        raise KernelInputError(f"unknown source {source!r} (use scratch, file:, torchvision:, robustness:, spec:)")
+    directories = []
+    if data_root:
+        directories.append(Path(data_root) / "sources")
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    directories.append(hub)
+    for directory in directories:
+        matches = _candidates(directory, name)
+        if matches:
+            return str(matches[0])
+    where = " or ".join(str(d / f"{name}.pt") for d in directories)
+    raise KernelInputError(f"source weights {source!r} not found: expected {where}")
+
+
+def verify_checksum(path: str, expected: str | None) -> str:
+    actual = sha256_of(path)
+    if expected and actual != expected:
+        raise KernelInputError(f"source checksum mismatch for {path}: spec has {expected[:12]}, file has {actual[:12]}")
+    return actual
