@@ -210,3 +210,20 @@ def tune_entry(config: dict[str, Any]) -> None:
         tune.report(payload, checkpoint=checkpoint)
 
     PackRunner(settings, emit, _restore()).run(config["variant"]["pack"])
+
+
+# --- the driver's other doors into workers (the orchestrator imports nothing else here) ---
+
+
+def convert_trusted_checkpoint(input_path: str, output_path: str) -> str:
+    """One-time conversion of a trusted pickled checkpoint to a weights-only file; its sha256."""
+    from workers.models import convert_trusted_checkpoint as convert
+
+    return convert(input_path, output_path)
+
+
+def er_math() -> Any:
+    """The effective-robustness formulas (pure numpy) for driver-side fits and back-fills."""
+    from workers import metrics
+
+    return metrics
