@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from db.repository import Repository
+from db.repository import Repository  # noqa: F401
 from orchestrator.errors import UserError
 from orchestrator.planner import Stage, pack
 from orchestrator.recorder import ReportRecorder, tune_callback
@@ -92,25 +92,26 @@ def choose_pack_size(n_specs: int, slots: int, requested: int | None) -> int:
     return max(1, min(MAX_PACK_SIZE, math.ceil(n_specs / (4 * slots))))
 
 
-class CancelStopper:
-    """Stops the whole Tune run when `rtgrid cancel` marked one of its specs cancelled."""
+def cancel_stopper(repo: Repository, spec_hashes: Sequence[str], every_s: float = 5.0) -> Any:
+    """A Tune Stopper that ends the run when `rtgrid cancel` marked one of its specs cancelled."""
+    from ray import tune
 
-    def __init__(self, repo: Repository, spec_hashes: Sequence[str], every_s: float = 5.0) -> None:
-        self.repo = repo
-        self.spec_hashes = list(spec_hashes)
-        self.every_s = every_s
-        self.checked = time.monotonic()
-        self.cancelled = False
+    class CancelStopper(tune.Stopper):
+        def __init__(self) -> None:
+            self.checked = time.monotonic()
+            self.cancelled = False
 
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return False
 
-    def stop_all(self) -> bool:
-        now = time.monotonic()
-        if not self.cancelled and now - self.checked >= self.every_s:
-            self.checked = now
-            self.cancelled = self.repo.any_cancelled(self.spec_hashes)
-        return self.cancelled
+        def stop_all(self) -> bool:
+            now = time.monotonic()
+            if not self.cancelled and now - self.checked >= every_s:
+                self.checked = now
+                self.cancelled = repo.any_cancelled(list(spec_hashes))
+            return self.cancelled
+
+    return CancelStopper()
 
 
 def _pack_items(specs: Sequence[TrialSpec], source_paths: Mapping[str, str], baselines: Mapping[tuple, Any]
@@ -159,7 +160,7 @@ def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptio
     recorder = ReportRecorder(repo, progress=progress)
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(2, slots))
     resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
-    stopper = CancelStopper(repo, [s.spec_hash for s in stage.specs])
+    stopper = cancel_stopper(repo, [s.spec_hash for s in stage.specs])
     tuner = tune.Tuner(
         tune.with_resources(tune_entry, resources),
         param_space={"variant": tune.grid_search(variants), "settings": settings},
