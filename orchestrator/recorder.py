@@ -8,7 +8,6 @@ completed trial is never downgraded.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -85,39 +84,7 @@ class ReportRecorder:
         return left
 
 
-def tune_callback(recorder: ReportRecorder, packs: Mapping[str, list[str]], heartbeat_s: float = 30.0) -> Any:
-    """The Ray Tune Callback that feeds `recorder`. `packs`: pack id -> its spec hashes."""
-    from ray.tune import Callback
-
-    class RecorderCallback(Callback):
-        def __init__(self) -> None:
-            self.last_heartbeat = time.monotonic()
-
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            recorder.handle(result)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            pack_id = trial.config["variant"]["pack_id"]
-            recorder.fail_unfinished(packs.get(pack_id, []), _trial_error(trial))
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            pack_id = trial.config["variant"]["pack_id"]
-            recorder.fail_unfinished(packs.get(pack_id, []), "trial ended without a final report for this spec")
-
-        def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-            now = time.monotonic()
-            if now - self.last_heartbeat < heartbeat_s:
-                return
-            self.last_heartbeat = now
-            running = [h for t in trials if t.status == "RUNNING" for h in packs.get(t.config["variant"]["pack_id"], [])
-                       if h not in recorder.finished]
-            if running:
-                recorder.repo.heartbeat(running)
-
-    return RecorderCallback()
-
-
-def _trial_error(trial: Any) -> str:
+def trial_error(trial: Any) -> str:
     """The last line of the Tune trial's error (worker crash, OOM, node loss)."""
     path = getattr(trial, "error_file", None)
     text = ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from typing import Any
 from db.repository import Repository  # noqa: F401
 from orchestrator.errors import UserError
 from orchestrator.planner import Stage, pack
-from orchestrator.recorder import ReportRecorder, tune_callback
+from orchestrator.recorder import ReportRecorder
 from orchestrator.spec import TrialSpec
 
 # Tune's own CSV/JSON/TensorBoard loggers are off: the database is the record.
@@ -42,7 +41,7 @@ class RunOptions:
     quiet: bool = False
     kernel: str | None = None  # "noop" for scheduling benchmarks
     checkpoint_min_epochs: int = 10
-    stale_after_s: float = 600.0
+    stale_after_s: float = 120.0  # the recorder heartbeats running specs every 30 s
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,28 +91,6 @@ def choose_pack_size(n_specs: int, slots: int, requested: int | None) -> int:
     return max(1, min(MAX_PACK_SIZE, math.ceil(n_specs / (4 * slots))))
 
 
-def cancel_stopper(repo: Repository, spec_hashes: Sequence[str], every_s: float = 5.0) -> Any:
-    """A Tune Stopper that ends the run when `rtgrid cancel` marked one of its specs cancelled."""
-    from ray import tune
-
-    class CancelStopper(tune.Stopper):
-        def __init__(self) -> None:
-            self.checked = time.monotonic()
-            self.cancelled = False
-
-        def __call__(self, trial_id: str, result: dict) -> bool:
-            return False
-
-        def stop_all(self) -> bool:
-            now = time.monotonic()
-            if not self.cancelled and now - self.checked >= every_s:
-                self.checked = now
-                self.cancelled = repo.any_cancelled(list(spec_hashes))
-            return self.cancelled
-
-    return CancelStopper()
-
-
 def _pack_items(specs: Sequence[TrialSpec], source_paths: Mapping[str, str], baselines: Mapping[tuple, Any]
                 ) -> list[dict[str, Any]]:
     items = []
@@ -133,6 +110,7 @@ def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptio
               progress: Callable[[str, str], None] | None) -> ReportRecorder:
     from ray import tune
 
+    from orchestrator.tune_hooks import CancelStopper, RecorderCallback
     from workers.trainable import tune_entry
 
     slots = cluster_slots(options)
@@ -160,7 +138,8 @@ def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptio
     recorder = ReportRecorder(repo, progress=progress)
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(2, slots))
     resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
-    stopper = cancel_stopper(repo, [s.spec_hash for s in stage.specs])
+    stopper = CancelStopper(repo, [s.spec_hash for s in stage.specs])
+    callback = RecorderCallback(recorder, pack_ids)
     tuner = tune.Tuner(
         tune.with_resources(tune_entry, resources),
         param_space={"variant": tune.grid_search(variants), "settings": settings},
@@ -170,12 +149,16 @@ def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptio
         run_config=tune.RunConfig(
             name=f"{experiment}-{stage.name}-{uuid.uuid4().hex[:8]}",
             storage_path=str(Path(artifacts, "ray_results")),
-            callbacks=[tune_callback(recorder, pack_ids)],
+            callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             stop=stopper,
             verbose=0,
         ),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        stopper.release()
+        callback.release()
     return recorder

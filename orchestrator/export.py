@@ -1,0 +1,71 @@
+"""`rtgrid export`: an experiment's trials or per-epoch metrics as CSV or Parquet (read-only)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from orchestrator.errors import UserError
+from orchestrator.query import Database, reading
+from orchestrator.results import add_source_labels, experiment_trials_sql, nullable_ints, require_experiment
+
+TABLES = ("trials", "epochs")
+FORMATS = ("csv", "parquet")
+_TRIAL_KEYS = ("t.spec_hash, t.status, t.kind, t.arch, t.source, t.dataset, t.ood, t.method, t.blocks, "
+               "t.subset_size, t.seed, t.epochs")
+_EPOCH_COLUMNS = ("m.epoch, m.train_loss, m.train_acc, m.test_acc, m.ood_acc, m.er, m.lr, m.seconds, m.robust_acc, "
+                  "m.recorded_at")
+
+
+def export_frame(experiment: str, table: str = "trials", db: Database | Any = None) -> pd.DataFrame:
+    """trials: every `trials` column of the experiment's trials plus `source_label`, by trial id.
+    epochs: one row per (trial, epoch): trial_id, the trial's key columns, then the epoch's metrics.
+    Accuracies, ASR and ER are fractions."""
+    if table not in TABLES:
+        raise UserError(f"unknown table {table!r} (known: {', '.join(TABLES)})")
+    with reading(db) as database:
+        require_experiment(database, experiment)
+        params = {"experiment": experiment}
+        if table == "trials":
+            frame = database.frame(experiment_trials_sql("t.*", "ORDER BY t.id"), params)
+        else:
+            sql = (f"SELECT m.trial_id, {_TRIAL_KEYS}, {_EPOCH_COLUMNS} FROM epoch_metrics m "
+                   "JOIN trials t ON t.id = m.trial_id JOIN experiment_trials et ON et.trial_id = t.id "
+                   "JOIN experiments e ON e.id = et.experiment_id WHERE e.name = :experiment "
+                   "ORDER BY m.trial_id, m.epoch")
+            frame = database.frame(sql, params)
+        frame = add_source_labels(frame, database)
+    frame.insert(list(frame.columns).index("source") + 1, "source_label", frame.pop("source_label"))
+    if "spec_hash" in frame:
+        frame["spec_hash"] = frame["spec_hash"].astype(str).str.strip()
+    return nullable_ints(frame, ("blocks", "subset_size", "seed", "epochs", "epoch", "attempts"))
+
+
+def write_export(frame: pd.DataFrame, fmt: str, path: str | None) -> str | None:
+    """Write `frame` to `path`; CSV without a path is returned as text (for stdout)."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    if fmt == "parquet":
+        if not path:
+            raise UserError("parquet is binary: give an output file with -o PATH")
+        target = Path(path)
+        if not target.parent.exists():
+            raise UserError(f"output directory {target.parent} does not exist")
+        table = frame.copy()
+        for column in table.columns:  # SQLite gives timestamps as text, PostgreSQL as datetimes: one type
+            if column.endswith("_at"):
+                table[column] = pd.to_datetime(table[column], utc=True, errors="coerce", format="mixed")
+        table.to_parquet(target, index=False)
+        return None
+    if path:
+        target = Path(path)
+        if not target.parent.exists():
+            raise UserError(f"output directory {target.parent} does not exist")
+        frame.to_csv(target, index=False)
+        return None
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    return buffer.getvalue()

@@ -1,0 +1,293 @@
+"""The papers' figures as PNGs (matplotlib, Agg; no pyplot global state). Each plot function
+returns its Figure; `save_plot` writes it. Numbers come from orchestrator.reports / stats.
+
+accuracy-delta  Utrera Fig. 2b: robust − natural test accuracy vs training images, per target,
+                mean ± 95% CI over seed-paired runs (x log scale)
+learning-curve  Utrera Fig. 3: test accuracy vs epoch, per source
+blocks          Utrera Fig. 4: test accuracy vs fine-tuned blocks, per source
+asr-vs-clean    Renofeation: ASR against clean accuracy, per method and dataset
+er              Andreassen Fig. 1c: ER vs ID accuracy over training (binned), per arch and init
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from orchestrator import stats
+from orchestrator.errors import UserError
+from orchestrator.query import Database, ReadOnlyDatabase, reading
+from orchestrator.reports import (
+    DEFAULT_BLOCKS,
+    _labels,
+    _require_rows,
+    _trial_frame,
+    blocks_frame,
+    er_frame,
+    renofeation_frame,
+    subset_label,
+)
+from orchestrator.results import NATURAL, nullable_ints, require_experiment, source_order
+
+Figure = Any  # matplotlib.figure.Figure (imported lazily: plotting is the only user of matplotlib)
+
+
+def _figure(panels: int, width: float = 5.2, height: float = 4.0, max_columns: int = 3) -> tuple[Figure, list]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+
+    columns = min(max(panels, 1), max_columns)
+    rows = math.ceil(max(panels, 1) / columns)
+    figure = MplFigure(figsize=(width * columns, height * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel().tolist()
+    for extra in axes[panels:]:
+        extra.set_visible(False)
+    return figure, axes[:panels]
+
+
+def _band(ax: Any, x: Sequence[float], mean: np.ndarray, ci: np.ndarray, label: str, marker: str = "o") -> None:
+    line = ax.plot(x, mean, marker=marker, label=label)[0]
+    ci = np.nan_to_num(np.asarray(ci, dtype=float), nan=0.0)
+    if np.any(ci > 0):
+        ax.fill_between(x, mean - ci, mean + ci, color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def _subset_axis(ax: Any, sizes: Sequence[Any]) -> dict[Any, float]:
+    """x positions of subset sizes on a log axis; the full set sits one doubling past the largest."""
+    numeric = sorted(int(s) for s in sizes if not pd.isna(s))
+    full_x = float(max(numeric) * 2) if numeric else 1.0
+    positions = {s: (full_x if pd.isna(s) else float(s)) for s in sizes}
+    ticks = sorted(set(positions.values()))
+    ax.set_xscale("log")
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(["full" if t == full_x and any(pd.isna(s) for s in sizes) else str(int(t)) for t in ticks],
+                       rotation=45)
+    ax.minorticks_off()
+    return positions
+
+
+# --- accuracy-delta (Utrera Fig. 2b) ------------------------------------------------------------
+
+
+def accuracy_delta_frame(db: ReadOnlyDatabase, experiment: str, blocks: int = DEFAULT_BLOCKS) -> pd.DataFrame:
+    """Per (robust source, target, subset size): pairs, mean and CI of robust − natural final test
+    accuracy, paired by seed. Columns: source_label, dataset, subset_size, n, mean, sd, ci95."""
+    frame = _trial_frame(db, experiment, "t.dataset, t.subset_size, t.source, t.seed, t.test_acc",
+                         "AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks = :blocks "
+                         "AND t.test_acc IS NOT NULL", {"blocks": int(blocks)})
+    _require_rows(frame, f"completed transfer trials with blocks = {blocks}", experiment)
+    frame = _labels(db, frame)
+    if NATURAL not in set(frame["source_label"]):
+        raise UserError(f"experiment {experiment!r} has no natural source at blocks = {blocks} to compare with")
+    parts = []
+    for label in sorted(set(frame["source_label"]) - {NATURAL}, key=source_order):
+        summary = stats.summarize_paired(frame, ["dataset", "subset_size"], "source_label", label, NATURAL,
+                                         "test_acc", pair_on="seed")
+        summary.insert(0, "source_label", label)
+        parts.append(summary)
+    if not parts:
+        raise UserError(f"experiment {experiment!r} has only the natural source: nothing to compare")
+    return nullable_ints(pd.concat(parts, ignore_index=True), ("subset_size",))
+
+
+def plot_accuracy_delta(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
+                        subset_size: int | str | None = None) -> Figure:
+    blocks = DEFAULT_BLOCKS if blocks is None else blocks
+    data = accuracy_delta_frame(db, experiment, blocks)
+    labels = sorted(data["source_label"].unique(), key=source_order)
+    figure, axes = _figure(len(labels))
+    for ax, label in zip(axes, labels, strict=True):
+        part = data[data["source_label"] == label]
+        positions = _subset_axis(ax, part["subset_size"].unique().tolist())
+        for dataset, rows in part.groupby("dataset", sort=True):
+            rows = rows.assign(x=rows["subset_size"].map(positions)).sort_values("x")
+            _band(ax, rows["x"].to_numpy(float), 100 * rows["mean"].to_numpy(float),
+                  100 * rows["ci95"].to_numpy(float), str(dataset))
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_title(f"{label} − natural, {blocks} fine-tuned blocks")
+        ax.set_xlabel("training images (log scale)")
+        ax.set_ylabel("Δ test accuracy (pp)")
+        ax.legend(title="target", fontsize="small")
+    figure.suptitle(f"{experiment}: robust − natural source, mean ± 95% CI over seed-paired runs")
+    return figure
+
+
+# --- learning-curve (Utrera Fig. 3) ----------------------------------------------------------------
+
+
+def _default_subset(frame: pd.DataFrame, subset_size: int | str | None) -> Any:
+    """The subset size to plot: the one asked for ("full" = the whole training set), else the smallest."""
+    sizes = frame["subset_size"]
+    if subset_size == "full":
+        if not sizes.isna().any():
+            raise UserError("no trials on the full training set (subset_size NULL)")
+        return pd.NA
+    if subset_size is not None:
+        if not (sizes == subset_size).any():
+            shown = ", ".join(subset_label(s) for s in sorted(sizes.dropna().unique())) or "none"
+            raise UserError(f"no trials with subset_size = {subset_size} (have: {shown}"
+                            f"{', full' if sizes.isna().any() else ''})")
+        return subset_size
+    numeric = sizes.dropna()
+    return int(numeric.min()) if not numeric.empty else pd.NA
+
+
+def _at_subset(frame: pd.DataFrame, size: Any) -> pd.DataFrame:
+    return frame[frame["subset_size"].isna()] if pd.isna(size) else frame[frame["subset_size"] == size]
+
+
+def learning_curve_frame(db: ReadOnlyDatabase, experiment: str, blocks: int = DEFAULT_BLOCKS,
+                         subset_size: int | str | None = None) -> tuple[pd.DataFrame, Any]:
+    """Mean ± CI over seeds of the test accuracy at each epoch, per (target, source), at one subset
+    size (default: the smallest). Returns (frame with dataset, source_label, epoch, n, mean, sd,
+    ci95; the subset size used)."""
+    require_experiment(db, experiment)
+    sql = ("SELECT t.dataset, t.source, t.subset_size, t.seed, m.epoch, m.test_acc FROM epoch_metrics m "
+           "JOIN trials t ON t.id = m.trial_id JOIN experiment_trials et ON et.trial_id = t.id "
+           "JOIN experiments e ON e.id = et.experiment_id WHERE e.name = :experiment AND t.kind = 'transfer' "
+           "AND t.status = 'completed' AND t.blocks = :blocks AND m.test_acc IS NOT NULL")
+    frame = nullable_ints(db.frame(sql, {"experiment": experiment, "blocks": int(blocks)}), ("subset_size", "epoch"))
+    _require_rows(frame, f"epoch metrics of completed transfers with blocks = {blocks}", experiment)
+    size = _default_subset(frame, subset_size)
+    frame = _labels(db, _at_subset(frame, size).copy())
+    return stats.summarize(frame, ["dataset", "source_label", "epoch"], "test_acc"), size
+
+
+def plot_learning_curve(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
+                        subset_size: int | str | None = None) -> Figure:
+    blocks = DEFAULT_BLOCKS if blocks is None else blocks
+    data, size = learning_curve_frame(db, experiment, blocks, subset_size)
+    datasets = sorted(data["dataset"].unique())
+    figure, axes = _figure(len(datasets))
+    for ax, dataset in zip(axes, datasets, strict=True):
+        part = data[data["dataset"] == dataset]
+        for label in sorted(part["source_label"].unique(), key=source_order):
+            rows = part[part["source_label"] == label].sort_values("epoch")
+            _band(ax, rows["epoch"].to_numpy(float), 100 * rows["mean"].to_numpy(float),
+                  100 * rows["ci95"].to_numpy(float), label, marker=".")
+        ax.set_title(f"{dataset}: {subset_label(size)} images, {blocks} fine-tuned blocks")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(title="source", fontsize="small")
+    figure.suptitle(f"{experiment}: test accuracy during fine-tuning, mean ± 95% CI over seeds")
+    return figure
+
+
+# --- blocks (Utrera Fig. 4) -----------------------------------------------------------------------
+
+
+def plot_blocks(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
+                subset_size: int | str | None = None) -> Figure:
+    data = blocks_frame(db, experiment)
+    size = _default_subset(data, subset_size)
+    data = _at_subset(data, size)
+    datasets = sorted(data["dataset"].unique())
+    figure, axes = _figure(len(datasets))
+    for ax, dataset in zip(axes, datasets, strict=True):
+        part = data[data["dataset"] == dataset]
+        for label in sorted(part["source_label"].unique(), key=source_order):
+            rows = part[part["source_label"] == label].sort_values("blocks")
+            _band(ax, rows["blocks"].to_numpy(float), 100 * rows["mean"].to_numpy(float),
+                  100 * rows["ci95"].to_numpy(float), label)
+        ax.set_xticks(sorted(part["blocks"].dropna().unique().astype(int).tolist()))
+        ax.set_title(f"{dataset}: {subset_label(size)} images")
+        ax.set_xlabel("fine-tuned residual blocks")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(title="source", fontsize="small")
+    figure.suptitle(f"{experiment}: accuracy by number of fine-tuned blocks, mean ± 95% CI over seeds")
+    return figure
+
+
+# --- asr-vs-clean (Renofeation) --------------------------------------------------------------------
+
+_MARKERS = "osD^vP*Xh<>p"
+
+
+def plot_asr_vs_clean(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
+                      subset_size: int | str | None = None) -> Figure:
+    from matplotlib.lines import Line2D
+
+    data = renofeation_frame(db, experiment)
+    data = data[data["dataset"] != "avg"]
+    wide = data.pivot_table(index=["arch", "method", "dataset"], columns="metric", values="mean").reset_index()
+    if "asr" not in wide or wide["asr"].isna().all():
+        raise UserError(f"experiment {experiment!r} has no ASR values (run the attack: params.attack_steps > 0)")
+    wide = wide.dropna(subset=["clean_acc", "asr"])
+    methods = list(dict.fromkeys(data["method"]))
+    datasets = sorted(wide["dataset"].unique())
+    figure, axes = _figure(1, width=7.0, height=5.0)
+    ax = axes[0]
+    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    markers = {d: _MARKERS[i % len(_MARKERS)] for i, d in enumerate(datasets)}
+    for row in wide.itertuples(index=False):
+        ax.scatter(100 * row.clean_acc, 100 * row.asr, color=colours[row.method], marker=markers[row.dataset],
+                   s=40, alpha=0.85)
+    handles = [Line2D([], [], color=colours[m], marker="o", linestyle="", label=m) for m in methods
+               if m in set(wide["method"])]
+    handles += [Line2D([], [], color="grey", marker=markers[d], linestyle="", label=d) for d in datasets]
+    ax.legend(handles=handles, fontsize="small", title="method / dataset", loc="best")
+    archs = ", ".join(sorted(wide["arch"].unique()))
+    ax.set_title(f"Attack success rate vs clean accuracy ({archs})")
+    ax.set_xlabel("clean test accuracy (%)")
+    ax.set_ylabel("attack success rate, ASR (%)")
+    ax.grid(alpha=0.3)
+    return figure
+
+
+# --- er (Andreassen Fig. 1c) ----------------------------------------------------------------------
+
+
+def plot_er(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
+            subset_size: int | str | None = None) -> Figure:
+    data = er_frame(db, experiment)
+    figure, axes = _figure(1, width=7.0, height=5.0)
+    ax = axes[0]
+    for (dataset, ood, arch, init), rows in data.groupby(["dataset", "ood", "arch", "init"], sort=True):
+        rows = rows.sort_values("id_low")
+        x = 100 * (rows["id_low"] + rows["id_high"]).to_numpy(float) / 2
+        ax.plot(x, 100 * rows["mean_er"].to_numpy(float), marker=".", linestyle="-" if init == "pretrained" else "--",
+                label=f"{arch}, {init} ({dataset}→{ood})")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_title("Effective robustness during training (mean per 1% ID-accuracy bin)")
+    ax.set_xlabel("ID test accuracy (%)")
+    ax.set_ylabel("effective robustness (pp)")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return figure
+
+
+# --- registry ---------------------------------------------------------------------------------------
+
+PlotFunction = Callable[..., Figure]
+PLOTS: dict[str, tuple[PlotFunction, str]] = {
+    "accuracy-delta": (plot_accuracy_delta, "robust − natural test accuracy vs training images (Utrera Fig. 2b)"),
+    "learning-curve": (plot_learning_curve, "test accuracy vs epoch (Utrera Fig. 3)"),
+    "blocks": (plot_blocks, "test accuracy vs fine-tuned blocks (Utrera Fig. 4)"),
+    "asr-vs-clean": (plot_asr_vs_clean, "ASR vs clean accuracy (Renofeation)"),
+    "er": (plot_er, "ER vs ID accuracy over training (Andreassen Fig. 1c)"),
+}
+
+
+def make_plot(name: str, experiment: str, db: Database | Any = None, blocks: int | None = None,
+              subset_size: int | str | None = None) -> Figure:
+    if name not in PLOTS:
+        raise UserError(f"unknown plot {name!r} (known: {', '.join(PLOTS)})")
+    with reading(db) as database:
+        return PLOTS[name][0](database, experiment, blocks=blocks, subset_size=subset_size)
+
+
+def save_plot(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
+    target = Path(path)
+    if target.suffix.lower() != ".png":
+        raise UserError(f"plots are PNG files: {target} does not end in .png")
+    if not target.parent.exists():
+        raise UserError(f"output directory {target.parent} does not exist")
+    figure.savefig(target, dpi=dpi)
+    return target
+

@@ -1,0 +1,450 @@
+"""The papers' tables as reports: each a function returning a pandas DataFrame (long form, DB
+units: fractions) plus a renderer (display tables in %, pp for ER).
+
+Every report reads the database read-only, aggregates with one SQL query per table plus pandas
+(never one query per trial), and takes its CIs from orchestrator.stats.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from orchestrator import stats
+from orchestrator.errors import UserError
+from orchestrator.query import Database, ReadOnlyDatabase, reading, text_table
+from orchestrator.results import (
+    SCRATCH,
+    experiment_trials_sql,
+    label_sources,
+    nullable_ints,
+    require_experiment,
+    source_methods,
+    source_order,
+)
+
+FORMATS = ("table", "markdown", "csv")
+DEFAULT_BLOCKS = 3
+FULL_LABEL = "full"
+# Renofeation's table order (grids.renofeation2021 variant names), then anything else alphabetically.
+METHOD_ORDER = ("linear", "finetune", "l2sp", "delta", "retrain", "renofeation", "delta-r",
+                "renofeation-no-dropout", "renofeation-no-swa", "delta-adv")
+
+
+@dataclass
+class Report:
+    """A computed report: `data` is the long-form DataFrame (fractions), `tables` what is shown."""
+
+    name: str
+    title: str
+    data: pd.DataFrame
+    tables: list[tuple[str, pd.DataFrame]]
+    notes: list[str] = field(default_factory=list)
+    sql: str | None = None
+
+
+# --- formatting helpers ----------------------------------------------------------------------
+
+
+def subset_label(value: Any) -> str:
+    return FULL_LABEL if value is None or pd.isna(value) else str(int(value))
+
+
+def subset_sort_key(value: Any) -> float:
+    """Subset sizes sort numerically with the full training set last."""
+    return math.inf if value is None or pd.isna(value) else float(value)
+
+
+def pct(mean: float, ci: float | None = None, digits: int = 1, best: bool = False) -> str:
+    """A fraction as a percentage, with ± CI half-width when there is one; '*' marks the best."""
+    if mean is None or pd.isna(mean):
+        return ""
+    text = f"{100 * mean:.{digits}f}"
+    if ci is not None and not pd.isna(ci):
+        text += f" ± {100 * ci:.{digits}f}"
+    return text + (" *" if best else "")
+
+
+def _trial_frame(db: ReadOnlyDatabase, experiment: str, columns: str, where: str = "",
+                 params: dict[str, Any] | None = None) -> pd.DataFrame:
+    require_experiment(db, experiment)
+    frame = db.frame(experiment_trials_sql(columns, where), {"experiment": experiment, **(params or {})})
+    return nullable_ints(frame, ("blocks", "subset_size", "seed", "epoch"))
+
+
+def _labels(db: ReadOnlyDatabase, frame: pd.DataFrame) -> pd.DataFrame:
+    labels = label_sources(frame["source"].tolist(), source_methods(db)) if not frame.empty else {}
+    frame["source_label"] = frame["source"].map(labels)
+    return frame
+
+
+def _sorted_labels(labels: Sequence[str]) -> list[str]:
+    return sorted(dict.fromkeys(labels), key=source_order)
+
+
+def _require_rows(frame: pd.DataFrame, what: str, experiment: str) -> None:
+    if frame.empty:
+        raise UserError(f"experiment {experiment!r} has no {what}")
+
+
+# --- utrera-table7 -----------------------------------------------------------------------------
+
+TABLE7_SQL = experiment_trials_sql(
+    "t.dataset, t.subset_size, t.source, COUNT(t.test_acc) AS n, SUM(t.test_acc) AS total, "
+    "SUM(t.test_acc * t.test_acc) AS total_sq",
+    "AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks = :blocks AND t.test_acc IS NOT NULL "
+    "GROUP BY t.dataset, t.subset_size, t.source",
+)
+
+
+def table7_frame(db: ReadOnlyDatabase, experiment: str, blocks: int = DEFAULT_BLOCKS) -> pd.DataFrame:
+    """Utrera et al. Table 7: final test accuracy per (target, subset size, source) at `blocks`.
+
+    One aggregating SQL query (count, sum, sum of squares per cell) and pandas for the
+    t-interval. Columns: dataset, subset_size (<NA> = full), source, source_label, n, mean, sd,
+    ci95, best (the highest mean of its (dataset, subset_size) row).
+    """
+    require_experiment(db, experiment)
+    frame = db.frame(TABLE7_SQL, {"experiment": experiment, "blocks": int(blocks)})
+    frame = nullable_ints(frame, ("subset_size",))
+    _require_rows(frame, f"completed transfer trials with blocks = {blocks}", experiment)
+    frame = stats.from_moments(_labels(db, frame))
+    row_best = frame.groupby(["dataset", frame["subset_size"].fillna(-1)])["mean"].transform("max")
+    frame["best"] = np.isclose(frame["mean"], row_best, rtol=0, atol=1e-12)
+    frame = frame.sort_values(["dataset", "subset_size", "source_label"], na_position="last",
+                              key=lambda c: c.map(source_order) if c.name == "source_label" else c)
+    return frame[["dataset", "subset_size", "source", "source_label", "n", "mean", "sd", "ci95", "best"]
+                 ].reset_index(drop=True)
+
+
+def _wide(frame: pd.DataFrame, rows: Sequence[str], column: str, cell: Callable[[pd.Series], str],
+          column_order: Sequence[Any], row_labels: dict[str, str]) -> pd.DataFrame:
+    """Pivot a long frame into a display table of strings (rows keep the frame's order)."""
+    keys = list(dict.fromkeys(tuple(r) for r in frame[list(rows)].itertuples(index=False, name=None)))
+    cells: dict[tuple, dict[Any, str]] = {k: {} for k in keys}
+    for _, row in frame.iterrows():
+        cells[tuple(row[r] for r in rows)][row[column]] = cell(row)
+    records = []
+    for key in keys:
+        record = {row_labels.get(r, r): (subset_label(v) if r == "subset_size" else v) for r, v in zip(rows, key,
+                                                                                                         strict=True)}
+        record.update({str(c): cells[key].get(c, "") for c in column_order})
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def render_table7(frame: pd.DataFrame, blocks: int) -> list[tuple[str, pd.DataFrame]]:
+    order = _sorted_labels(frame["source_label"].tolist())
+    table = _wide(frame, ["dataset", "subset_size"], "source_label",
+                  lambda r: pct(r["mean"], r["ci95"], best=bool(r["best"])), order,
+                  {"dataset": "target", "subset_size": "images"})
+    return [(f"test accuracy (%) at the last epoch, {blocks} fine-tuned blocks: mean ± 95% CI over seeds "
+             "(* = best source of the row)", table)]
+
+
+def utrera_table7(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None) -> Report:
+    blocks = DEFAULT_BLOCKS if blocks is None else blocks
+    frame = table7_frame(db, experiment, blocks)
+    seeds = frame["n"]
+    notes = [f"runs per cell: {int(seeds.min())}–{int(seeds.max())}" if seeds.min() != seeds.max()
+             else f"runs per cell: {int(seeds.min())}"]
+    return Report("utrera-table7", f"Utrera et al. Table 7 — {experiment}", frame, render_table7(frame, blocks),
+                  notes)
+
+
+# --- utrera-blocks ------------------------------------------------------------------------------
+
+
+def blocks_frame(db: ReadOnlyDatabase, experiment: str) -> pd.DataFrame:
+    """Utrera et al. Fig. 4 / 11: final test accuracy by fine-tuned blocks per target, subset size
+    and source. Columns: dataset, subset_size, source_label, blocks, n, mean, sd, ci95."""
+    frame = _trial_frame(db, experiment, "t.dataset, t.subset_size, t.source, t.blocks, t.seed, t.test_acc",
+                         "AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks IS NOT NULL "
+                         "AND t.test_acc IS NOT NULL")
+    _require_rows(frame, "completed transfer trials with a block setting", experiment)
+    frame = _labels(db, frame)
+    summary = stats.summarize(frame, ["dataset", "subset_size", "source_label", "blocks"], "test_acc")
+    summary = nullable_ints(summary, ("subset_size", "blocks"))
+    summary = summary.sort_values(["dataset", "subset_size", "source_label", "blocks"], na_position="last",
+                                  key=lambda c: c.map(source_order) if c.name == "source_label" else c)
+    return summary.reset_index(drop=True)
+
+
+def utrera_blocks(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None) -> Report:
+    frame = blocks_frame(db, experiment)
+    order = sorted(frame["blocks"].dropna().unique().tolist())
+    table = _wide(frame, ["dataset", "subset_size", "source_label"], "blocks",
+                  lambda r: pct(r["mean"], r["ci95"]), order,
+                  {"dataset": "target", "subset_size": "images", "source_label": "source"})
+    table = table.rename(columns={str(b): f"{b} blocks" for b in order})
+    return Report("utrera-blocks", f"Utrera et al. Fig. 4 / 11 — {experiment}", frame,
+                  [("test accuracy (%) by number of fine-tuned blocks: mean ± 95% CI over seeds", table)])
+
+
+# --- renofeation ---------------------------------------------------------------------------------
+
+
+def method_variant(method: str, params: dict[str, Any]) -> str:
+    """The Renofeation grid's variant name of a trial (ablations share a method, differ in params)."""
+    if method == "renofeation":
+        parts = [method]
+        if not params.get("dropout"):
+            parts.append("no-dropout")
+        if not params.get("swa_epochs"):
+            parts.append("no-swa")
+        return "-".join(parts)
+    if params.get("adv_steps"):
+        return f"{method}-adv"
+    return method
+
+
+def _method_key(name: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(name), "") if name in METHOD_ORDER else (len(METHOD_ORDER), name)
+
+
+def renofeation_frame(db: ReadOnlyDatabase, experiment: str) -> pd.DataFrame:
+    """Renofeation Tables 2 and 4: clean test accuracy and ASR by (arch, method variant) × dataset,
+    plus an `avg` pseudo-dataset (mean of the per-dataset means of that row).
+    Columns: arch, method, dataset, metric (clean_acc | asr), n, mean, sd, ci95."""
+    frame = _trial_frame(db, experiment, "t.arch, t.dataset, t.method, t.seed, t.test_acc, t.asr, t.spec_json",
+                         "AND t.kind = 'transfer' AND t.status = 'completed'")
+    _require_rows(frame, "completed transfer trials", experiment)
+    frame["method"] = [method_variant(m, json.loads(s).get("params") or {})
+                       for m, s in zip(frame["method"], frame["spec_json"], strict=True)]
+    parts = []
+    for metric, column in (("clean_acc", "test_acc"), ("asr", "asr")):
+        summary = stats.summarize(frame, ["arch", "method", "dataset"], column)
+        summary.insert(3, "metric", metric)
+        parts.append(summary)
+        if not summary.empty:
+            average = summary.groupby(["arch", "method"], sort=False)["mean"].agg(["mean", "count"]).reset_index()
+            average = average.rename(columns={"count": "n"})
+            average["dataset"], average["metric"] = "avg", metric
+            average["sd"], average["ci95"] = np.nan, np.nan
+            parts.append(average[summary.columns])
+    out = pd.concat(parts, ignore_index=True)
+    out["_m"] = out["method"].map(_method_key)
+    out["_d"] = out["dataset"].map(lambda d: (d == "avg", d))
+    out = out.sort_values(["metric", "arch", "_m", "_d"]).drop(columns=["_m", "_d"])
+    return out.reset_index(drop=True)
+
+
+def renofeation(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None) -> Report:
+    frame = renofeation_frame(db, experiment)
+    datasets = sorted(d for d in frame["dataset"].unique() if d != "avg") + ["avg"]
+    tables = []
+    for metric, caption in (("clean_acc", "clean test accuracy (%)"), ("asr", "attack success rate, ASR (%)")):
+        part = frame[frame["metric"] == metric]
+        if part.empty:
+            continue
+        tables.append((f"{caption}: mean ± 95% CI over seeds; avg = mean over datasets",
+                       _wide(part, ["arch", "method"], "dataset", lambda r: pct(r["mean"], r["ci95"]), datasets,
+                             {})))
+    return Report("renofeation", f"Renofeation Tables 2 and 4 — {experiment}", frame, tables)
+
+
+# --- er --------------------------------------------------------------------------------------------
+
+ER_SQL = (
+    "SELECT t.dataset, t.ood, t.arch, t.source, t.id AS trial_id, m.epoch, m.test_acc, m.er "
+    "FROM epoch_metrics m JOIN trials t ON t.id = m.trial_id "
+    "JOIN experiment_trials et ON et.trial_id = t.id JOIN experiments e ON e.id = et.experiment_id "
+    "WHERE e.name = :experiment AND t.kind = 'transfer' AND t.status = 'completed' "
+    "AND m.er IS NOT NULL AND m.test_acc IS NOT NULL"
+)
+ER_BINS = 100
+
+
+def er_frame(db: ReadOnlyDatabase, experiment: str, bins: int = ER_BINS) -> pd.DataFrame:
+    """Andreassen et al. Fig. 1 / 3: per-epoch ER against ID accuracy, binned into `bins`
+    equal-width bins of ID accuracy over [0, 1] (workers.metrics.binned_er), the mean over every
+    checkpoint (epoch) of every run in the bin, per (dataset, ood, arch, init); init =
+    pretrained (source != scratch) or random (scratch).
+    Columns: dataset, ood, arch, init, runs (of the group), id_low, id_high, mean_er, checkpoints
+    (epochs in the bin)."""
+    from workers.trainable import er_math
+
+    require_experiment(db, experiment)
+    frame = db.frame(ER_SQL, {"experiment": experiment})
+    _require_rows(frame, "epochs with an ER value (fit a baseline: rtgrid er fit)", experiment)
+    frame["init"] = np.where(frame["source"] == SCRATCH, "random", "pretrained")
+    binned_er = er_math().binned_er
+    records = []
+    for (dataset, ood, arch, init), group in frame.groupby(["dataset", "ood", "arch", "init"], sort=True):
+        runs = group["trial_id"].nunique()
+        for low, high, mean, count in binned_er(group["test_acc"].to_numpy(float), group["er"].to_numpy(float),
+                                                bins):
+            records.append({"dataset": dataset, "ood": ood, "arch": arch, "init": init, "runs": runs,
+                            "id_low": low, "id_high": high, "mean_er": mean, "checkpoints": count})
+    return pd.DataFrame.from_records(records)
+
+
+def er_report(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None) -> Report:
+    frame = er_frame(db, experiment)
+    frame = frame.assign(group=[f"{d}->{o} {a} {i}" for d, o, a, i in
+                                zip(frame["dataset"], frame["ood"], frame["arch"], frame["init"], strict=True)])
+    frame["id_range"] = [f"{100 * lo:.0f}–{100 * hi:.0f}" for lo, hi in zip(frame["id_low"], frame["id_high"],
+                                                                              strict=True)]
+    groups = list(dict.fromkeys(frame["group"]))
+    ordered = frame.sort_values("id_low")
+    table = _wide(ordered, ["id_range"], "group",
+                  lambda r: f"{100 * r['mean_er']:+.2f} ({int(r['checkpoints'])})", groups,
+                  {"id_range": "ID acc (%)"})
+    data = frame.drop(columns=["group", "id_range"])
+    return Report("er", f"Effective robustness during training (Andreassen et al. Fig. 1 / 3) — {experiment}",
+                  data, [("mean ER (pp) of the checkpoints in each 1%-wide ID-accuracy bin (checkpoints)", table)])
+
+
+# --- demo -------------------------------------------------------------------------------------------
+
+
+def demo_sql(experiment: str) -> str:
+    """The SQL a user types for the demo's first table (source name = the source trial's method)."""
+    name = experiment.replace("'", "''")
+    return (
+        "SELECT r.dataset AS target, COALESCE(s.method, r.source) AS source, r.subset_size,\n"
+        "       COUNT(*) AS runs, ROUND(CAST(100 * AVG(r.test_acc) AS NUMERIC), 1) AS test_acc_pct\n"
+        "FROM results r LEFT JOIN trials s ON s.spec_hash = substr(r.source, 6)\n"
+        f"WHERE r.experiment = '{name}' AND r.kind = 'transfer' AND r.status = 'completed'\n"
+        "  AND r.source <> 'scratch' AND r.test_acc IS NOT NULL\n"
+        "GROUP BY r.dataset, COALESCE(s.method, r.source), r.subset_size\n"
+        "ORDER BY 1, 2, 3"
+    )
+
+
+def demo_frames(db: ReadOnlyDatabase, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The demo's closing data: (accuracy, robustness, sql).
+
+    accuracy: dataset, source_label, subset_size, n, mean, sd, ci95 — final test accuracy of the
+    transfers (from-scratch ER testbed runs left out), mean over seeds and block settings.
+    robustness: dataset, source_label, and per metric (test_acc, asr, er) its n / mean / ci95
+    columns (`asr_mean`, `er_mean`, …) — mean over every transfer of that source.
+    """
+    frame = _trial_frame(db, experiment,
+                         "t.dataset, t.source, t.subset_size, t.blocks, t.seed, t.test_acc, t.asr, t.er",
+                         "AND t.kind = 'transfer' AND t.status = 'completed' AND t.source <> 'scratch'")
+    _require_rows(frame, "completed transfer trials", experiment)
+    frame = _labels(db, frame)
+    accuracy = stats.summarize(frame, ["dataset", "source_label", "subset_size"], "test_acc")
+    accuracy = nullable_ints(accuracy, ("subset_size",)).sort_values(
+        ["dataset", "source_label", "subset_size"], na_position="last",
+        key=lambda c: c.map(source_order) if c.name == "source_label" else c).reset_index(drop=True)
+    robustness = None
+    for metric in ("test_acc", "asr", "er"):
+        part = stats.summarize(frame, ["dataset", "source_label"], metric)[["dataset", "source_label", "n", "mean",
+                                                                           "ci95"]]
+        part = part.rename(columns={c: f"{metric}_{c}" for c in ("n", "mean", "ci95")})
+        robustness = part if robustness is None else robustness.merge(part, on=["dataset", "source_label"],
+                                                                      how="outer")
+    assert robustness is not None
+    robustness = robustness.sort_values(["dataset", "source_label"],
+                                        key=lambda c: c.map(source_order) if c.name == "source_label" else c)
+    return accuracy, robustness.reset_index(drop=True), demo_sql(experiment)
+
+
+def demo(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None) -> Report:
+    accuracy, robustness, sql = demo_frames(db, experiment)
+    sizes = sorted(accuracy["subset_size"].unique().tolist(), key=subset_sort_key)
+    accuracy_display = accuracy.assign(subset_size=accuracy["subset_size"].map(subset_label))
+    table1 = _wide(accuracy_display, ["dataset", "source_label"], "subset_size",
+                   lambda r: pct(r["mean"], r["ci95"]), [subset_label(s) for s in sizes],
+                   {"dataset": "target", "source_label": "source"})
+    table1 = table1.rename(columns={subset_label(s): f"{subset_label(s)} images" for s in sizes})
+    table2 = pd.DataFrame({
+        "target": robustness["dataset"],
+        "source": robustness["source_label"],
+        "test acc (%)": [pct(m, c) for m, c in zip(robustness["test_acc_mean"], robustness["test_acc_ci95"],
+                                                   strict=True)],
+        "ASR (%)": [pct(m, c) for m, c in zip(robustness["asr_mean"], robustness["asr_ci95"], strict=True)],
+        "ER, last epoch (pp)": [("" if pd.isna(m) else f"{100 * m:+.1f}") for m in robustness["er_mean"]],
+    })
+    data = accuracy.assign(table="accuracy")
+    return Report("demo", f"rtgrid demo — {experiment}", data, [
+        ("test accuracy (%) by source and training images: mean ± 95% CI over seeds and block settings", table1),
+        ("by source: test accuracy, attack success rate of the penultimate-layer attack (ASR), effective "
+         "robustness at the last epoch", table2),
+    ], sql=sql)
+
+
+def demo_report(db: Database | Any, experiment: str) -> Iterator[str]:
+    """The demo's closing tables as printable lines, with the SQL that gives the first one."""
+    with reading(db) as database:
+        report = demo(database, experiment)
+    (caption1, table1), (caption2, table2) = report.tables
+    yield ""
+    yield caption1
+    yield _text(table1)
+    yield ""
+    yield "the same numbers from SQL (means only):"
+    yield f'rtgrid query "{report.sql}"'.replace("\n", "\n  ")
+    yield ""
+    yield caption2
+    yield _text(table2)
+
+
+# --- registry and rendering ---------------------------------------------------------------------------
+
+ReportFunction = Callable[[ReadOnlyDatabase, str, int | None], Report]
+REPORTS: dict[str, tuple[ReportFunction, str]] = {
+    "utrera-table7": (utrera_table7, "mean test accuracy by target x subset size and source (± 95% CI)"),
+    "utrera-blocks": (utrera_blocks, "test accuracy by number of fine-tuned blocks per target x source"),
+    "renofeation": (renofeation, "clean accuracy and ASR by method x dataset, with the average"),
+    "er": (er_report, "per-epoch ER binned by ID accuracy, per architecture and init"),
+    "demo": (demo, "the demo's closing tables and the SQL behind the first"),
+}
+
+
+def build_report(name: str, experiment: str, db: Database = None, blocks: int | None = None) -> Report:
+    if name not in REPORTS:
+        raise UserError(f"unknown report {name!r} (known: {', '.join(REPORTS)})")
+    with reading(db) as database:
+        return REPORTS[name][0](database, experiment, blocks)
+
+
+def _text(table: pd.DataFrame) -> str:
+    rows = table.itertuples(index=False, name=None)
+    rows = [tuple("" if v is None else v for v in r) for r in rows]
+    numeric = [i > 0 and all(_looks_numeric(r[i]) for r in rows) for i in range(len(table.columns))]
+    return text_table([str(c) for c in table.columns], rows, numeric)
+
+
+def _looks_numeric(value: Any) -> bool:
+    text = str(value).strip().rstrip("*").strip()
+    return text == "" or text.replace("±", "").replace(" ", "").replace(".", "").replace("+", "").replace(
+        "-", "").replace("(", "").replace(")", "").isdigit()
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    def esc(value: Any) -> str:
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(c) for c in table.columns) + " |",
+             "|" + "|".join("---" for _ in table.columns) + "|"]
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in table.itertuples(index=False, name=None)]
+    return "\n".join(lines)
+
+
+def render(report: Report, fmt: str = "table") -> str:
+    """table: aligned text; markdown: pipe tables; csv: the long-form data (fractions)."""
+    if fmt == "csv":
+        buffer = io.StringIO()
+        report.data.to_csv(buffer, index=False)
+        return buffer.getvalue().rstrip("\n")
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    out = [f"# {report.title}" if fmt == "markdown" else report.title]
+    for caption, table in report.tables:
+        out += ["", f"**{caption}**" if fmt == "markdown" else caption, ""]
+        out.append(_markdown(table) if fmt == "markdown" else _text(table))
+    if report.sql:
+        out += ["", "SQL:", "", f"```sql\n{report.sql}\n```" if fmt == "markdown" else report.sql]
+    if report.notes:
+        out += [""] + [f"note: {note}" for note in report.notes]
+    return "\n".join(out)

@@ -1,0 +1,169 @@
+"""The Python API to results: `results_frame()` and the source labels every report uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import PurePath
+from typing import Any
+
+import pandas as pd
+
+from orchestrator.errors import UserError
+from orchestrator.query import Database, ReadOnlyDatabase, reading
+
+# Labels of the published sources (Utrera et al.'s four ResNet-50s); other robustness:<name>
+# files get their name.
+PUBLISHED_LABELS = {
+    "robustness:imagenet_l2_3_0": "l2-3",
+    "robustness:imagenet_linf_4": "linf-4",
+    "robustness:imagenet_linf_8": "linf-8",
+}
+NATURAL = "natural"
+SCRATCH = "scratch"
+
+Lookup = Mapping[str, str] | Callable[[str], str | None]
+
+
+def source_label(source: str | None, lookup: Lookup | None = None) -> str:
+    """A short human name for a trial's `source` column.
+
+    torchvision:<arch> -> "natural"; robustness:imagenet_l2_3_0 / _linf_4 / _linf_8 -> "l2-3" /
+    "linf-4" / "linf-8"; spec:<hash> -> the method of the source trial with that spec_hash
+    (natural, pgd-l2, pgd-linf, ...) found through `lookup` (a mapping or a function from
+    spec_hash to method), or "spec:<first 12 hex>" when unknown; scratch -> "scratch";
+    file:<path> -> "file:<file name>"; None (source trials) -> "-".
+    """
+    if source is None or (isinstance(source, float) and source != source):
+        return "-"
+    if source.startswith("torchvision:"):
+        return NATURAL
+    if source in PUBLISHED_LABELS:
+        return PUBLISHED_LABELS[source]
+    if source.startswith("robustness:"):
+        return source.removeprefix("robustness:")
+    if source.startswith("spec:"):
+        spec_hash = source.removeprefix("spec:")
+        method = None
+        if lookup is not None:
+            method = lookup(spec_hash) if callable(lookup) else lookup.get(spec_hash)
+        return method or f"spec:{spec_hash[:12]}"
+    if source.startswith("file:"):
+        return "file:" + PurePath(source.removeprefix("file:")).name
+    return source
+
+
+def source_order(label: str) -> tuple[int, str]:
+    """Sort key: natural first, scratch last, the rest alphabetical (l2-3 < linf-4 < linf-8)."""
+    return (0 if label == NATURAL else 2 if label == SCRATCH else 1, label)
+
+
+def source_methods(db: ReadOnlyDatabase) -> dict[str, str]:
+    """spec_hash -> method of every source trial: the lookup for `source_label`."""
+    result = db.rows("SELECT spec_hash, method FROM trials WHERE kind = 'source'")
+    return {str(h).strip(): str(m) for h, m in result.rows}
+
+
+def label_sources(sources: Iterable[str | None], lookup: Lookup | None) -> dict[str | None, str]:
+    """source -> label, made unique: two different sources with one label get a hash suffix."""
+    distinct = list(dict.fromkeys(sources))
+    labels = {s: source_label(s, lookup) for s in distinct}
+    counts: dict[str, int] = {}
+    for label in labels.values():
+        counts[label] = counts.get(label, 0) + 1
+    for source, label in labels.items():
+        if counts[label] > 1 and source is not None and source.startswith("spec:"):
+            labels[source] = f"{label}@{source.removeprefix('spec:')[:8]}"
+    return labels
+
+
+def add_source_labels(frame: pd.DataFrame, db: ReadOnlyDatabase, column: str = "source") -> pd.DataFrame:
+    """`frame` with a `source_label` column next to `column`."""
+    out = frame.copy()
+    if out.empty:
+        out["source_label"] = pd.Series(dtype=object)
+        return out
+    labels = label_sources(out[column].tolist(), source_methods(db))
+    out["source_label"] = out[column].map(lambda s: labels.get(s, source_label(s)))
+    return out
+
+
+def require_experiment(db: ReadOnlyDatabase, experiment: str) -> int:
+    found = db.rows("SELECT id FROM experiments WHERE name = :name", {"name": experiment}).rows
+    if not found:
+        names = [r[0] for r in db.rows("SELECT name FROM experiments ORDER BY name").rows]
+        known = f" (known: {', '.join(names[:10])}{', …' if len(names) > 10 else ''})" if names else " (none yet)"
+        raise UserError(f"unknown experiment {experiment!r}{known}")
+    return int(found[0][0])
+
+
+def nullable_ints(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
+    """Integer columns that may hold NULL (subset_size, blocks, …) as pandas' nullable Int64."""
+    for column in columns:
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    return frame
+
+
+FLOAT_COLUMNS = ("test_acc", "ood_acc", "asr", "adv_acc", "clean_acc", "er", "robust_acc", "duration_s")
+INT_COLUMNS = ("trial_id", "blocks", "subset_size", "seed", "epochs", "last_epoch")
+
+
+def results_frame(experiment: str, db: Database | Any = None) -> pd.DataFrame:
+    """All trials of one experiment as a DataFrame: one row per trial, from the `results` view.
+
+    Parameters
+    ----------
+    experiment:
+        The experiment name (``experiments.name``, e.g. ``"utrera2021"``); an unknown name
+        raises ``orchestrator.errors.UserError`` listing the known ones.
+    db:
+        A database URL (``"sqlite:///utrera.db"``, ``"postgresql://user@host/db"``); ``None``
+        means ``$RTGRID_DB``, else ``sqlite:///rtgrid.sqlite``. An open
+        ``orchestrator.query.ReadOnlyDatabase`` or a ``db.repository.Repository`` works too.
+        The database is opened read-only: this function never writes.
+
+    Returns
+    -------
+    pandas.DataFrame with one row per trial of the experiment, in ``trial_id`` order, columns:
+
+    - ``experiment``, ``trial_id``, ``spec_hash``, ``status`` (pending / running / completed /
+      failed / cancelled);
+    - the spec's key fields: ``kind`` (source / transfer), ``arch``, ``source`` (raw, e.g.
+      ``torchvision:resnet50``, ``robustness:imagenet_l2_3_0``, ``spec:<hash>``, ``scratch``),
+      ``source_label`` (short name: natural, l2-3, linf-4, linf-8, or the source trial's
+      method such as pgd-l2 for ``spec:`` sources; see ``source_label``), ``dataset``, ``ood``,
+      ``method``, ``blocks`` and ``subset_size`` (nullable ``Int64``; ``subset_size`` <NA> =
+      the full training set), ``seed``, ``epochs``;
+    - final metrics as FRACTIONS in [0, 1] (NaN when not measured or not finished):
+      ``test_acc``, ``ood_acc``, ``asr``, ``adv_acc``, ``clean_acc``, ``robust_acc``;
+      ``er`` (effective robustness at the last epoch, a fraction in [-1, 1]);
+      ``duration_s``; ``last_epoch`` (last epoch with metrics) and ``finished_at``.
+
+    Per-epoch values are in the ``epoch_metrics`` table (``rtgrid export E --table epochs``).
+
+    Example
+    -------
+    >>> df = results_frame("utrera2021", db="sqlite:///utrera.db")
+    >>> done = df[df.status == "completed"]
+    >>> done.groupby(["dataset", "subset_size", "source_label"]).test_acc.mean().unstack()
+    """
+    with reading(db) as database:
+        require_experiment(database, experiment)
+        frame = database.frame("SELECT * FROM results WHERE experiment = :experiment ORDER BY trial_id",
+                               {"experiment": experiment})
+        frame = add_source_labels(frame, database)
+    if "source_label" in frame:
+        position = list(frame.columns).index("source") + 1
+        frame.insert(position, "source_label", frame.pop("source_label"))
+    for column in FLOAT_COLUMNS:
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    if "spec_hash" in frame:
+        frame["spec_hash"] = frame["spec_hash"].astype(str).str.strip()
+    return nullable_ints(frame, INT_COLUMNS)
+
+
+def experiment_trials_sql(columns: str = "t.*", where: str = "") -> str:
+    """SELECT over the trials of experiment :experiment (joined through experiment_trials)."""
+    return (f"SELECT {columns} FROM trials t JOIN experiment_trials et ON et.trial_id = t.id "
+            f"JOIN experiments e ON e.id = et.experiment_id WHERE e.name = :experiment {where}")
