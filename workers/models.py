@@ -8,6 +8,7 @@ so checkpoints and "layerN.i" block names mean the same thing for all of them.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import re
@@ -367,10 +368,14 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def _atomic_save(obj: Any, path: str | os.PathLike[str]) -> str:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # Serialise in memory first: torch.save names the zip's inner folder after the file, so
+    # saving straight to a random temp name would make identical weights hash differently.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        Path(tmp).write_bytes(buffer.getvalue())
         os.replace(tmp, target)  # readers never see a half-written checkpoint
     finally:
         if os.path.exists(tmp):
