@@ -142,6 +142,9 @@ def run_options(func: F) -> F:
         click.option("--pack-size", type=int, default=None, help="Specs per Tune trial (default: automatic)."),
         click.option("--download", is_flag=True, help="Allow torchvision to download missing datasets."),
         click.option("--quiet", is_flag=True, help="No progress bar; one summary line."),
+        click.option("--stale-after", "stale_after_s", type=float, default=120.0, show_default=True,
+                     help="Seconds without a heartbeat after which a 'running' trial counts as interrupted "
+                          "(0: every running trial; use when no other driver runs this experiment)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -341,6 +344,15 @@ def er_fit(id_dataset: str, ood_dataset: str, experiment: str | None, csv_path: 
                f"intercept {fit.intercept:.4f}, n={fit.n_points}; ER filled for {fit.epochs_filled} epoch rows "
                f"and {fit.trials_filled} trials")
 
+
+def _add_result_commands() -> None:
+    from orchestrator.cli_results import export, plot, query, report
+
+    for command in (query, export, report, plot):
+        main.add_command(command)
+
+
+_add_result_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -166,8 +166,9 @@ def plot(name: str, experiment: str, output: str, blocks: int | None, subset_siz
     asr-vs-clean    ASR vs clean accuracy (Renofeation)
     er              ER vs ID accuracy over training (Andreassen Fig. 1c)
     """
-    from orchestrator.plots import make_plot, save_plot
+    from orchestrator.plots import check_output, make_plot, save_plot
 
+    check_output(output)
     figure = make_plot(name, experiment, db_url, blocks=blocks, subset_size=_subset(subset_size))
     click.echo(f"wrote {save_plot(figure, output)}")
 

@@ -161,6 +161,8 @@ def learning_curve_frame(db: ReadOnlyDatabase, experiment: str, blocks: int = DE
 
 def plot_learning_curve(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
                         subset_size: int | str | None = None) -> Figure:
+    from matplotlib.ticker import MaxNLocator
+
     blocks = DEFAULT_BLOCKS if blocks is None else blocks
     data, size = learning_curve_frame(db, experiment, blocks, subset_size)
     datasets = sorted(data["dataset"].unique())
@@ -171,6 +173,7 @@ def plot_learning_curve(db: ReadOnlyDatabase, experiment: str, blocks: int | Non
             rows = part[part["source_label"] == label].sort_values("epoch")
             _band(ax, rows["epoch"].to_numpy(float), 100 * rows["mean"].to_numpy(float),
                   100 * rows["ci95"].to_numpy(float), label, marker=".")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{dataset}: {subset_label(size)} images, {blocks} fine-tuned blocks")
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")
@@ -282,12 +285,18 @@ def make_plot(name: str, experiment: str, db: Database | Any = None, blocks: int
         return PLOTS[name][0](database, experiment, blocks=blocks, subset_size=subset_size)
 
 
-def save_plot(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
+def check_output(path: str | Path) -> Path:
+    """A PNG path whose directory exists (checked before any work)."""
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise UserError(f"plots are PNG files: {target} does not end in .png")
     if not target.parent.exists():
         raise UserError(f"output directory {target.parent} does not exist")
+    return target
+
+
+def save_plot(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
+    target = check_output(path)
     figure.savefig(target, dpi=dpi)
     return target
 

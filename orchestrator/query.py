@@ -276,7 +276,8 @@ class ReadOnlyDatabase:
             if user:
                 driver.set_authorizer(_strict_authorizer)
             try:
-                cursor = driver.execute(sql, dict(params or {}))
+                # user SQL gets no parameters: its ? and :name are the user's business (an error)
+                cursor = driver.execute(sql) if user else driver.execute(sql, dict(params or {}))
                 rows = cursor.fetchall()
                 columns = [d[0] for d in cursor.description or []]
             finally:
@@ -318,9 +319,11 @@ class ReadOnlyDatabase:
     def frame(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         result = self.rows(sql, params)
         frame = pd.DataFrame.from_records(result.rows, columns=result.columns)
-        for column in frame.columns:
-            if frame[column].dtype == object and frame[column].map(lambda v: isinstance(v, Decimal)).any():
-                frame[column] = frame[column].astype(float)
+        for column in frame.columns:  # PostgreSQL NUMERIC arrives as Decimal: make it a float column
+            if frame[column].dtype == object:
+                first = frame[column].first_valid_index()
+                if first is not None and isinstance(frame[column].loc[first], Decimal):
+                    frame[column] = frame[column].astype(float)
         return frame
 
 

@@ -3,3 +3,6 @@
 import torch
 
 torch.set_num_threads(1)
+
+# Database fixtures (real SQLite file and real PostgreSQL): db_url, repo, db_backend, pg_server, ...
+from db_fixtures import *  # noqa: E402, F403

@@ -1,0 +1,212 @@
+"""`rtgrid query` / `export` and results_frame on a real SQLite file and a real PostgreSQL database:
+reads work, every write is refused with one line and exit 2, and the database is unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from results_data import raw_frame, raw_trials, results_postgres, results_sqlite, results_url  # noqa: F401
+
+from orchestrator import cli_results
+from orchestrator.export import export_frame
+from orchestrator.query import (
+    COLUMN_DOCS,
+    TABLE_DOCS,
+    QueryRefused,
+    ReadOnlyDatabase,
+    check_read_only,
+    live_schema,
+    split_statements,
+)
+from orchestrator.results import results_frame
+
+WRITES = [
+    "INSERT INTO experiments (name, grid) VALUES ('x', 'y')",
+    "UPDATE trials SET seed = 1",
+    "DELETE FROM trials",
+    "DROP TABLE trials",
+    "DROP VIEW results",
+    "CREATE TABLE x (a INTEGER)",
+    "CREATE INDEX ix_x ON trials (seed)",
+    "ALTER TABLE trials ADD COLUMN x INTEGER",
+    "ATTACH DATABASE 'other.sqlite' AS other",
+    "PRAGMA user_version = 5",
+    "PRAGMA journal_mode = delete",
+    "PRAGMA journal_mode(delete)",
+    "SELECT 1; DROP TABLE trials",
+    "SELECT 1; DELETE FROM trials;",
+    "WITH doomed AS (SELECT id FROM trials) DELETE FROM trials WHERE id IN (SELECT id FROM doomed)",
+    "WITH d AS (DELETE FROM trials RETURNING id) SELECT count(*) FROM d",
+    "REPLACE INTO experiments (name, grid) VALUES ('x', 'y')",
+    "SELECT * INTO trials_copy FROM trials",
+    "EXPLAIN ANALYZE DELETE FROM trials",
+    "VACUUM",
+    "BEGIN",
+    "COMMIT",
+    "SET default_transaction_read_only = off",
+    "TRUNCATE trials",
+]
+# Sent past the lexical check: the connection itself must refuse them.
+CONNECTION_WRITES = {
+    "sqlite": ["INSERT INTO experiments (name, grid) VALUES ('x', 'y')", "DELETE FROM trials", "DROP TABLE trials",
+               "CREATE TABLE x (a INTEGER)", "PRAGMA user_version = 5", "PRAGMA journal_mode = delete",
+               "ATTACH DATABASE 'other.sqlite' AS other", "SELECT 1; DROP TABLE trials"],
+    "postgresql": ["INSERT INTO experiments (name, grid) VALUES ('x', 'y')", "DELETE FROM trials", "DROP TABLE trials",
+                   "CREATE TABLE x (a INTEGER)", "SELECT 1; DROP TABLE trials", "SET TRANSACTION READ WRITE",
+                   "SELECT nextval('trials_id_seq')", "WITH d AS (DELETE FROM trials RETURNING id) SELECT 1"],
+}
+
+
+def _fingerprint(url: str) -> object:
+    """SQLite: the main file's bytes; PostgreSQL: the tables and every table's row count."""
+    if url.startswith("sqlite"):
+        return hashlib.sha256(Path(url.removeprefix("sqlite:///")).read_bytes()).hexdigest()
+    tables = raw_frame(url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+                            "ORDER BY table_name")["table_name"].tolist()
+    counts = {t: int(raw_frame(url, f'SELECT count(*) AS n FROM "{t}"')["n"].iloc[0]) for t in tables}
+    seq = int(raw_frame(url, "SELECT last_value FROM trials_id_seq")["last_value"].iloc[0])
+    return tables, counts, seq
+
+
+def _invoke(*args: str) -> object:
+    return CliRunner().invoke(cli_results.query, list(args))
+
+
+def _one_error_line(result: object) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output)  # type: ignore[attr-defined]
+    lines = result.stderr.strip().splitlines()  # type: ignore[attr-defined]
+    assert len(lines) == 1 and lines[0].startswith("rtgrid: error: "), result.stderr  # type: ignore[attr-defined]
+    return lines[0]
+
+
+def test_select_in_every_format(results_url: str) -> None:  # noqa: F811
+    sql = "SELECT spec_hash, seed, test_acc FROM results WHERE experiment = 'utrera-mini' ORDER BY trial_id"
+    expected = raw_trials(results_url, "utrera-mini").sort_values("id")
+    table = _invoke(sql, "--db", results_url)
+    assert table.exit_code == 0, table.output
+    assert f"({len(expected)} rows)" in table.stdout
+    as_csv = pd.read_csv(io.StringIO(_invoke(sql, "--format", "csv", "--db", results_url).stdout))
+    assert as_csv["spec_hash"].str.strip().tolist() == expected["spec_hash"].tolist()
+    as_json = json.loads(_invoke(sql, "--format", "json", "--db", results_url).stdout)
+    assert [row["seed"] for row in as_json] == expected["seed"].tolist()
+    assert as_json[0]["test_acc"] is None or 0 <= as_json[0]["test_acc"] <= 1
+
+
+def test_every_write_is_refused_and_nothing_changes(results_url: str) -> None:  # noqa: F811
+    before = _fingerprint(results_url)
+    for sql in WRITES:
+        line = _one_error_line(_invoke(sql, "--db", results_url))
+        assert "refused" in line, (sql, line)
+    assert _fingerprint(results_url) == before
+    if results_url.startswith("sqlite"):
+        assert not (Path(results_url.removeprefix("sqlite:///")).parent / "other.sqlite").exists()
+
+
+def test_the_connection_itself_refuses_writes(results_url: str) -> None:  # noqa: F811
+    before = _fingerprint(results_url)
+    with ReadOnlyDatabase(results_url) as database:
+        for sql in CONNECTION_WRITES[database.dialect]:
+            with pytest.raises(QueryRefused):
+                database.execute_user(sql, checked=False)
+        # the session cannot be talked into writing afterwards either
+        with pytest.raises(QueryRefused):
+            database.execute_user("DELETE FROM trials", checked=False)
+        assert database.execute_user("SELECT count(*) FROM trials").rows[0][0] > 0
+    assert _fingerprint(results_url) == before
+
+
+def test_sqlite_wal_file_is_byte_identical_after_reads(results_sqlite: str) -> None:  # noqa: F811
+    path = Path(results_sqlite.removeprefix("sqlite:///"))
+    assert raw_frame(results_sqlite, "PRAGMA journal_mode")["journal_mode"].iloc[0] == "wal"
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    for sql in ("SELECT count(*) FROM epoch_metrics", "PRAGMA journal_mode", "PRAGMA table_info(trials)"):
+        assert _invoke(sql, "--db", results_sqlite).exit_code == 0
+    assert _invoke("--schema", "--db", results_sqlite).exit_code == 0
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_statement_splitting_respects_quotes_and_comments() -> None:
+    assert split_statements("SELECT 'a;b' AS x; ") == ["SELECT 'a;b' AS x"]
+    commented = 'SELECT "we;ird" FROM t -- ; DROP TABLE t'
+    assert split_statements(commented + "\n") == [commented]
+    assert split_statements("SELECT $$;$$, 'it''s; fine' /* ; */") == ["SELECT $$;$$, 'it''s; fine' /* ; */"]
+    assert len(split_statements("SELECT 1; SELECT 2")) == 2
+    assert check_read_only("select case when seed > 0 then 'update' else 'x' end from trials")
+    with pytest.raises(QueryRefused):
+        check_read_only("SELECT 'unterminated")
+    with pytest.raises(QueryRefused):
+        check_read_only("   -- only a comment\n;")
+
+
+def test_schema_describes_every_live_column(results_url: str) -> None:  # noqa: F811
+    with ReadOnlyDatabase(results_url) as database:
+        schema = live_schema(database)
+    assert {"experiments", "trials", "experiment_trials", "epoch_metrics", "artifacts", "er_baselines",
+            "results"} <= set(schema)
+    missing = [f"{table}.{column}" for table, columns in schema.items() for column, _ in columns
+               if not COLUMN_DOCS.get(table, {}).get(column)]
+    assert not missing, f"columns without a description in orchestrator/query.py COLUMN_DOCS: {missing}"
+    assert set(schema) <= set(TABLE_DOCS)
+    stale = [f"{t}.{c}" for t, cols in COLUMN_DOCS.items() if t in schema for c in cols
+             if c not in {name for name, _ in schema[t]}]
+    assert not stale, f"described columns the database does not have: {stale}"
+    result = _invoke("--schema", "--db", results_url)
+    assert result.exit_code == 0
+    assert "results: VIEW" in result.stdout and "subset_size" in result.stdout
+
+
+def test_bad_input_is_one_line(tmp_path: Path, results_sqlite: str) -> None:  # noqa: F811
+    missing = tmp_path / "nothing.sqlite"
+    _one_error_line(_invoke("SELECT 1", "--db", f"sqlite:///{missing}"))
+    assert not missing.exists()
+    _one_error_line(_invoke("SELECT * FROM no_such_table", "--db", results_sqlite))
+    _one_error_line(_invoke("--db", results_sqlite))
+    _one_error_line(_invoke("SELECT 1", "--db", "postgresql://postgres@127.0.0.1:1/none"))
+
+
+def test_export_trials_and_epochs(results_url: str, tmp_path: Path) -> None:  # noqa: F811
+    runner = CliRunner()
+    trials = raw_trials(results_url, "smoke-mini")
+    result = runner.invoke(cli_results.export, ["smoke-mini", "--db", results_url])
+    assert result.exit_code == 0, result.output
+    exported = pd.read_csv(io.StringIO(result.stdout))
+    assert sorted(exported["spec_hash"]) == sorted(trials["spec_hash"])
+    assert {"test_acc", "spec_json", "source_label"} <= set(exported.columns)
+    target = tmp_path / "epochs.parquet"
+    result = runner.invoke(cli_results.export, ["smoke-mini", "--table", "epochs", "--format", "parquet", "-o",
+                                                str(target), "--db", results_url])
+    assert result.exit_code == 0, result.output
+    epochs = pd.read_parquet(target)
+    raw_epochs = raw_frame(results_url, "SELECT * FROM epoch_metrics")
+    assert len(epochs) == raw_epochs["trial_id"].isin(trials["id"]).sum()
+    assert epochs.groupby("trial_id")["epoch"].max().max() == 3
+    _one_error_line(runner.invoke(cli_results.export, ["smoke-mini", "--format", "parquet", "--db", results_url]))
+    _one_error_line(runner.invoke(cli_results.export, ["no-such-experiment", "--db", results_url]))
+
+
+def test_results_frame(results_url: str) -> None:  # noqa: F811
+    frame = results_frame("smoke-mini", db=results_url)
+    raw = raw_trials(results_url, "smoke-mini")
+    assert len(frame) == len(raw)
+    assert str(frame["subset_size"].dtype) == "Int64" and frame["subset_size"].isna().any()
+    transfers = frame[frame["source"].fillna("").str.startswith("spec:")]
+    methods = dict(zip(raw["spec_hash"], raw["method"], strict=True))
+    for source, label in zip(transfers["source"], transfers["source_label"], strict=True):
+        assert label == methods[source.removeprefix("spec:")]
+    assert set(frame.loc[frame["source"] == "scratch", "source_label"]) == {"scratch"}
+    assert frame["test_acc"].dropna().between(0, 1).all()
+    with pytest.raises(Exception, match="unknown experiment"):
+        results_frame("nope", db=results_url)
+
+
+def test_export_frame_matches_raw(results_sqlite: str) -> None:  # noqa: F811
+    frame = export_frame("utrera-mini", "trials", results_sqlite)
+    raw = raw_trials(results_sqlite, "utrera-mini")
+    assert frame["id"].tolist() == sorted(raw["id"].tolist())
+    assert set(frame["status"]) == {"completed", "failed", "pending"}
