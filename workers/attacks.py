@@ -270,9 +270,11 @@ def transfer_asr(
     clean = _normalised_batches(source, loader)
     labels = torch.tensor([test_ds.targets[i] for i in indices], dtype=torch.long)
     cache_dir = ctx.work_dir()
-    adv = adversarial_set(source, source_sha256, spec["dataset"], indices, clean, attack_params, cache_dir)
+    # The test split's identity: generated datasets differ by their size params under one name.
+    dataset_id = f"{spec['dataset']}|classes={test_ds.num_classes}|size={len(test_ds)}"
+    adv = adversarial_set(source, source_sha256, dataset_id, indices, clean, attack_params, cache_dir)
     result = evaluate_asr(student, adv, clean, labels)
-    key_hash = attack_key(source_sha256, spec["dataset"], indices, attack_params)
+    key_hash = attack_key(source_sha256, dataset_id, indices, attack_params)
     artifact = {"key_hash": key_hash, "kind": "adversarial_set",
                 "uri": str(adversarial_set_path(cache_dir, key_hash).resolve()),
                 "meta": {"source_sha256": source_sha256, "dataset": spec["dataset"], "images": len(indices),

@@ -1,0 +1,210 @@
+"""The transfer kernel end to end on a tiny source checkpoint the tests train (real torch, embedded data)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from workers import data, models
+from workers.context import KernelContext
+from workers.errors import KernelInputError
+from workers.training import BatchStream, make_optimizer, seed_everything, train_epoch
+from workers.transfer import METHODS, run_transfer
+
+INPUT = 16
+TARGET = "synthetic-target-a"
+
+
+def train_tiny_source(path: Path, epochs: int, train_images: int = 1000, seed: int = 0) -> str:
+    """A tiny_resnet trained on synthetic-source at 16 px; returns the checkpoint's sha256."""
+    seed_everything(seed)
+    ds = data.load_split("synthetic-source", True, params={"train_images": train_images})
+    model = models.build_model("tiny_resnet", ds.num_classes)
+    optimizer = make_optimizer(model.parameters(), 0.05, 0.9, 5e-4)
+    stream = BatchStream(lambda s: data.make_train_loader(ds, range(len(ds)), 64, INPUT, seed=s), seed)
+    for epoch in range(epochs):
+        train_epoch(model, stream.loader(epoch * stream.batches_per_pass, stream.batches_per_pass), optimizer,
+                    None, step=0, device="cpu")
+    return models.save_source_checkpoint(model, path, {"arch": "tiny_resnet", "dataset": "synthetic-source"})
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("source") / "tiny.pt"
+    train_tiny_source(path, epochs=2)
+    return str(path)
+
+
+def make_spec(method: str, source: str | None, **overrides: Any) -> dict[str, Any]:
+    params = {"input_size": INPUT, "batch_size": 32, "lr": 0.01, "head_init": "default", "eval_images": 100}
+    params.update(overrides.pop("params", {}))
+    spec = {
+        "kind": "transfer", "arch": "tiny_resnet", "dataset": TARGET, "method": method, "seed": 7, "epochs": 2,
+        "source": f"file:{source}" if source else "scratch", "source_checksum": None, "ood": None,
+        "blocks": None, "subset_size": 60, "params": params, "kernel_version": "1",
+    }
+    spec.update(overrides)
+    return spec
+
+
+def run(spec: dict[str, Any], source: str | None, tmp_path: Path, resume: dict | None = None):
+    reports: list[tuple[int, dict[str, float]]] = []
+    states: list[dict[str, Any]] = []
+
+    def save(state: dict[str, Any]) -> None:
+        buffer = io.BytesIO()  # the trainable checkpoints with torch.save and reloads with weights_only
+        torch.save(state, buffer)
+        buffer.seek(0)
+        states.append(torch.load(buffer, weights_only=True))
+
+    ctx = KernelContext(artifacts_dir=str(tmp_path / "artifacts"), source_path=source, resume_state=resume,
+                        save_state=save)
+    final = run_transfer(spec, ctx, lambda epoch, metrics: reports.append((epoch, dict(metrics))))
+    return reports, final, states
+
+
+def without_time(reports: list[tuple[int, dict[str, float]]]) -> list[tuple[int, dict[str, float]]]:
+    return [(epoch, {k: v for k, v in m.items() if k != "seconds"}) for epoch, m in reports]
+
+
+def test_finetune_reports_eval_epochs_and_is_deterministic(source: str, tmp_path: Path) -> None:
+    spec = make_spec("finetune", source, epochs=3, ood="noise-3", params={"eval_epochs": [1]})
+    reports, final, states = run(spec, source, tmp_path)
+    assert [epoch for epoch, _ in reports] == [1, 3] and [s["epoch"] for s in states] == [1, 3]
+    for _, metrics in reports:
+        assert {"train_loss", "train_acc", "test_acc", "ood_acc", "lr", "seconds"} <= metrics.keys()
+        assert 0.0 <= metrics["test_acc"] <= 1.0 and 0.0 <= metrics["ood_acc"] <= 1.0
+    assert final["test_acc"] == reports[-1][1]["test_acc"] and final["ood_acc"] == reports[-1][1]["ood_acc"]
+    assert final["asr"] is None and final["artifacts"] == []
+    again, final_again, _ = run(spec, source, tmp_path)
+    assert without_time(again) == without_time(reports) and final_again == final
+
+
+@pytest.mark.parametrize(
+    ("method", "overrides", "resume_after"),
+    [
+        ("finetune", {"epochs": 3, "params": {"iterations_per_epoch": 3, "schedule": "cosine"}}, 1),
+        ("renofeation", {"epochs": 2, "params": {"lambda_feat": 1.0, "swa_epochs": 2, "swa_every": 2}}, 3),
+    ],
+)
+def test_resume_gives_the_uninterrupted_result(
+    source: str, tmp_path: Path, method: str, overrides: dict, resume_after: int
+) -> None:
+    spec = make_spec(method, source, **overrides)
+    reports, final, states = run(spec, source, tmp_path)
+    total = len(reports)
+    resumed_reports, resumed_final, _ = run(spec, source, tmp_path, resume=states[resume_after - 1])
+    assert without_time(resumed_reports) == without_time(reports[resume_after:])
+    assert resumed_final == final
+    # a state saved after the last epoch only replays the final answer
+    done_reports, done_final, _ = run(spec, source, tmp_path, resume=states[total - 1])
+    assert done_reports == [] and done_final == final
+
+
+def test_linear_keeps_the_backbone_bit_identical(source: str, tmp_path: Path) -> None:
+    _, _, states = run(make_spec("linear", source, params={"lr": 0.1}), source, tmp_path)
+    trained = states[-1]["model"]
+    original = models.load_state_dict_file(source)
+    backbone = [k for k in original if not k.startswith("fc.")]
+    assert backbone and all(torch.equal(trained[f"net.{k}"], original[k]) for k in backbone)  # incl. BN stats
+    assert trained["net.fc.weight"].shape[0] == data.load_split(TARGET, True).num_classes
+
+
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+def test_finetune_last_block_freezes_the_rest(source: str, tmp_path: Path, bn_mode: str) -> None:
+    _, _, states = run(make_spec("finetune", source, blocks=1, params={"bn_mode": bn_mode}), source, tmp_path)
+    trained, original = states[-1]["model"], models.load_state_dict_file(source)
+    assert torch.equal(trained["net.layer1.0.conv1.weight"], original["layer1.0.conv1.weight"])
+    assert not torch.equal(trained["net.layer4.1.conv1.weight"], original["layer4.1.conv1.weight"])
+    stats_kept = torch.equal(trained["net.layer1.0.bn1.running_mean"], original["layer1.0.bn1.running_mean"])
+    assert stats_kept == (bn_mode == "eval")  # Utrera: frozen BN still tracks target batch statistics
+
+
+def test_reinitialised_student_shares_no_weights_with_the_source(source: str, tmp_path: Path) -> None:
+    # lr 0: the final weights are the re-initialised ones
+    _, _, states = run(make_spec("retrain", source, epochs=1, params={"lr": 0.0}), source, tmp_path)
+    trained, original = states[-1]["model"], models.load_state_dict_file(source)
+    names = [name for name, _ in models.build_model("tiny_resnet", 2).net.named_parameters() if "fc." not in name]
+    assert names and all(not torch.equal(trained[f"net.{n}"], original[n]) for n in names)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_runs_end_to_end(source: str, tmp_path: Path, method: str) -> None:
+    params: dict[str, Any] = {
+        "l2sp": {"lambda_sp": 0.01},
+        "delta": {"lambda_feat": 1.0, "beta_fc": 0.01},
+        "delta-r": {"lambda_feat": 1.0},
+        "renofeation": {"lambda_feat": 1.0, "beta_fc": 0.01, "swa_every": 1, "schedule": "cosine"},
+    }.get(method, {})
+    reports, final, _ = run(make_spec(method, source, epochs=1, params=params), source, tmp_path)
+    expected_epochs = [1, 2] if method == "renofeation" else [1]  # renofeation: + ⌊E/3⌋ ≥ 1 SWA epoch
+    assert [epoch for epoch, _ in reports] == expected_epochs
+    assert 0.0 <= final["test_acc"] <= 1.0 and final["ood_acc"] is None
+
+
+def test_scratch_source_trains_and_skips_the_attack(tmp_path: Path) -> None:
+    spec = make_spec("finetune", None, epochs=1, params={"attack_steps": 2})
+    reports, final, _ = run(spec, None, tmp_path)
+    assert len(reports) == 1 and final["asr"] is None and final["clean_acc"] is None
+
+
+@pytest.mark.parametrize(
+    ("method", "overrides", "message"),
+    [
+        ("l2sp", {}, "lambda_sp"),
+        ("finetune", {"params": {"lambda_feat": 1.0}}, "lambda_feat"),
+        ("finetune", {"params": {"schedule": "warmup"}}, "schedule"),
+        ("finetune", {"blocks": 99}, "blocks=99"),
+        ("linear", {"blocks": 3}, "head only"),
+        ("finetune", {"params": {"adv_steps": 3}}, "adv_eps"),
+        ("finetune", {"params": {"attack_steps": 3, "attack_eps": 0.0}}, "attack budget"),
+        ("renofeation", {"params": {"lambda_feat": 1.0, "swa_every": 10_000}}, "swa_every"),
+    ],
+)
+def test_bad_input_is_a_one_line_kernel_input_error(
+    source: str, tmp_path: Path, method: str, overrides: dict, message: str
+) -> None:
+    with pytest.raises(KernelInputError, match=message) as info:
+        run(make_spec(method, source, **overrides), source, tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_distillation_needs_a_source(tmp_path: Path) -> None:
+    with pytest.raises(KernelInputError, match="pre-trained source"):
+        run(make_spec("delta", None, params={"lambda_feat": 1.0}), None, tmp_path)
+
+
+def test_asr_uses_one_cached_adversarial_set_of_the_source(source: str, tmp_path: Path) -> None:
+    from workers import attacks
+
+    attack = {"attack_steps": 2, "attack_images": 40}
+    _, finetuned, _ = run(make_spec("finetune", source, epochs=1, params=attack), source, tmp_path)
+    _, retrained, _ = run(make_spec("retrain", source, epochs=1, params=attack), source, tmp_path)
+    for final in (finetuned, retrained):
+        assert final["asr"] is None or 0.0 <= final["asr"] <= 1.0
+        assert 0.0 <= final["clean_acc"] <= 1.0 and 0.0 <= final["adv_acc"] <= 1.0
+        assert [a["kind"] for a in final["artifacts"]] == ["adversarial_set"]
+    key = finetuned["artifacts"][0]["key_hash"]
+    assert retrained["artifacts"][0]["key_hash"] == key and attacks.attack_runs[key] == 1  # built once
+    assert Path(finetuned["artifacts"][0]["uri"]).is_file()
+
+
+@pytest.mark.slow
+def test_finetuned_models_inherit_the_source_attack_retrained_ones_do_not(tmp_path: Path) -> None:
+    """Renofeation's ordering: the penultimate attack crafted on the source fools a fine-tuned
+    student much more often than a re-trained one (same target, same hyper-parameters)."""
+    path = tmp_path / "source.pt"
+    train_tiny_source(path, epochs=6, train_images=2000)
+    params = {"lr": 0.01, "batch_size": 64, "eval_images": 500, "attack_steps": 40, "attack_eps": 0.1,
+              "attack_step": 0.01, "attack_images": 500}
+    results = {}
+    for method in ("finetune", "retrain"):
+        _, final, _ = run(make_spec(method, str(path), epochs=8, subset_size=None, params=params), str(path), tmp_path)
+        results[method] = final
+        print(f"{method}: test_acc={final['test_acc']:.3f} clean_acc={final['clean_acc']:.3f} "
+              f"adv_acc={final['adv_acc']:.3f} ASR={final['asr']:.3f}")
+    assert results["finetune"]["asr"] > 1.5 * results["retrain"]["asr"] + 0.02
