@@ -1,0 +1,552 @@
+"""Idempotent writes keyed by spec_hash, and the queries the CLI and reports need.
+
+Every write is safe to replay (a re-sent report changes nothing), and a completed trial is
+never downgraded: its status, metrics and timestamps stay as first recorded. Bulk work uses
+SQLAlchemy Core with the dialect's INSERT … ON CONFLICT, in one transaction. On SQLite each
+write transaction starts with BEGIN IMMEDIATE, so two writers (the driver and `rtgrid cancel`)
+queue on the busy timeout instead of failing on a read-to-write lock upgrade.
+
+This module must not import orchestrator (the dependency points cli -> orchestrator -> db).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, Engine, and_, bindparam, case, func, literal, or_, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from db.models import (
+    EPOCH_METRICS,
+    FINAL_METRICS,
+    KEY_COLUMNS,
+    STATUSES,
+    Artifact,
+    EpochMetric,
+    ErBaseline,
+    Experiment,
+    ExperimentTrial,
+    Trial,
+)
+
+TRIALS = Trial.__table__
+EXPERIMENTS = Experiment.__table__
+LINKS = ExperimentTrial.__table__
+EPOCHS = EpochMetric.__table__
+ARTIFACTS = Artifact.__table__
+BASELINES = ErBaseline.__table__
+
+CHUNK = 1000  # rows per statement: well under SQLite's and PostgreSQL's bound-parameter limits
+COMPLETE_FIELDS = frozenset({*FINAL_METRICS, "duration_s", "checkpoint_uri", "worker"})
+RETRYABLE = frozenset({"failed", "cancelled", "running", "pending"})
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """What planning a grid into an experiment did (counts of distinct specs)."""
+
+    new: int  # inserted as pending
+    already_completed: int  # existed and completed (in any experiment): linked, not run again
+    already_pending: int  # existed with another status (pending/running/failed/cancelled)
+    linked: int  # links to the experiment created by this call
+    total: int  # distinct specs given
+
+
+class RunnableTrial(NamedTuple):
+    trial_id: int
+    spec_hash: str
+    spec_json: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Throughput:
+    completed: int  # trials completed in the window
+    window_s: float  # the window the rate is taken over (shorter when the work started later)
+    mean_duration_s: float | None  # mean duration of those trials
+
+    @property
+    def per_hour(self) -> float:
+        return self.completed * 3600.0 / self.window_s if self.window_s > 0 else 0.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: they are UTC, say so."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    return {key: _aware(value) if isinstance(value, datetime) else value for key, value in row._mapping.items()}
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Repository:
+    """All reads and writes of the rtgrid tables. `engine` comes from db.session.open_database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported database dialect {self.dialect!r}")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _insert(self, table: Any) -> Any:
+        return (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(table)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+        with self.engine.connect() as connection:
+            if self.dialect == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield connection
+                connection.commit()
+            except BaseException:
+                connection.rollback()
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            yield connection
+
+    @staticmethod
+    def _trial_id(connection: Connection, spec_hash: str) -> int:
+        trial_id = connection.execute(select(TRIALS.c.id).where(TRIALS.c.spec_hash == spec_hash)).scalar_one_or_none()
+        if trial_id is None:
+            raise LookupError(f"no trial with spec_hash {spec_hash}")
+        return trial_id
+
+    def _experiment_filter(self, experiment: str | int | None) -> Any:
+        """WHERE clause: the trials linked to an experiment (by name or id); None = all trials."""
+        if experiment is None:
+            return true()
+        links = select(LINKS.c.trial_id)
+        if isinstance(experiment, str):
+            links = links.join(EXPERIMENTS, EXPERIMENTS.c.id == LINKS.c.experiment_id).where(
+                EXPERIMENTS.c.name == experiment
+            )
+        else:
+            links = links.where(LINKS.c.experiment_id == experiment)
+        return TRIALS.c.id.in_(links)
+
+    # --- experiments and planning -------------------------------------------------------------
+
+    def ensure_experiment(self, name: str, grid: str, grid_json: str | None = None, notes: str | None = None) -> int:
+        """The experiment's id; created on first use. An existing experiment keeps its first grid."""
+        with self._write() as connection:
+            stmt = self._insert(EXPERIMENTS).values(
+                name=name, grid=grid, grid_json=grid_json, notes=notes, created_at=utc_now()
+            )
+            connection.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
+            return connection.execute(select(EXPERIMENTS.c.id).where(EXPERIMENTS.c.name == name)).scalar_one()
+
+    def experiment_id(self, name: str) -> int | None:
+        with self._read() as connection:
+            return connection.execute(select(EXPERIMENTS.c.id).where(EXPERIMENTS.c.name == name)).scalar_one_or_none()
+
+    def list_experiments(self) -> list[str]:
+        """Experiment names, oldest first."""
+        with self._read() as connection:
+            return list(connection.execute(select(EXPERIMENTS.c.name).order_by(EXPERIMENTS.c.id)).scalars())
+
+    def experiment_info(self, name: str) -> dict[str, Any] | None:
+        with self._read() as connection:
+            row = connection.execute(select(EXPERIMENTS).where(EXPERIMENTS.c.name == name)).one_or_none()
+        return None if row is None else _row_dict(row)
+
+    def plan_trials(self, experiment_id: int, rows: Sequence[Mapping[str, Any]]) -> PlanResult:
+        """Insert new specs as pending, link every spec to the experiment, count what existed.
+
+        Each row: spec_hash, spec_json and the key columns (KEY_COLUMNS). One transaction;
+        bulk statements of CHUNK rows. Running it again inserts and links nothing.
+        """
+        unique: dict[str, Mapping[str, Any]] = {}
+        for row in rows:
+            unique.setdefault(row["spec_hash"], row)
+        now = utc_now()
+        values = [
+            {"spec_hash": spec_hash, "spec_json": row["spec_json"], "status": "pending", "attempts": 0,
+             "created_at": now, **{name: row.get(name) for name in KEY_COLUMNS}}
+            for spec_hash, row in unique.items()
+        ]
+        new = completed = other = linked = 0
+        with self._write() as connection:
+            for chunk in _chunks(values):
+                hashes = [value["spec_hash"] for value in chunk]
+                existing = dict(connection.execute(
+                    select(TRIALS.c.spec_hash, TRIALS.c.status).where(TRIALS.c.spec_hash.in_(hashes))
+                ).all())
+                completed += sum(1 for status in existing.values() if status == "completed")
+                other += sum(1 for status in existing.values() if status != "completed")
+                missing = [value for value in chunk if value["spec_hash"] not in existing]
+                if missing:  # replanning a known grid inserts nothing: only the SELECT above runs
+                    insert = self._insert(TRIALS).on_conflict_do_nothing(index_elements=["spec_hash"])
+                    # rowcount, not RETURNING: a quarter of the client time for a big first plan.
+                    inserted = connection.execution_options(preserve_rowcount=True).execute(insert, missing).rowcount
+                    new += inserted
+                    other += len(missing) - inserted  # a concurrent planner got there first
+                link = self._insert(LINKS).from_select(
+                    ["experiment_id", "trial_id"],
+                    select(literal(experiment_id), TRIALS.c.id).where(TRIALS.c.spec_hash.in_(hashes)),
+                )
+                # RETURNING: SQLAlchemy keeps rowcount for UPDATE/DELETE only.
+                returned = connection.execute(link.on_conflict_do_nothing().returning(LINKS.c.trial_id))
+                linked += len(returned.fetchall())
+        return PlanResult(new=new, already_completed=completed, already_pending=other, linked=linked,
+                          total=len(unique))
+
+    def experiment_spec_jsons(self, experiment_id: int) -> list[str]:
+        """Canonical spec JSON of every trial of the experiment, in insertion order."""
+        query = (
+            select(TRIALS.c.spec_json)
+            .join(LINKS, LINKS.c.trial_id == TRIALS.c.id)
+            .where(LINKS.c.experiment_id == experiment_id)
+            .order_by(TRIALS.c.id)
+        )
+        with self._read() as connection:
+            return list(connection.execute(query).scalars())
+
+    def trials_to_run(self, experiment_id: int, stale_after_s: float,
+                      statuses: Sequence[str] = ("pending", "failed")) -> list[RunnableTrial]:
+        """Trials of the experiment to (re)run: those in `statuses`, and running ones whose
+        heartbeat is older than `stale_after_s` (their driver died). Cancelled trials run
+        again only after reset_for_retry."""
+        cutoff = utc_now() - timedelta(seconds=stale_after_s)
+        heartbeat = TRIALS.c.heartbeat_at
+        stale = and_(TRIALS.c.status == "running", or_(heartbeat.is_(None), heartbeat <= cutoff))
+        query = (
+            select(TRIALS.c.id, TRIALS.c.spec_hash, TRIALS.c.spec_json, TRIALS.c.status)
+            .join(LINKS, LINKS.c.trial_id == TRIALS.c.id)
+            .where(LINKS.c.experiment_id == experiment_id, or_(TRIALS.c.status.in_(list(statuses)), stale))
+            .order_by(TRIALS.c.id)
+        )
+        with self._read() as connection:
+            return [RunnableTrial(*row) for row in connection.execute(query)]
+
+    # --- trial lifecycle (the recorder's writes) ----------------------------------------------
+
+    def mark_started(self, spec_hash: str, worker: str | None = None) -> bool:
+        """pending/failed/running -> running (attempts + 1). Completed and cancelled stay put."""
+        now = utc_now()
+        values: dict[str, Any] = {"status": "running", "attempts": TRIALS.c.attempts + 1, "started_at": now,
+                                  "heartbeat_at": now, "finished_at": None, "error": None}
+        if worker:
+            values["worker"] = worker
+        stmt = (
+            update(TRIALS)
+            .where(TRIALS.c.spec_hash == spec_hash, TRIALS.c.status.in_(("pending", "running", "failed")))
+            .values(**values)
+        )
+        with self._write() as connection:
+            return connection.execute(stmt).rowcount > 0
+
+    def record_epoch(self, spec_hash: str, epoch: int, metrics: Mapping[str, float | None]) -> None:
+        """Upsert the (trial, epoch) row and bump the heartbeat, in one transaction.
+
+        A metric given as None does not erase a stored value (a replay cannot lose data).
+        """
+        unknown = set(metrics) - set(EPOCH_METRICS)
+        if unknown:
+            raise ValueError(f"unknown epoch metric(s): {', '.join(sorted(unknown))}")
+        now = utc_now()
+        with self._write() as connection:
+            trial_id = self._trial_id(connection, spec_hash)
+            values = {"trial_id": trial_id, "epoch": int(epoch), "recorded_at": now,
+                      **{name: metrics.get(name) for name in EPOCH_METRICS}}
+            stmt = self._insert(EPOCHS).values(values)
+            changes = {name: func.coalesce(stmt.excluded[name], EPOCHS.c[name]) for name in metrics}
+            changes["recorded_at"] = stmt.excluded.recorded_at
+            connection.execute(stmt.on_conflict_do_update(index_elements=["trial_id", "epoch"], set_=changes))
+            connection.execute(
+                update(TRIALS).where(TRIALS.c.id == trial_id, TRIALS.c.status != "completed").values(heartbeat_at=now)
+            )
+
+    def complete(self, spec_hash: str, final: Mapping[str, Any]) -> bool:
+        """Final metrics + status completed + finished_at + duration. A no-op when already completed.
+
+        `final` keys: the final metrics (FINAL_METRICS), duration_s (default: now - started_at),
+        checkpoint_uri, worker. None values leave the column as it is.
+        """
+        unknown = set(final) - COMPLETE_FIELDS
+        if unknown:
+            raise ValueError(f"unknown final field(s): {', '.join(sorted(unknown))}")
+        now = utc_now()
+        with self._write() as connection:
+            row = connection.execute(
+                select(TRIALS.c.id, TRIALS.c.status, TRIALS.c.started_at).where(TRIALS.c.spec_hash == spec_hash)
+            ).one_or_none()
+            if row is None:
+                raise LookupError(f"no trial with spec_hash {spec_hash}")
+            if row.status == "completed":
+                return False
+            values = {name: value for name, value in final.items() if value is not None}
+            if values.get("duration_s") is None and row.started_at is not None:
+                started = _aware(row.started_at)
+                assert started is not None
+                values["duration_s"] = max(0.0, (now - started).total_seconds())
+            stmt = (
+                update(TRIALS)
+                .where(TRIALS.c.id == row.id, TRIALS.c.status != "completed")
+                .values(status="completed", finished_at=now, heartbeat_at=now, error=None, **values)
+            )
+            return connection.execute(stmt).rowcount > 0
+
+    def fail(self, spec_hash: str, error: str) -> bool:
+        """Record a failure. A completed trial is untouched; a cancelled one keeps its status."""
+        stmt = (
+            update(TRIALS)
+            .where(TRIALS.c.spec_hash == spec_hash, TRIALS.c.status != "completed")
+            .values(status=case((TRIALS.c.status == "cancelled", "cancelled"), else_="failed"),
+                    error=str(error)[:20_000], finished_at=utc_now())
+        )
+        with self._write() as connection:
+            return connection.execute(stmt).rowcount > 0
+
+    def heartbeat(self, spec_hashes: Sequence[str]) -> int:
+        """The driver is alive and these trials are still running."""
+        now = utc_now()
+        count = 0
+        with self._write() as connection:
+            for chunk in _chunks(list(spec_hashes)):
+                stmt = (
+                    update(TRIALS)
+                    .where(TRIALS.c.spec_hash.in_(chunk), TRIALS.c.status == "running")
+                    .values(heartbeat_at=now)
+                )
+                count += connection.execute(stmt).rowcount
+        return count
+
+    def cancel_experiment(self, experiment_id: int) -> int:
+        """pending/running -> cancelled for the experiment's trials (shared trials included)."""
+        stmt = (
+            update(TRIALS)
+            .where(self._experiment_filter(experiment_id), TRIALS.c.status.in_(("pending", "running")))
+            .values(status="cancelled", finished_at=utc_now())
+        )
+        with self._write() as connection:
+            return connection.execute(stmt).rowcount
+
+    def reset_for_retry(self, experiment_id: int, statuses: Sequence[str] = ("failed",)) -> int:
+        """The experiment's trials in `statuses` -> pending. Completed trials are never reset."""
+        bad = set(statuses) - RETRYABLE
+        if bad:
+            raise ValueError(f"cannot reset trials that are {', '.join(sorted(bad))}")
+        stmt = (
+            update(TRIALS)
+            .where(self._experiment_filter(experiment_id), TRIALS.c.status.in_(list(statuses)))
+            .values(status="pending", error=None, started_at=None, finished_at=None, heartbeat_at=None)
+        )
+        with self._write() as connection:
+            return connection.execute(stmt).rowcount
+
+    # --- status -------------------------------------------------------------------------------
+
+    def _counts(self, where: Any) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        query = select(TRIALS.c.status, func.count()).where(where).group_by(TRIALS.c.status)
+        with self._read() as connection:
+            for status, count in connection.execute(query):
+                counts[status] = count
+        return counts
+
+    def status_counts(self, experiment: str | None = None) -> dict[str, int]:
+        """Trials by status (every status present, 0 when none); one experiment or all trials."""
+        return self._counts(self._experiment_filter(experiment))
+
+    def status_counts_for(self, spec_hashes: Sequence[str]) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for chunk in _chunks(list(spec_hashes)):
+            for status, count in self._counts(TRIALS.c.spec_hash.in_(chunk)).items():
+                counts[status] += count
+        return counts
+
+    def any_cancelled(self, spec_hashes: Sequence[str]) -> bool:
+        with self._read() as connection:
+            for chunk in _chunks(list(spec_hashes)):
+                query = select(TRIALS.c.id).where(TRIALS.c.spec_hash.in_(chunk), TRIALS.c.status == "cancelled")
+                if connection.execute(query.limit(1)).first() is not None:
+                    return True
+        return False
+
+    def trial_by_hash(self, spec_hash: str) -> dict[str, Any] | None:
+        with self._read() as connection:
+            row = connection.execute(select(TRIALS).where(TRIALS.c.spec_hash == spec_hash)).one_or_none()
+        return None if row is None else _row_dict(row)
+
+    def throughput(self, experiment: str | None = None, minutes: float = 60.0) -> Throughput:
+        """Trials completed in the last `minutes`, and their mean duration (for an ETA).
+
+        The rate's window starts at the earliest start among them when that is later than the
+        window's start, so a run of ten minutes is not averaged over an hour.
+        """
+        now = utc_now()
+        since = now - timedelta(minutes=minutes)
+        query = select(func.count(), func.avg(TRIALS.c.duration_s), func.min(TRIALS.c.started_at)).where(
+            self._experiment_filter(experiment), TRIALS.c.status == "completed", TRIALS.c.finished_at >= since
+        )
+        with self._read() as connection:
+            count, mean_duration, first_start = connection.execute(query).one()
+        window = minutes * 60.0
+        if isinstance(first_start, str):  # SQLite returns min() of a DATETIME column as text
+            first_start = datetime.fromisoformat(first_start)
+        first_start = _aware(first_start)
+        if count and first_start is not None:
+            window = min(window, max(60.0, (now - first_start).total_seconds()))
+        return Throughput(int(count), window, float(mean_duration) if mean_duration is not None else None)
+
+    def completed_per_hour(self, experiment: str | None = None) -> float:
+        return self.throughput(experiment, minutes=60.0).per_hour
+
+    # --- artifacts and baselines --------------------------------------------------------------
+
+    def put_artifact(self, key_hash: str, kind: str, uri: str, meta: Mapping[str, Any] | None = None) -> bool:
+        """Record a shared artifact; the first record of a key wins. True when inserted."""
+        stmt = self._insert(ARTIFACTS).values(
+            key_hash=key_hash, kind=kind, uri=uri, meta_json=json.dumps(dict(meta or {}), sort_keys=True),
+            created_at=utc_now(),
+        )
+        with self._write() as connection:
+            stmt = stmt.on_conflict_do_nothing(index_elements=["key_hash"]).returning(ARTIFACTS.c.id)
+            return connection.execute(stmt).first() is not None
+
+    def get_artifact(self, key_hash: str) -> dict[str, Any] | None:
+        with self._read() as connection:
+            row = connection.execute(select(ARTIFACTS).where(ARTIFACTS.c.key_hash == key_hash)).one_or_none()
+        if row is None:
+            return None
+        found = _row_dict(row)
+        found["meta"] = json.loads(found["meta_json"]) if found["meta_json"] else {}
+        return found
+
+    def save_baseline(self, *, id_dataset: str, ood_dataset: str, transform: str, slope: float, intercept: float,
+                      n_points: int, r: float | None, fitted_from: str) -> int:
+        """Store the (ID, OOD) baseline fit; it replaces the previous one for that pair."""
+        values = {"id_dataset": id_dataset, "ood_dataset": ood_dataset, "transform": transform, "slope": float(slope),
+                  "intercept": float(intercept), "n_points": int(n_points),
+                  "r": float(r) if r is not None else None, "fitted_from": fitted_from, "created_at": utc_now()}
+        stmt = self._insert(BASELINES).values(values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["id_dataset", "ood_dataset"],
+            set_={name: stmt.excluded[name] for name in values if name not in ("id_dataset", "ood_dataset")},
+        )
+        with self._write() as connection:
+            connection.execute(stmt)
+            return connection.execute(
+                select(BASELINES.c.id).where(BASELINES.c.id_dataset == id_dataset,
+                                             BASELINES.c.ood_dataset == ood_dataset)
+            ).scalar_one()
+
+    def get_baseline(self, id_dataset: str, ood_dataset: str) -> dict[str, Any] | None:
+        """The baseline as plain values (it travels in Ray configs): created_at is ISO text."""
+        query = select(BASELINES).where(BASELINES.c.id_dataset == id_dataset, BASELINES.c.ood_dataset == ood_dataset)
+        with self._read() as connection:
+            row = connection.execute(query).one_or_none()
+        if row is None:
+            return None
+        found = _row_dict(row)
+        found["created_at"] = found["created_at"].isoformat() if found["created_at"] is not None else None
+        return found
+
+    # --- effective robustness -----------------------------------------------------------------
+
+    def epoch_accuracies(self, id_dataset: str, ood_dataset: str) -> list[dict[str, Any]]:
+        """(trial_id, epoch, test_acc, ood_acc) of every stored epoch of that (ID, OOD) pair."""
+        query = (
+            select(EPOCHS.c.trial_id, EPOCHS.c.epoch, EPOCHS.c.test_acc, EPOCHS.c.ood_acc)
+            .join(TRIALS, TRIALS.c.id == EPOCHS.c.trial_id)
+            .where(TRIALS.c.dataset == id_dataset, TRIALS.c.ood == ood_dataset,
+                   EPOCHS.c.test_acc.is_not(None), EPOCHS.c.ood_acc.is_not(None))
+            .order_by(EPOCHS.c.trial_id, EPOCHS.c.epoch)
+        )
+        with self._read() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def trial_accuracies(self, id_dataset: str, ood_dataset: str) -> list[dict[str, Any]]:
+        """(trial_id, test_acc, ood_acc) of the completed trials of that (ID, OOD) pair."""
+        query = (
+            select(TRIALS.c.id.label("trial_id"), TRIALS.c.test_acc, TRIALS.c.ood_acc)
+            .where(TRIALS.c.dataset == id_dataset, TRIALS.c.ood == ood_dataset, TRIALS.c.status == "completed",
+                   TRIALS.c.test_acc.is_not(None), TRIALS.c.ood_acc.is_not(None))
+            .order_by(TRIALS.c.id)
+        )
+        with self._read() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def testbed_points(self, experiment_id: int, id_dataset: str, ood_dataset: str) -> list[tuple[float, float]]:
+        """(test_acc, ood_acc) of the experiment's completed random-init ("scratch") transfers."""
+        query = (
+            select(TRIALS.c.test_acc, TRIALS.c.ood_acc)
+            .where(self._experiment_filter(experiment_id), TRIALS.c.kind == "transfer", TRIALS.c.source == "scratch",
+                   TRIALS.c.dataset == id_dataset, TRIALS.c.ood == ood_dataset, TRIALS.c.status == "completed",
+                   TRIALS.c.test_acc.is_not(None), TRIALS.c.ood_acc.is_not(None))
+            .order_by(TRIALS.c.id)
+        )
+        with self._read() as connection:
+            return [(float(a), float(b)) for a, b in connection.execute(query)]
+
+    def set_epoch_er(self, rows: Iterable[tuple[int, int, float | None]]) -> int:
+        """Bulk ER of (trial_id, epoch) rows. Returns the number of rows given."""
+        params = [{"b_trial": trial, "b_epoch": epoch, "b_er": er} for trial, epoch, er in rows]
+        if params:
+            stmt = (
+                update(EPOCHS)
+                .where(EPOCHS.c.trial_id == bindparam("b_trial"), EPOCHS.c.epoch == bindparam("b_epoch"))
+                .values(er=bindparam("b_er"))
+            )
+            with self._write() as connection:
+                for chunk in _chunks(params):
+                    connection.execute(stmt, list(chunk))
+        return len(params)
+
+    def set_trial_er(self, rows: Iterable[tuple[int, float | None]]) -> int:
+        """Bulk final ER of trials. Returns the number of rows given."""
+        params = [{"b_trial": trial, "b_er": er} for trial, er in rows]
+        if params:
+            stmt = update(TRIALS).where(TRIALS.c.id == bindparam("b_trial")).values(er=bindparam("b_er"))
+            with self._write() as connection:
+                for chunk in _chunks(params):
+                    connection.execute(stmt, list(chunk))
+        return len(params)
+
+    # --- rows for reports ---------------------------------------------------------------------
+
+    def trial_rows(self, experiment: str | int | None = None) -> list[dict[str, Any]]:
+        """Every column of the experiment's trials (by name or id; None = all), by trial id."""
+        query = select(TRIALS).where(self._experiment_filter(experiment)).order_by(TRIALS.c.id)
+        with self._read() as connection:
+            return [_row_dict(row) for row in connection.execute(query)]
+
+    def epoch_rows(self, experiment: str | int | None = None) -> list[dict[str, Any]]:
+        """One dict per stored epoch: the trial's id, spec_hash, status and key columns, then the
+        epoch's metrics; ordered by trial and epoch."""
+        trial_columns = [TRIALS.c.spec_hash, TRIALS.c.status, *(TRIALS.c[name] for name in KEY_COLUMNS)]
+        query = (
+            select(EPOCHS.c.trial_id, *trial_columns, EPOCHS.c.epoch, *(EPOCHS.c[name] for name in EPOCH_METRICS),
+                   EPOCHS.c.recorded_at)
+            .join(TRIALS, TRIALS.c.id == EPOCHS.c.trial_id)
+            .where(self._experiment_filter(experiment))
+            .order_by(EPOCHS.c.trial_id, EPOCHS.c.epoch)
+        )
+        with self._read() as connection:
+            return [_row_dict(row) for row in connection.execute(query)]

@@ -1,0 +1,353 @@
+"""Alembic migrations on a real SQLite file and a real PostgreSQL database.
+
+Covers: empty -> head, head -> base -> head, previous revision -> head (with a throw-away
+revision 0002 written next to a copy of the real scripts), the schema check on open
+(new, behind, unknown revision, unreachable), and that migrations and db/models.py agree.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from db.models import Base
+from db.repository import Repository
+from db.session import (
+    SCRIPT_LOCATION,
+    DatabaseError,
+    SchemaOutOfDate,
+    alembic_config,
+    current_revision,
+    downgrade,
+    head_revision,
+    make_engine,
+    open_database,
+    upgrade,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RTGRID_TABLES = {"experiments", "trials", "experiment_trials", "epoch_metrics", "artifacts", "er_baselines"}
+
+REVISION_0002 = '''"""test only: trials.priority
+
+Revision ID: 0002
+Revises: 0001
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def _recreate() -> str:
+    # Rebuild `trials` on SQLite (copy, drop, rename): its children (epoch_metrics and
+    # experiment_trials, ON DELETE CASCADE) and the `results` view must survive that.
+    return "always" if op.get_bind().dialect.name == "sqlite" else "auto"
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("trials", recreate=_recreate()) as batch:
+        batch.add_column(sa.Column("priority", sa.Integer(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("trials", recreate=_recreate()) as batch:
+        batch.drop_column("priority")
+'''
+
+
+def _tables(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return set(inspect(connection).get_table_names()) - {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def _views(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return set(inspect(connection).get_view_names())
+    finally:
+        engine.dispose()
+
+
+def _constraint_names(url: str) -> dict[str, set[str]]:
+    """Names of the CHECK, UNIQUE and foreign-key constraints and indexes of every rtgrid table."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            inspector = inspect(connection)
+            return {
+                table: {c["name"] for c in inspector.get_check_constraints(table)}
+                | {c["name"] for c in inspector.get_unique_constraints(table)}
+                | {c["name"] for c in inspector.get_foreign_keys(table)}
+                | {c["name"] for c in inspector.get_indexes(table)}
+                for table in sorted(RTGRID_TABLES)
+            }
+    finally:
+        engine.dispose()
+
+
+def _model_constraint_names(tmp_path: Path) -> dict[str, set[str]]:
+    """The same names as db/models.py creates them (create_all on a scratch SQLite file)."""
+    url = f"sqlite:///{tmp_path / 'create_all.sqlite'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    return _constraint_names(url)
+
+
+def _seed(url: str) -> str:
+    """One experiment, one trial with two epochs; returns the spec_hash."""
+    repo = Repository(open_database(url, create=False))
+    try:
+        experiment = repo.ensure_experiment("seeded", "smoke")
+        row = {"spec_hash": "a" * 64, "spec_json": "{}", "kind": "transfer", "arch": "tiny_resnet", "source": "scratch",
+               "dataset": "digits", "ood": "noise-2", "method": "retrain", "blocks": None, "subset_size": 50,
+               "seed": 0, "epochs": 2}
+        repo.plan_trials(experiment, [row])
+        repo.mark_started(row["spec_hash"], "host")
+        repo.record_epoch(row["spec_hash"], 1, {"test_acc": 0.5, "ood_acc": 0.4})
+        repo.record_epoch(row["spec_hash"], 2, {"test_acc": 0.6, "ood_acc": 0.45})
+        repo.complete(row["spec_hash"], {"test_acc": 0.6, "ood_acc": 0.45})
+        return row["spec_hash"]
+    finally:
+        repo.close()
+
+
+def _counts(url: str) -> tuple[int, int, int]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return tuple(connection.execute(text(f"SELECT count(*) FROM {name}")).scalar_one()  # type: ignore[return-value]
+                         for name in ("trials", "epoch_metrics", "experiment_trials"))
+    finally:
+        engine.dispose()
+
+
+def _results_rows(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT count(*) FROM results")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture()
+def scripts_with_0002(tmp_path: Path) -> str:
+    """A copy of the real migration scripts plus a revision 0002: 0001 becomes 'the previous one'."""
+    location = tmp_path / "migrations"
+    (location / "versions").mkdir(parents=True)
+    source = Path(SCRIPT_LOCATION)
+    for name in ("env.py", "script.py.mako"):
+        shutil.copy(source / name, location / name)
+    for script in (source / "versions").glob("0*.py"):
+        shutil.copy(script, location / "versions" / script.name)
+    (location / "versions" / "0002_test_priority.py").write_text(REVISION_0002)
+    return str(location)
+
+
+def test_head_is_the_initial_revision() -> None:
+    assert head_revision() == "0001"
+
+
+def test_empty_to_head_matches_models(db_url: str, tmp_path: Path) -> None:
+    assert current_revision(db_url) is None
+    upgrade(db_url)
+    assert current_revision(db_url) == head_revision()
+    assert _tables(db_url) == RTGRID_TABLES
+    assert "results" in _views(db_url)
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []  # migrations create exactly db/models.py
+    finally:
+        engine.dispose()
+    names = _constraint_names(db_url)
+    assert names == _model_constraint_names(tmp_path)  # CHECKs too, which compare_metadata skips
+    assert {"ck_trials_status", "ck_trials_test_acc_range", "uq_trials_spec_hash"} <= names["trials"]
+
+
+def test_results_view_returns_rows(db_url: str) -> None:
+    upgrade(db_url)
+    spec_hash = _seed(db_url)
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT * FROM results")).mappings().all()
+    finally:
+        engine.dispose()
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["experiment"], row["spec_hash"], row["status"], row["last_epoch"]) == ("seeded", spec_hash,
+                                                                                        "completed", 2)
+    assert row["test_acc"] == pytest.approx(0.6) and row["subset_size"] == 50 and row["finished_at"] is not None
+
+
+def test_downgrade_to_base_and_upgrade_again(db_url: str) -> None:
+    upgrade(db_url)
+    _seed(db_url)
+    downgrade(db_url, "base")
+    assert current_revision(db_url) is None
+    assert _tables(db_url) == set() and "results" not in _views(db_url)
+    upgrade(db_url)
+    assert current_revision(db_url) == head_revision()
+    assert _counts(db_url) == (0, 0, 0)
+    # A database at base counts as new again: a reader is told so, a writer re-creates it.
+    downgrade(db_url, "base")
+    with pytest.raises(DatabaseError, match="no rtgrid database"):
+        open_database(db_url, create=False)
+    open_database(db_url, create=True).dispose()
+    assert current_revision(db_url) == head_revision()
+
+
+def test_previous_revision_to_head(db_url: str, scripts_with_0002: str, tmp_path: Path) -> None:
+    upgrade(db_url)  # the real head, 0001: behind the copy's head 0002
+    _seed(db_url)
+    with pytest.raises(SchemaOutOfDate) as info:
+        open_database(db_url, create=True, script_location=scripts_with_0002)  # never migrates silently
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("database is at revision 0001 but rtgrid needs 0002: run `rtgrid db upgrade --db ")
+    assert current_revision(db_url) == "0001"
+
+    upgrade(db_url, script_location=scripts_with_0002)
+    assert current_revision(db_url) == "0002"
+    engine = open_database(db_url, create=False, script_location=scripts_with_0002)
+    engine.dispose()
+    assert _counts(db_url) == (1, 2, 1)
+
+    downgrade(db_url, "0001", script_location=scripts_with_0002)  # rebuilds `trials` on SQLite
+    assert current_revision(db_url) == "0001"
+    assert _counts(db_url) == (1, 2, 1), "a table rebuild cascaded into the child tables"
+    assert _results_rows(db_url) == 1
+    assert _constraint_names(db_url) == _model_constraint_names(tmp_path), "the rebuild lost or renamed constraints"
+
+
+def test_alembic_command_line_config(tmp_path: Path) -> None:
+    """`alembic upgrade head` as a developer runs it: env.py opens its own connection from the URL."""
+    url = f"sqlite:///{tmp_path / 'cli.sqlite'}"
+    command.upgrade(alembic_config(url=url), "head")
+    assert current_revision(url) == head_revision()
+    result = subprocess.run([sys.executable, "-m", "alembic", "-x", f"db={url}", "check"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "No new upgrade operations detected" in result.stdout
+
+
+def test_unknown_revision_is_refused(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'ffffeeee0000'"))
+    engine.dispose()
+    with pytest.raises(SchemaOutOfDate) as info:
+        open_database(db_url, create=True)
+    message = str(info.value)
+    assert "\n" not in message and "ffffeeee0000" in message and head_revision() in message
+    with pytest.raises(DatabaseError, match="cannot upgrade"):
+        upgrade(db_url)  # Alembic cannot place the revision: a one-line error, not a traceback
+
+
+def test_new_database_created_only_by_writers(db_url: str, db_backend: str) -> None:
+    with pytest.raises(DatabaseError) as info:
+        open_database(db_url, create=False)
+    assert str(info.value).startswith("no rtgrid database at ")
+    assert "rtgrid db upgrade" in str(info.value)
+    if db_backend == "sqlite":
+        assert not Path(db_url.removeprefix("sqlite:///")).exists(), "a reader must not create the file"
+    engine = open_database(db_url, create=True)
+    engine.dispose()
+    assert current_revision(db_url) == head_revision()
+    open_database(db_url, create=False).dispose()
+
+
+def test_foreign_tables_without_revision_are_refused(db_url: str) -> None:
+    engine = make_engine(db_url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE trials (id INTEGER PRIMARY KEY)"))
+    engine.dispose()
+    with pytest.raises(DatabaseError, match="has rtgrid tables but no schema revision"):
+        open_database(db_url, create=True)
+
+
+def test_concurrent_first_open_creates_once(db_url: str) -> None:
+    """Two writers opening a brand-new database at once: one migrates, the other waits and finds head."""
+    errors: list[BaseException] = []
+
+    def opener() -> None:
+        try:
+            open_database(db_url, create=True).dispose()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert current_revision(db_url) == head_revision()
+
+
+def test_unreachable_postgres_is_one_line_without_password() -> None:
+    url = "postgresql://rtgrid:s3cret-pw@127.0.0.1:1/rtgrid"
+    with pytest.raises(DatabaseError) as info:
+        open_database(url, create=True)
+    message = str(info.value)
+    assert message.startswith("cannot open database postgresql+psycopg://rtgrid:***@127.0.0.1:1/rtgrid: ")
+    assert "\n" not in message and "s3cret-pw" not in message
+    with pytest.raises(DatabaseError) as info:
+        upgrade(url)
+    assert "\n" not in str(info.value) and "s3cret-pw" not in str(info.value)
+
+
+def test_unopenable_sqlite_is_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'missing-dir' / 'x.sqlite'}"
+    with pytest.raises(DatabaseError, match=r"^cannot open database sqlite:///.*unable to open database file$"):
+        open_database(url, create=True)
+    not_a_db = tmp_path / "garbage.sqlite"
+    not_a_db.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(DatabaseError, match="file is not a database"):
+        open_database(f"sqlite:///{not_a_db}", create=False)
+    assert sqlite3.sqlite_version  # the driver in use
+
+
+def test_sqlite_settings(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    engine = open_database(url, create=True)
+    try:
+        with engine.connect() as connection:
+            pragmas = {name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+                       for name in ("journal_mode", "foreign_keys", "busy_timeout")}
+    finally:
+        engine.dispose()
+    assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 30000}
+
+
+def test_plain_engine_cannot_fool_the_check(tmp_path: Path) -> None:
+    """A database created by other means (create_all) has no revision: it is not silently adopted."""
+    url = f"sqlite:///{tmp_path / 'create_all.sqlite'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    with pytest.raises(DatabaseError, match="no schema revision"):
+        open_database(url, create=True)
