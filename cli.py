@@ -51,8 +51,12 @@ def db_option(func: F) -> F:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """rtgrid: resumable, deduplicated transfer-learning robustness grids on Ray Tune."""
+    from orchestrator.store import close_all
+
+    ctx.call_on_close(close_all)
 
 
 # --- grids --------------------------------------------------------------------------------
