@@ -40,7 +40,7 @@ class RunOptions:
     download: bool = False
     quiet: bool = False
     kernel: str | None = None  # "noop" for scheduling benchmarks
-    checkpoint_min_epochs: int = 10
+    checkpoint_interval_s: float = 300.0  # long trials checkpoint at eval epochs this often
     stale_after_s: float = 120.0  # the recorder heartbeats running specs every 30 s
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -127,7 +127,7 @@ def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptio
         "threads": max(1, int(options.cpus_per_trial)),
         "device": "cuda" if options.gpus_per_trial > 0 else "cpu",
         "max_retries": options.max_failures,
-        "checkpoint_min_epochs": options.checkpoint_min_epochs,
+        "checkpoint_interval_s": options.checkpoint_interval_s,
         "kernel": options.kernel,
         **options.extra,
     }

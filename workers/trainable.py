@@ -131,7 +131,10 @@ class PackRunner:
         spec_hash = item["spec_hash"]
         spec = item["spec"]
         max_retries = int(self.settings.get("max_retries", 1))
-        long_trial = spec["epochs"] >= int(self.settings.get("checkpoint_min_epochs", 10))
+        # Only long trials checkpoint: at an evaluation epoch once this much time has passed since
+        # the last checkpoint (short trials simply run again after a crash).
+        interval = float(self.settings.get("checkpoint_interval_s", 300.0))
+        last_checkpoint = [time.monotonic()]
         state = self.resume_state if self.resume_hash == spec_hash else None
         baseline = item.get("er_baseline")
         for attempt in range(1, max_retries + 2):
@@ -143,7 +146,8 @@ class PackRunner:
                 self.emit({"event": "epoch", "spec_hash": _hash, "epoch": int(epoch), **metrics}, None)
 
             def save_state(kernel_state: dict[str, Any], _hash: str = spec_hash) -> None:
-                if long_trial:
+                if time.monotonic() - last_checkpoint[0] >= interval:
+                    last_checkpoint[0] = time.monotonic()
                     epoch = int(kernel_state.get("epoch", 0))
                     self._checkpoint({"event": "checkpoint", "spec_hash": _hash, "epoch": epoch}, kernel_state, _hash)
 
