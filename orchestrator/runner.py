@@ -25,6 +25,8 @@ TUNE_ENV = {
     "RAY_DEDUP_LOGS": "1",
 }
 MAX_PACK_SIZE = 64
+# Ray resolves "127.0.0.1" to the host's outward IP unless clustering is "disabled" by this switch.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclass
@@ -61,6 +63,9 @@ def _start_ray(options: RunOptions) -> None:
     os.environ.update(TUNE_ENV)
     if ray.is_initialized():
         return
+    if not options.address:
+        # A local instance talks over loopback only (Ray would otherwise pick the host's LAN IP).
+        os.environ.setdefault(LOOPBACK_ENV, "0")
     runtime_env = {"env_vars": {**TUNE_ENV, **{k: v for k, v in os.environ.items() if k.startswith("RTGRID_")}}}
     try:
         if options.address:

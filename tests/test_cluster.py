@@ -1,0 +1,115 @@
+"""A real two-node Ray cluster on this machine (`ray start --head` + `ray start --address`); the
+driver connects with `--address` and the trials run on both nodes. Only the processes this test
+started are stopped (each `ray start --block` runs in its own session and is killed as a group)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+PORT = int(os.environ.get("RTGRID_TEST_RAY_PORT", "6390"))  # Redis holds Ray's default 6379 here
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+GRID = """
+fixed:
+  arch: tiny_resnet
+  method: retrain
+  source: scratch
+  dataset: digits
+  epochs: 2
+  params: {input_size: 16, batch_size: 32, eval_images: 100, head_init: default}
+axes:
+  subset_size: [50, 100, 200]
+  seed: [0, 1, 2, 3]
+"""
+
+
+# Both nodes listen on 127.0.0.2: still loopback, but Ray does not rewrite it to the host's
+# outward IP as it does "127.0.0.1". They share one token: Ray clusters authenticate clients.
+NODE_IP = "127.0.0.2"
+LOOPBACK = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
+def _start(args: list[str], tmp_path: Path, name: str) -> subprocess.Popen:
+    log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([RAY, "start", "--block", *args], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=REPO, env=LOOPBACK)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=20)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _nodes_alive(address: str) -> int:
+    probe = (f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
+             "print(sum(1 for n in ray.nodes() if n['Alive']))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=LOOPBACK)
+    lines = out.stdout.strip().splitlines()
+    return int(lines[-1]) if lines and lines[-1].isdigit() else 0
+
+
+@pytest.fixture()
+def two_node_cluster(tmp_path: Path):
+    address = f"{NODE_IP}:{PORT}"
+    ray_dir = tempfile.mkdtemp(prefix="rtg-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    head = _start(["--head", f"--port={PORT}", f"--node-ip-address={NODE_IP}", "--num-cpus=1",
+                   "--include-dashboard=false", f"--temp-dir={ray_dir}"], tmp_path, "head")
+    worker = None
+    try:
+        deadline = time.time() + 90
+        while _nodes_alive(address) < 1:
+            assert head.poll() is None, (tmp_path / "head.log").read_text()
+            assert time.time() < deadline, "Ray head did not start"
+            time.sleep(2)
+        worker = _start([f"--address={address}", f"--node-ip-address={NODE_IP}", "--num-cpus=1"], tmp_path, "worker")
+        while _nodes_alive(address) < 2:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            assert time.time() < deadline, "second Ray node did not join"
+            time.sleep(2)
+        yield address
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _stop(head)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_driver_with_address_runs_trials_on_both_nodes(two_node_cluster: str, tmp_path: Path) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID)
+    db = tmp_path / "cluster.sqlite"
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "submit", str(grid), "--experiment", "cluster", "--address", two_node_cluster,
+         "--db", f"sqlite:///{db}", "--artifacts", str(tmp_path / "artifacts"), "--pack-size", "1", "--quiet"],
+        cwd=REPO, capture_output=True, text=True, timeout=420, env=LOOPBACK,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(text("SELECT status, count(*) FROM trials GROUP BY status")).all())
+        workers = dict(conn.execute(text("SELECT worker, count(*) FROM trials GROUP BY worker")).all())
+    engine.dispose()
+    assert statuses == {"completed": 12}
+    assert len(workers) == 2, f"trials ran on {workers}"
