@@ -25,8 +25,9 @@ TUNE_ENV = {
     "RAY_DEDUP_LOGS": "1",
 }
 MAX_PACK_SIZE = 64
-# Ray resolves "127.0.0.1" to the host's outward IP unless clustering is "disabled" by this switch.
-LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# A local instance talks over loopback only. Ray rewrites "127.0.0.1" to the host's outward IP,
+# but not another loopback address.
+LOCAL_NODE_IP = "127.0.0.2"
 
 
 @dataclass
@@ -63,9 +64,7 @@ def _start_ray(options: RunOptions) -> None:
     os.environ.update(TUNE_ENV)
     if ray.is_initialized():
         return
-    if not options.address:
-        # A local instance talks over loopback only (Ray would otherwise pick the host's LAN IP).
-        os.environ.setdefault(LOOPBACK_ENV, "0")
+
     runtime_env = {"env_vars": {**TUNE_ENV, **{k: v for k, v in os.environ.items() if k.startswith("RTGRID_")}}}
     try:
         if options.address:
@@ -73,7 +72,7 @@ def _start_ray(options: RunOptions) -> None:
                      logging_level="ERROR")
         else:
             ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=not options.quiet,
-                     logging_level="ERROR", num_cpus=os.cpu_count())
+                     logging_level="ERROR", num_cpus=os.cpu_count(), _node_ip_address=LOCAL_NODE_IP)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = options.address or "a local Ray instance"
         raise UserError(f"cannot connect to Ray at {where}: {str(exc).splitlines()[0]}") from None
