@@ -100,3 +100,13 @@ def test_bad_input_is_one_line_exit_2_and_leaves_db_unchanged(tmp_path: Path, ar
 def test_unreachable_database_is_one_line() -> None:
     code, _, err = _invoke("status", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cancel_marks_pending_trials_and_status_counts_them(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    assert _invoke("submit", "smoke", "--dry-run", "--experiment", "s", "--db", db)[0] == 0
+    code, out, _ = _invoke("cancel", "s", "--db", db)
+    assert code == 0 and out.strip() == "61 trials cancelled"
+    code, out, _ = _invoke("status", "s", "--db", db)
+    assert code == 0 and "cancelled 61" in out and "pending 0" in out and "eta: done" in out
+    assert _invoke("cancel", "nope", "--db", db)[0] == 2
