@@ -41,6 +41,10 @@ class ReportRecorder:
         self.failed: dict[str, str] = {}
 
     def handle(self, result: Mapping[str, Any]) -> None:
+        if result.get("event") == "batch":
+            for event in result.get("events") or []:
+                self.handle(event)
+            return
         event = result.get("event")
         spec_hash = result.get("spec_hash")
         if not event or not spec_hash:

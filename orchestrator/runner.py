@@ -135,18 +135,18 @@ def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptio
         "kernel": options.kernel,
         **options.extra,
     }
-    variants = [
-        {"pack_id": pid, "pack": _pack_items(members, source_paths, baselines)}
-        for pid, members in zip(pack_ids, packs, strict=True)
-    ]
+    # Pack contents travel once through the object store (with_parameters); a trial's config holds
+    # only its pack id, because Tune copies and flattens the config into every single report.
+    contents = {pid: _pack_items(members, source_paths, baselines)
+                for pid, members in zip(pack_ids, packs, strict=True)}
     recorder = ReportRecorder(repo, progress=progress)
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(2, slots))
     resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
     stopper = CancelStopper(repo, [s.spec_hash for s in stage.specs])
     callback = RecorderCallback(recorder, pack_ids)
     tuner = tune.Tuner(
-        tune.with_resources(tune_entry, resources),
-        param_space={"variant": tune.grid_search(variants), "settings": settings},
+        tune.with_resources(tune.with_parameters(tune_entry, packs=contents), resources),
+        param_space={"pack_id": tune.grid_search(list(pack_ids)), "settings": settings},
         tune_config=tune.TuneConfig(max_concurrent_trials=slots, reuse_actors=True,
                                     trial_dirname_creator=lambda trial: trial.trial_id,
                                     trial_name_creator=lambda trial: trial.trial_id),

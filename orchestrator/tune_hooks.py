@@ -37,7 +37,7 @@ class RecorderCallback(tune.Callback):
         return LIVE[self.token][0]
 
     def _pack(self, trial: Any) -> list[str]:
-        return LIVE[self.token][1].get(trial.config["variant"]["pack_id"], [])
+        return LIVE[self.token][1].get(trial.config["pack_id"], [])
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._recorder().handle(result)

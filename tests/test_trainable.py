@@ -25,6 +25,11 @@ class Crash(BaseException):
     """Stands in for a lost worker (not an Exception: nothing in the trainable may catch it)."""
 
 
+def _events(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trainable sends events in batches; unpack them in order."""
+    return [event for payload in payloads for event in payload["events"]]
+
+
 def _item(spec: TrialSpec) -> dict[str, Any]:
     return {"spec_hash": spec.spec_hash, "spec": spec.to_dict()}
 
@@ -34,9 +39,10 @@ def _settings(tmp_path: Path, **extra: Any) -> dict[str, Any]:
 
 
 def test_pack_reports_each_spec_and_isolates_failures(tmp_path: Path) -> None:
-    events: list[dict[str, Any]] = []
-    PackRunner(_settings(tmp_path), lambda payload, _dir: events.append(payload), None).run(
+    payloads: list[dict[str, Any]] = []
+    PackRunner(_settings(tmp_path), lambda payload, _dir: payloads.append(payload), None).run(
         [_item(MISSING), _item(SPEC)])
+    events = _events(payloads)
     by_spec = {h: [e["event"] for e in events if e["spec_hash"] == h] for h in (MISSING.spec_hash, SPEC.spec_hash)}
     # Bad input fails once (no retry: it would fail the same way), the next spec still runs.
     assert by_spec[MISSING.spec_hash] == ["started", "failed"]
@@ -57,7 +63,8 @@ def test_crashed_trial_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
 
     def emit_then_crash(payload: dict[str, Any], checkpoint_dir: str | None) -> None:
         first.append(payload)
-        if checkpoint_dir is not None and payload.get("epoch") == 2:
+        epochs = [e.get("epoch") for e in payload["events"] if e["event"] == "checkpoint"]
+        if checkpoint_dir is not None and epochs == [2]:
             shutil.copytree(checkpoint_dir, saved)  # what Tune would persist
             raise Crash("worker lost")
 
@@ -71,9 +78,9 @@ def test_crashed_trial_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     resumed: list[dict[str, Any]] = []
     PackRunner(_settings(tmp_path), lambda p, _d: resumed.append(p), progress).run([_item(SPEC)])
 
-    epochs = [e["epoch"] for e in resumed if e["event"] == "epoch"]
+    epochs = [e["epoch"] for e in _events(resumed) if e["event"] == "epoch"]
     assert epochs == [3, 4]  # epochs 1-2 are not trained again
-    final_resumed = next(e for e in resumed if e["event"] == "final")
-    final_plain = next(e for e in uninterrupted if e["event"] == "final")
+    final_resumed = next(e for e in _events(resumed) if e["event"] == "final")
+    final_plain = next(e for e in _events(uninterrupted) if e["event"] == "final")
     assert final_resumed["test_acc"] == final_plain["test_acc"]
     assert final_resumed["ood_acc"] == final_plain["ood_acc"]

@@ -97,11 +97,27 @@ class PackRunner:
 
     def __init__(self, settings: Mapping[str, Any], emit: Emit, restored: Mapping[str, Any] | None) -> None:
         self.settings = settings
-        self.emit = emit
+        self._emit = emit
+        # Events of quick specs travel together: one Tune report per flush, not per event.
+        self.flush_interval_s = float(settings.get("flush_interval_s", 0.25))
+        self.buffer: list[dict[str, Any]] = []
+        self.last_flush = float("-inf")  # the first event goes out at once
         self.done: set[str] = set((restored or {}).get("done", []))
         self.resume_hash: str | None = (restored or {}).get("current")
         self.resume_state: dict[str, Any] | None = (restored or {}).get("state")
         self.node = _node_id()
+
+    def emit(self, payload: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        """Queue an event; send the queue now unless the last send was under flush_interval_s ago."""
+        self.buffer.append(payload)
+        if checkpoint_dir is None and time.monotonic() - self.last_flush >= self.flush_interval_s:
+            self.flush()
+
+    def flush(self, checkpoint_dir: str | None = None) -> None:
+        if self.buffer or checkpoint_dir is not None:
+            events, self.buffer = self.buffer, []
+            self._emit({"event": "batch", "events": events}, checkpoint_dir)
+        self.last_flush = time.monotonic()
 
     def _checkpoint(self, payload: dict[str, Any], state: dict[str, Any] | None, current: str | None) -> None:
         import torch
@@ -112,18 +128,30 @@ class PackRunner:
             if state is not None:
                 torch.save(state, Path(directory, "state.pt"))
             self.emit(payload, directory)
+            self.flush(directory)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
     def run(self, items: list[Mapping[str, Any]]) -> None:
+        try:
+            self._run_all(items)
+        finally:
+            self.flush()
+
+    def _run_all(self, items: list[Mapping[str, Any]]) -> None:
         for position, item in enumerate(items):
             spec_hash = item["spec_hash"]
             if spec_hash in self.done:
                 continue
-            started = time.time()
+            started = time.monotonic()
             self._run_spec(item)
             self.done.add(spec_hash)
-            long_enough = time.time() - started > float(self.settings.get("checkpoint_after_s", 30.0))
+            elapsed = time.monotonic() - started
+            if elapsed > self.flush_interval_s:
+                # A slow spec: its end is news now, and so will be the next one's start.
+                self.flush()
+                self.last_flush = float("-inf")
+            long_enough = elapsed > float(self.settings.get("checkpoint_after_s", 30.0))
             if long_enough and position + 1 < len(items):
                 self._checkpoint({"event": "progress", "spec_hash": spec_hash}, None, None)
 
@@ -201,7 +229,7 @@ def _restore() -> dict[str, Any] | None:
     return progress
 
 
-def tune_entry(config: dict[str, Any]) -> None:
+def tune_entry(config: dict[str, Any], packs: Mapping[str, list[dict[str, Any]]]) -> None:
     """The Ray Tune function trainable."""
     import torch
     from ray import tune
@@ -213,7 +241,7 @@ def tune_entry(config: dict[str, Any]) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(payload, checkpoint=checkpoint)
 
-    PackRunner(settings, emit, _restore()).run(config["variant"]["pack"])
+    PackRunner(settings, emit, _restore()).run(packs[config["pack_id"]])
 
 
 # --- the driver's other doors into workers (the orchestrator imports nothing else here) ---
