@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from collections.abc import Callable
@@ -10,40 +9,11 @@ from typing import Any, TypeVar
 
 import click
 
+from orchestrator.cli_errors import one_line_errors
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 DB_HELP = "Database URL (default: $RTGRID_DB or sqlite:///rtgrid.sqlite)."
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from db.session import DatabaseError
-    from orchestrator.grids import GridError
-    from orchestrator.spec import SpecError
-    from workers.errors import KernelInputError
-
-    errors: list[type[BaseException]] = [DatabaseError, GridError, SpecError, KernelInputError]
-    try:
-        from orchestrator.errors import UserError
-
-        errors.append(UserError)
-    except ImportError:  # pragma: no cover - during bootstrap
-        pass
-    return tuple(errors)
-
-
-def one_line_errors(func: F) -> F:
-    """Bad input -> one line on stderr and exit code 2, never a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except _user_errors() as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            click.echo(f"rtgrid: error: {message}", err=True)
-            sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def db_option(func: F) -> F:

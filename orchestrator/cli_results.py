@@ -6,50 +6,17 @@ line on stderr, "rtgrid: error: …", and exits with status 2, as every rtgrid c
 
 from __future__ import annotations
 
-import functools
-import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
+from orchestrator.cli_errors import one_line_errors
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 DB_HELP = "Database URL (default: $RTGRID_DB or sqlite:///rtgrid.sqlite); opened read-only."
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from db.session import DatabaseError
-    from orchestrator.errors import UserError
-
-    errors: list[type[BaseException]] = [UserError, DatabaseError, sqlite3.Error]
-    try:
-        import psycopg
-
-        errors.append(psycopg.Error)
-    except ImportError:  # pragma: no cover
-        pass
-    from sqlalchemy.exc import DBAPIError
-
-    errors.append(DBAPIError)
-    return tuple(errors)
-
-
-def one_line_errors(func: F) -> F:
-    """Bad input (or a database that refuses) -> one line on stderr and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except _user_errors() as exc:
-            text = str(getattr(exc, "orig", None) or exc).strip()
-            message = text.splitlines()[0].strip() if text else type(exc).__name__
-            click.echo(f"rtgrid: error: {message}", err=True)
-            sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def db_option(func: F) -> F:
