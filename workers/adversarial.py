@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workers import data, models
-from workers.context import KernelContext
+from workers.context import KernelContext, Report
 from workers.errors import KernelInputError
 from workers.training import (
+    TRAINING_DEFAULTS,
     BatchStream,
     derive_seed,
     eval_epochs_of,
@@ -44,28 +45,12 @@ from workers.training import (
     unpack_state,
 )
 
-Report = Callable[[int, dict[str, float]], None]
 NORMS = ("l2", "linf")
 STATE_KIND = "source"
 # Threat model of natural / gaussian sources' robust_acc when the spec names none (adv_eps = 0).
 DEFAULT_EVAL_NORM, DEFAULT_EVAL_EPS = "linf", 8 / 255
 
-DEFAULTS: dict[str, Any] = {
-    "input_size": 32,
-    "batch_size": 128,
-    "lr": 0.1,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "schedule": "thirds",
-    "iterations_per_epoch": 0,
-    "eval_epochs": [],
-    "eval_images": 0,
-    "adv_eps": 0.0,
-    "adv_step": 0.0,
-    "adv_steps": 0,
-    "noise_sigma": 0.0,
-    "robust_eval_steps": 0,
-}
+DEFAULTS: dict[str, Any] = {**TRAINING_DEFAULTS, "robust_eval_steps": 0}
 
 
 # ---------------------------------------------------------------------------------------------- attacks

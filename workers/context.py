@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The callable every kernel reports through: report(epoch (1-based), metrics).
+Report = Callable[[int, dict[str, float]], None]
+
 
 @dataclass
 class KernelContext:

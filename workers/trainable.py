@@ -19,11 +19,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from workers.context import KernelContext
+from workers.context import KernelContext, Report
 from workers.errors import KernelInputError
 from workers.sources import resolve_source_path, verify_checksum
 
-Report = Callable[[int, dict[str, float]], None]
 Emit = Callable[[dict[str, Any], str | None], None]
 
 # Kernels by spec kind; the "noop" override exists for scheduling benchmarks.

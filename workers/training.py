@@ -35,6 +35,24 @@ Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 # ---------------------------------------------------------------------------------------------- seeding
 
+# Hyper-parameters every kernel reads, with the values a spec gets when it names none.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "input_size": 32,
+    "batch_size": 128,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "thirds",
+    "iterations_per_epoch": 0,
+    "eval_epochs": [],
+    "eval_images": 0,
+    "adv_eps": 0.0,
+    "adv_step": 0.0,
+    "adv_steps": 0,
+    "noise_sigma": 0.0,
+}
+
+
 
 def derive_seed(seed: int, *parts: object) -> int:
     """A 63-bit seed from a base seed and labels: independent streams per (purpose, epoch, pass)."""

@@ -33,11 +33,12 @@ import torch
 from torch import nn
 
 from workers import data, models
-from workers.context import KernelContext
+from workers.context import KernelContext, Report
 from workers.errors import KernelInputError
 from workers.losses import fc_penalty, feature_distillation_loss, l2sp_penalty, snapshot_parameters
 from workers.swa import WeightAverager, recalibrate_bn
 from workers.training import (
+    TRAINING_DEFAULTS,
     BatchStream,
     derive_seed,
     eval_epochs_of,
@@ -50,18 +51,8 @@ from workers.training import (
     unpack_state,
 )
 
-Report = Callable[[int, dict[str, float]], None]
-
 DEFAULTS: dict[str, Any] = {
-    "input_size": 32,
-    "batch_size": 128,
-    "lr": 0.1,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "schedule": "thirds",
-    "iterations_per_epoch": 0,
-    "eval_epochs": [],
-    "eval_images": 0,
+    **TRAINING_DEFAULTS,
     "head_init": "normal",
     "bn_mode": "train",
     "lambda_feat": 0.0,
@@ -72,10 +63,6 @@ DEFAULTS: dict[str, Any] = {
     "swa_lr": 0.005,
     "swa_every": 500,
     "adv_norm": "linf",
-    "adv_eps": 0.0,
-    "adv_step": 0.0,
-    "adv_steps": 0,
-    "noise_sigma": 0.0,
     "attack_eps": 0.1,
     "attack_step": 0.01,
     "attack_steps": 0,
