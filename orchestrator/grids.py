@@ -281,7 +281,7 @@ def smoke() -> Grid:
     base = {"input_size": 16, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
             "schedule": "thirds", "eval_images": 500, "head_init": "default"}
     sources = [
-        TrialSpec(kind="source", arch=SMOKE_ARCH, dataset="synthetic-source", method=method, seed=0,
+        TrialSpec(kind="source", arch=SMOKE_ARCH, dataset="synthetic-source", ood="noise-2", method=method, seed=0,
                   epochs=6, params={**base, "batch_size": 64, "lr": 0.1, "robust_eval_steps": 5, **adv})
         for method, adv in SMOKE_SOURCE_METHODS.items()
     ]
