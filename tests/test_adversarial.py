@@ -12,7 +12,18 @@ import torch
 import torch.nn.functional as F
 
 from workers import data, models
-from workers.adversarial import gaussian_noise, pgd, pgd1, run_source, spec_digest
+from workers.adversarial import (
+    DEFAULT_EVAL_EPS,
+    DEFAULT_EVAL_NORM,
+    NATURAL_EVAL_STEPS,
+    gaussian_noise,
+    pgd,
+    pgd1,
+    resolve_source_params,
+    robust_eval_threat,
+    run_source,
+    spec_digest,
+)
 from workers.context import KernelContext
 from workers.errors import KernelInputError
 
@@ -160,6 +171,24 @@ def test_run_source_reports_checkpoints_and_resumes(tmp_path: Path) -> None:
     # Same weights (not the same file bytes: torch.save names its zip folder after the random temp file).
     resumed = models.load_state_dict_file(resumed_final["checkpoint_path"])
     assert all(torch.equal(v, resumed[k]) for k, v in models.load_state_dict_file(path).items())
+
+
+@pytest.mark.parametrize(("method", "params", "threat", "steps"), [
+    ("pgd-linf", {"adv_step": 2 / 255, "adv_steps": 3}, ("linf", 8 / 255), 6),  # training threat, 2x its steps
+    ("pgd-l2", {"adv_norm": "l2", "adv_eps": 0.5, "adv_step": 0.2, "adv_steps": 2}, ("l2", 0.5), 4),
+    ("pgd1", {}, ("linf", 8 / 255), 2),
+    ("natural", {"adv_eps": 0.0}, (DEFAULT_EVAL_NORM, DEFAULT_EVAL_EPS), NATURAL_EVAL_STEPS),
+])
+def test_sources_report_robust_accuracy_by_default(tmp_path: Path, method: str, params: dict[str, Any],
+                                                   threat: tuple[str, float], steps: int) -> None:
+    spec = source_spec(method, epochs=1, train_images=100, eval_images=50, **params)
+    del spec["params"]["robust_eval_steps"]
+    resolved = resolve_source_params(spec)
+    assert resolved["robust_eval_steps"] == steps and robust_eval_threat(resolved) == threat
+    if method == "natural":  # one real run: robust_acc at every eval epoch, reproducibly (seeded random starts)
+        reports, final, _ = run(spec, tmp_path / "a")
+        assert final["robust_acc"] == reports[-1][1]["robust_acc"] and 0.0 <= final["robust_acc"] <= 1.0
+        assert run(spec, tmp_path / "b")[1]["robust_acc"] == final["robust_acc"]
 
 
 def test_natural_source_without_robust_eval(tmp_path: Path) -> None:

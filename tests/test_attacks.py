@@ -137,23 +137,37 @@ def test_adversarial_set_is_computed_once_per_key(source: models.Classifier, cle
 
 def test_transfer_asr_caches_the_source_attack(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    src = models.build_model("tiny_resnet", 6)
+    src = models.build_model("tiny_resnet", 6).eval()
     path = tmp_path / "source.pt"
     models.save_source_checkpoint(src, path, {})
     test_ds = data.load_split("synthetic-target-a", False)
+    indices = data.eval_indices(len(test_ds), 40)
+    # A student that inherits the source features and reads only f_0: class 0 iff f_0 is above every
+    # clean value, else class 1. Labelled all 1, every clean image is right, and exactly those images
+    # whose attacked f_0 rises past the threshold flip: the attack's mechanism, with a known answer.
     student = copy.deepcopy(src)
     models.replace_head(student, test_ds.num_classes, init="default")
+    with torch.no_grad():
+        threshold = float(student.features(test_ds.batch(indices, INPUT))[:, 0].max()) + 1e-4
+        student.head.weight.zero_()
+        student.head.bias.zero_()
+        student.head.weight[0, 0] = 100.0
+        student.head.bias[0] = -100.0 * threshold
+    all_ones = data.ImageSet(test_ds.name, [1] * len(test_ds), test_ds.num_classes, 3, data=test_ds.data)
     params = {"attack_eps": 0.1, "attack_step": 0.01, "attack_steps": 3, "attack_m": 1000.0, "attack_clamp": 2.2,
               "attack_images": 40, "input_size": INPUT}
     spec = {"dataset": "synthetic-target-a"}
     ctx = KernelContext(artifacts_dir=str(tmp_path / "artifacts"), source_path=str(path))
     before = sum(attacks.attack_runs.values())
-    result = transfer_asr(spec, ctx, params, src, student, test_ds, torch.device("cpu"))
-    again = transfer_asr(spec, ctx, params, src, student, test_ds, torch.device("cpu"))
+    result = transfer_asr(spec, ctx, params, src, student, all_ones, torch.device("cpu"))
+    again = transfer_asr(spec, ctx, params, src, student, all_ones, torch.device("cpu"))
     assert sum(attacks.attack_runs.values()) == before + 1
     assert result == again
-    assert 0.0 <= result["clean_acc"] <= 1.0 and 0.0 <= result["adv_acc"] <= 1.0
-    assert result["asr"] is None or 0.0 <= result["asr"] <= 1.0
     [artifact] = result["artifacts"]
     assert artifact["kind"] == "adversarial_set" and Path(artifact["uri"]).is_file()
     assert artifact["meta"]["images"] == 40
+    adv = torch.load(artifact["uri"], weights_only=True)["adv"]
+    with torch.no_grad():
+        flipped = int((student.features(adv, normalized=True)[:, 0] > threshold).sum())
+    assert result["clean_acc"] == 1.0 and result["asr"] == flipped / 40 and result["adv_acc"] == 1 - flipped / 40
+    assert 0 < flipped < 40  # 3 steps move some, not all, f_0 past every clean value

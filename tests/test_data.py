@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from workers import data
+from workers.adversarial import run_source
+from workers.context import KernelContext
 from workers.errors import KernelInputError
-from workers.models import build_model
+from workers.transfer import run_transfer
 
-MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist-binarized-10k"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = Path(os.environ.get("RTGRID_SHARED_DATASETS") or REPO.parent / "shared" / "datasets")
+MNIST_ROOT = SHARED_DATASETS / "mnist-binarized-10k"
 
 
 def _utrera_reference(targets: list[int], subset_size: int, seed: int) -> list[int]:
@@ -244,6 +249,165 @@ def test_cifar101_and_imagefolder_from_disk(tmp_path: Path) -> None:
         data.load_split(f"imagefolder:{tmp_path / 'nowhere'}", True)
 
 
+def _photo(path: Path, value: int, size: tuple[int, int]) -> None:
+    """A flat-grey JPEG (or PNG) whose grey level `value` encodes the label it belongs to."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((*size, 3), value, dtype=np.uint8)).save(path)
+
+
+def _grey_level(image: torch.Tensor) -> int:
+    return round(float(image.mean()) * 255)
+
+
+def _cub_tree(root: Path) -> tuple[list[int], list[int], int]:
+    base = root / "CUB_200_2011"
+    labels, is_train = [1, 2, 3, 1, 2, 3, 2], [1, 0, 1, 1, 0, 0, 1]  # 1-based classes, 1 = train
+    lines = []
+    for i, (label, _) in enumerate(zip(labels, is_train, strict=True), start=1):
+        lines.append(f"{i} {label:03d}.Class_{label}/Bird_{i}.jpg")
+        _photo(base / "images" / f"{label:03d}.Class_{label}" / f"Bird_{i}.jpg", 40 * label, (20 + i, 24))
+    (base / "images.txt").write_text("\n".join(lines) + "\n")
+    (base / "train_test_split.txt").write_text("".join(f"{i} {t}\n" for i, t in enumerate(is_train, start=1)))
+    (base / "image_class_labels.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(labels, start=1)))
+    return [0, 2, 0, 1], [1, 1, 2], 3
+
+
+def _flower_tree(root: Path) -> tuple[list[int], list[int], int]:
+    from scipy.io import savemat
+
+    base = root / "Flower_102"
+    labels = [1, 2, 3, 1, 2, 3, 1, 2]  # image_00001 .. image_00008, 1-based classes
+    for i, label in enumerate(labels, start=1):
+        _photo(base / "jpg" / f"image_{i:05d}.jpg", 40 * label, (18, 26 + i))
+    savemat(str(base / "imagelabels.mat"), {"labels": np.array([labels])})
+    savemat(str(base / "setid.mat"), {"trnid": np.array([[2, 1]]), "valid": np.array([[7, 3]]),
+                                      "tstid": np.array([[4, 5, 6, 8]])})
+    return [1, 0, 0, 2], [0, 1, 2, 1], 3  # train = trnid then valid, in file order
+
+
+def _dog_tree(root: Path) -> tuple[list[int], list[int], int]:
+    from scipy.io import savemat
+
+    base = root / "stanford_dog"
+    splits = {"train": [("n01-beagle/b1.jpg", 1), ("n02-pug/p1.jpg", 2), ("n01-beagle/b2.jpg", 1)],
+              "test": [("n02-pug/p2.jpg", 2), ("n01-beagle/b3.jpg", 1)]}
+    for split, items in splits.items():
+        for k, (name, label) in enumerate(items):
+            _photo(base / "Images" / name, 40 * label, (22, 20 + k))
+        cells = np.empty((len(items), 1), dtype=object)  # a MATLAB cell array, as in the real files
+        for k, (name, _) in enumerate(items):
+            cells[k, 0] = np.array([name])
+        savemat(str(base / f"{split}_list.mat"),
+                {"file_list": cells, "labels": np.array([[label] for _, label in items])})
+    return [0, 1, 0], [1, 0], 2
+
+
+def _action_tree(root: Path) -> tuple[list[int], list[int], int]:
+    base = root / "stanford_40"
+    # Not alphabetical: the label is the line order of actions.txt.
+    (base / "ImageSplits").mkdir(parents=True)
+    (base / "ImageSplits" / "actions.txt").write_text("action_name\tnumber_of_images\nwriting\t3\napplauding\t2\n")
+    files = {("writing", "train"): ["writing_001.jpg", "writing_002.jpg"], ("writing", "test"): ["writing_003.jpg"],
+             ("applauding", "train"): ["applauding_001.jpg"], ("applauding", "test"): ["applauding_002.jpg"]}
+    for (cls, split), names in files.items():
+        (base / "ImageSplits" / f"{cls}_{split}.txt").write_text("\n".join(names) + "\n")
+        for k, name in enumerate(names):
+            _photo(base / "JPEGImages" / name, 40 * (1 + ["writing", "applauding"].index(cls)), (30, 22 + k))
+    return [0, 0, 1], [0, 1], 2
+
+
+def _indoor_tree(root: Path) -> tuple[list[int], list[int], int]:
+    base = root / "MIT_67"
+    classes = ["airport", "bar", "kitchen"]  # sorted: the label order, whatever the filesystem says
+    train, test = ["kitchen/k1.jpg", "airport/a1.jpg", "bar/b1.jpg", "kitchen/k2.jpg"], ["bar/b2.jpg", "airport/a2.jpg"]
+    for k, entry in enumerate(train + test):
+        _photo(base / "Images" / entry, 40 * (1 + classes.index(entry.split("/")[0])), (21, 27 + k))
+    (base / "TrainImages.txt").write_text("\n".join(train) + "\n")
+    (base / "TestImages.txt").write_text("\n".join(test) + "\n")
+    return [2, 0, 1, 2], [1, 0], 3
+
+
+RENO_TREES = {"bird": _cub_tree, "flower": _flower_tree, "dog": _dog_tree, "action": _action_tree,
+              "indoor": _indoor_tree}
+# (dataset, metadata file whose absence must be named)
+RENO_KEY_FILES = [("bird", "CUB_200_2011/images.txt"), ("flower", "Flower_102/setid.mat"),
+                  ("dog", "stanford_dog/test_list.mat"), ("action", "stanford_40/ImageSplits/actions.txt"),
+                  ("indoor", "MIT_67/TrainImages.txt")]
+
+
+@pytest.mark.parametrize("name", list(RENO_TREES))
+def test_renofeation_layouts_load_with_their_labels(tmp_path: Path, name: str) -> None:
+    train_labels, test_labels, num_classes = RENO_TREES[name](tmp_path)
+    train, test = data.load_split(name, True, str(tmp_path)), data.load_split(name, False, str(tmp_path))
+    assert (train.targets, test.targets) == (train_labels, test_labels)
+    assert train.num_classes == test.num_classes == num_classes and train.channels == 3
+    for ds in (train, test):  # every image is the file of its label (its grey level encodes the label)
+        for index, label in enumerate(ds.targets):
+            image = ds[index][0]
+            assert image.shape[0] == 3 and abs(_grey_level(image) - 40 * (label + 1)) <= 3
+    sizes = {tuple(train[i][0].shape) for i in range(len(train))} | {tuple(test[i][0].shape) for i in range(len(test))}
+    (x, y), = list(data.make_eval_loader(test, range(len(test)), 8, 16, recipe="renofeation"))
+    assert x.shape == (len(test), 3, 16, 16) and y.tolist() == test_labels
+    assert len(sizes) > 1  # native sizes vary; the transforms make them square
+
+
+@pytest.mark.parametrize(("name", "key_file"), RENO_KEY_FILES)
+def test_renofeation_missing_files_name_the_expected_path(tmp_path: Path, name: str, key_file: str) -> None:
+    RENO_TREES[name](tmp_path)
+    (tmp_path / key_file).unlink()
+    with pytest.raises(KernelInputError) as info:
+        data.load_split(name, True, str(tmp_path))
+    assert "\n" not in str(info.value) and str(tmp_path / key_file) in str(info.value)
+    with pytest.raises(KernelInputError, match=str(tmp_path / "nowhere" / data.RENOFEATION_SETS[name])):
+        data.load_split(name, False, str(tmp_path / "nowhere"))
+    with pytest.raises(KernelInputError, match="needs a data root"):
+        data.load_split(name, False, None)
+
+
+def test_renofeation_transforms(tmp_path: Path) -> None:
+    from torchvision.transforms import v2
+
+    _flower_tree(tmp_path)
+    test = data.load_split("flower", False, str(tmp_path))
+    (x, _), = list(data.make_eval_loader(test, [0, 1], 2, 14, recipe="renofeation"))
+    # REFERENCE A test transform: Resize(256) -> CenterCrop(224), scaled to the input size
+    reference = v2.Compose([v2.Resize(round(14 * 256 / 224), antialias=True), v2.CenterCrop(14)])
+    assert torch.allclose(x, torch.stack([reference(test[i][0]) for i in (0, 1)]).clamp(0, 1), atol=1e-6)
+
+    train = data.load_split("flower", True, str(tmp_path))
+    batches = [list(data.make_train_loader(train, range(4), 4, 14, seed=5, recipe="renofeation"))[0][0]
+               for _ in range(2)]
+    assert batches[0].shape == (4, 3, 14, 14) and torch.equal(batches[0], batches[1])  # seeded
+    assert 0 <= float(batches[0].min()) and float(batches[0].max()) <= 1
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):  # RandomResizedCrop boxes: inside the image, 8-100% of its area, ratio 3/4..4/3
+        top, left, h, w = data._random_resized_crop_box(30, 50, generator)
+        assert 0 <= top <= 30 - h and 0 <= left <= 50 - w
+        assert 0.07 <= h * w / 1500 <= 1.0 and 0.7 <= w / h <= 1.4
+
+    assert data.transform_recipe("flower") == "renofeation" and data.transform_recipe("cifar10") == "utrera"
+    assert data.transform_recipe("flower", "utrera") == "utrera"
+    with pytest.raises(KernelInputError, match="unknown augment"):
+        data.transform_recipe("cifar10", "autoaugment")
+
+
+def test_corruption_of_images_read_from_disk_is_lazy_and_deterministic(tmp_path: Path) -> None:
+    _indoor_tree(tmp_path)
+    test = data.load_split("indoor", False, str(tmp_path))
+    noisy = data.load_ood("indoor", "noise-3", str(tmp_path))
+    assert noisy.data is None and noisy.targets == test.targets and len(noisy) == len(test)
+    second_first = [noisy[1][0], noisy[0][0]]  # any order gives the same images
+    assert torch.equal(second_first[1], data.load_ood("indoor", "noise-3", str(tmp_path))[0][0])
+    for index, image in ((1, second_first[0]), (0, second_first[1])):
+        clean = test[index][0]
+        assert image.shape == clean.shape and not torch.equal(image, clean)
+        assert 0.02 < float((image - clean).std()) < 0.2  # Gaussian noise at severity 3 (std 0.08)
+    blurred = data.load_ood("indoor", "blur-2", str(tmp_path))[0][0]
+    assert blurred.shape == test[0][0].shape
+
+
 def test_ood_corruptions() -> None:
     test = data.load_split("digits", False)
     noise1, noise5 = data.load_ood("digits", "noise-1", None), data.load_ood("digits", "noise-5", None)
@@ -262,31 +426,47 @@ def test_ood_corruptions() -> None:
 # ---------------------------------------------------------------- learning end to end
 
 
-def _train_and_test(train: data.ImageSet, test: data.ImageSet, input_size: int, seed: int = 0) -> float:
-    """A minimal local loop: 3 epochs of Adam on 400 images, then top-1 on up to 1000 test images."""
-    torch.manual_seed(seed)
-    model = build_model("tiny_resnet", train.num_classes)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    indices = data.subset_indices(train.targets, 400, seed)
-    loader = data.make_train_loader(train, indices, 16, input_size, seed, augment=False)
-    model.train()
-    for _ in range(3):
-        for x, y in loader:
-            optimiser.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            optimiser.step()
-    model.eval()
-    correct = 0
-    chosen = data.eval_indices(len(test), 1000)
-    with torch.no_grad():
-        for x, y in data.make_eval_loader(test, chosen, 250, input_size):
-            correct += int((model(x).argmax(1) == y).sum())
-    return correct / len(chosen)
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A natural tiny_resnet from the real source kernel on synthetic data (a couple of seconds)."""
+    spec = {"kind": "source", "arch": "tiny_resnet", "dataset": "synthetic-source", "method": "natural", "seed": 0,
+            "epochs": 2, "params": {"input_size": 16, "batch_size": 64, "lr": 0.05, "train_images": 1000,
+                                    "eval_images": 100, "robust_eval_steps": 0}}
+    ctx = KernelContext(artifacts_dir=str(tmp_path_factory.mktemp("source")))
+    return str(run_source(spec, ctx, lambda epoch, metrics: None)["checkpoint_path"])
 
 
-def test_digits_small_finetune_learns() -> None:
-    accuracy = _train_and_test(data.load_split("digits", True), data.load_split("digits", False), 16)
-    assert accuracy > 0.8
+def _finetune_accuracy(dataset: str, source: str, data_root: Path | None, tmp_path: Path) -> float:
+    """The transfer kernel's finetune: all blocks, 3 epochs on 400 training images, test top-1."""
+    params: dict[str, Any] = {"input_size": 16, "batch_size": 16, "lr": 0.1, "schedule": "cosine",
+                              "head_init": "default", "eval_images": 1000,
+                              # Utrera's pad-4 crop and flips are too strong for 8-28 px digits in 3 epochs
+                              "augment": "none"}
+    spec = {"kind": "transfer", "arch": "tiny_resnet", "dataset": dataset, "method": "finetune", "seed": 0,
+            "epochs": 3, "source": f"file:{source}", "ood": None, "blocks": None, "subset_size": 400,
+            "params": params}
+    ctx = KernelContext(data_root=str(data_root) if data_root else None, artifacts_dir=str(tmp_path),
+                        source_path=source)
+    return float(run_transfer(spec, ctx, lambda epoch, metrics: None)["test_acc"])
+
+
+def test_transfer_on_a_renofeation_layout_reports_ood_and_asr(tiny_source: str, tmp_path: Path) -> None:
+    _flower_tree(tmp_path / "data")
+    spec = {"kind": "transfer", "arch": "tiny_resnet", "dataset": "flower", "method": "finetune", "seed": 0,
+            "epochs": 2, "source": f"file:{tiny_source}", "ood": "noise-3", "blocks": 3, "subset_size": None,
+            "params": {"input_size": 16, "batch_size": 2, "lr": 0.01, "head_init": "default",
+                       "attack_steps": 2, "attack_images": 4}}
+    reports: list[tuple[int, dict[str, float]]] = []
+    ctx = KernelContext(data_root=str(tmp_path / "data"), artifacts_dir=str(tmp_path / "art"), source_path=tiny_source)
+    final = run_transfer(spec, ctx, lambda epoch, metrics: reports.append((epoch, metrics)))
+    assert [epoch for epoch, _ in reports] == [1, 2] and all("ood_acc" in m for _, m in reports)
+    assert final["ood_acc"] is not None and final["clean_acc"] is not None
+    [artifact] = final["artifacts"]
+    assert artifact["meta"]["params"]["transform"] == "renofeation"  # the attack saw the Renofeation test transform
+
+
+def test_digits_small_finetune_learns(tiny_source: str, tmp_path: Path) -> None:
+    assert _finetune_accuracy("digits", tiny_source, None, tmp_path) > 0.8
 
 
 @pytest.mark.skipif(not MNIST_ROOT.is_dir(), reason="shared MNIST copy absent")
@@ -301,10 +481,9 @@ def test_mnist_via_torchvision_loader() -> None:
 
 
 @pytest.mark.skipif(not MNIST_ROOT.is_dir(), reason="shared MNIST copy absent")
-def test_mnist_small_finetune_learns() -> None:
+def test_mnist_small_finetune_learns(tiny_source: str, tmp_path: Path) -> None:
     train = data.load_split("mnist", True, str(MNIST_ROOT))
-    test = data.load_split("mnist", False, str(MNIST_ROOT))
     lit = float((train.data > 0).float().sum(dim=(1, 2, 3)).mean())
     if lit < 30:  # real digits light ~100-150 of 784 pixels
         pytest.skip(f"shared MNIST copy is degenerate: {lit:.1f} lit pixels per image on average")
-    assert _train_and_test(train, test, 16) > 0.8
+    assert _finetune_accuracy("mnist", tiny_source, MNIST_ROOT, tmp_path) > 0.8

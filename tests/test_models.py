@@ -70,41 +70,62 @@ def test_mobilenet_layout() -> None:
 # ---------------------------------------------------------------- block freezing
 
 
-def test_resnet50_trainable_blocks(resnet50: models.Classifier) -> None:
-    expected = {
-        0: ("fc.",),
-        1: ("layer4.2.", "fc."),
-        3: ("layer4.0.", "layer4.1.", "layer4.2.", "fc."),
-        9: tuple(f"layer3.{i}." for i in range(6)) + ("layer4.0.", "layer4.1.", "layer4.2.", "fc."),
-    }
+# arch -> (residual blocks per stage, convs per block, whether layer1.0 has a downsample); every later
+# stage's block 0 has one. Written out from the architectures, independently of workers.models.
+LAYOUTS = {"resnet50": ((3, 4, 6, 3), 3, True), "cifar_resnet": ((1, 1, 6, 3), 2, False)}
+# Utrera's rule (REFERENCE C): blocks -> residual blocks trained besides fc
+UTRERA_BLOCKS = {
+    0: [],
+    1: ["layer4.2"],
+    3: ["layer4.0", "layer4.1", "layer4.2"],
+    9: [f"layer3.{i}" for i in range(6)] + ["layer4.0", "layer4.1", "layer4.2"],
+}
+
+
+def _expected_names(arch: str, blocks: list[str]) -> list[str]:
+    _, convs, first_downsample = LAYOUTS[arch]
+    names = []
+    for block in blocks:
+        for k in range(1, convs + 1):
+            names += [f"{block}.conv{k}.weight", f"{block}.bn{k}.weight", f"{block}.bn{k}.bias"]
+        if block.endswith(".0") and (block != "layer1.0" or first_downsample):
+            names += [f"{block}.downsample.0.weight", f"{block}.downsample.1.weight", f"{block}.downsample.1.bias"]
+    return names + ["fc.weight", "fc.bias"]
+
+
+@pytest.fixture(scope="module")
+def nets(resnet50: models.Classifier) -> dict[str, models.Classifier]:
+    return {"resnet50": resnet50, "cifar_resnet": models.build_model("cifar_resnet", 10)}
+
+
+@pytest.mark.parametrize("arch", list(LAYOUTS))
+@pytest.mark.parametrize("blocks", list(UTRERA_BLOCKS))
+def test_trainable_parameter_names_per_block_setting(nets: dict[str, models.Classifier], arch: str,
+                                                     blocks: int) -> None:
+    model = nets[arch]
+    per_stage = LAYOUTS[arch][0]
+    assert models.residual_block_names(model) == [f"layer{s + 1}.{i}" for s in range(4) for i in range(per_stage[s])]
+    trainable = models.set_trainable_blocks(model, blocks)
+    assert trainable == _expected_names(arch, UTRERA_BLOCKS[blocks])  # exact names, in order
+    assert {".".join(n.split(".")[:2]) for n in trainable if n.startswith("layer")} == set(UTRERA_BLOCKS[blocks])
+    assert [n for n, p in model.net.named_parameters() if p.requires_grad] == trainable
+
+
+def test_resnet50_block_counts_and_unfreeze_all(resnet50: models.Classifier) -> None:
     counts = {0: 2, 1: 11, 3: 32, 9: 89}
-    for blocks, prefixes in expected.items():
-        trainable = models.set_trainable_blocks(resnet50, blocks)
-        assert trainable == _names_under(resnet50, prefixes)
-        assert len(trainable) == counts[blocks]
-        assert [n for n, p in resnet50.net.named_parameters() if p.requires_grad] == trainable
-    assert models.set_trainable_blocks(resnet50, 0) == ["fc.weight", "fc.bias"]
-    three = models.set_trainable_blocks(resnet50, 3)
-    assert "layer4.0.downsample.0.weight" in three and "layer3.5.conv3.weight" not in three
-    nine = models.set_trainable_blocks(resnet50, 9)
-    assert "layer3.0.downsample.1.bias" in nine and "layer2.3.bn3.weight" not in nine
-    assert "conv1.weight" not in nine
+    assert {b: len(models.set_trainable_blocks(resnet50, b)) for b in counts} == counts
     assert len(models.residual_block_names(resnet50)) == 16
     models.set_trainable_blocks(resnet50, None)
     assert all(p.requires_grad for p in resnet50.parameters())
 
 
-def test_cifar_resnet_trainable_blocks() -> None:
+def test_cifar_resnet_all_blocks_and_too_many() -> None:
     model = models.build_model("cifar_resnet", 10)
-    assert models.residual_block_names(model) == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
-    assert models.set_trainable_blocks(model, 0) == ["fc.weight", "fc.bias"]
-    assert models.set_trainable_blocks(model, 1) == _names_under(model, ("layer4.1.", "fc."))
-    assert models.set_trainable_blocks(model, 3) == _names_under(model, ("layer3.1.", "layer4.", "fc."))
-    everything = models.set_trainable_blocks(model, 8)
-    assert everything == _names_under(model, ("layer", "fc."))
+    everything = models.set_trainable_blocks(model, 11)
+    assert everything == [n for n, _ in model.net.named_parameters() if n.startswith(("layer", "fc."))]
     assert not model.net.conv1.weight.requires_grad and not model.net.bn1.weight.requires_grad
-    with pytest.raises(KernelInputError, match=r"^blocks=9 but cifar_resnet has only 8 residual blocks$"):
-        models.set_trainable_blocks(model, 9)
+    with pytest.raises(KernelInputError, match=r"^blocks=12 but cifar_resnet has only 11 residual blocks$"):
+        models.set_trainable_blocks(model, 12)
 
 
 def test_tiny_resnet_block_error_message() -> None:
@@ -210,6 +231,35 @@ def test_legacy_state_dict_key_and_rtgrid_round_trip(tmp_path: Path) -> None:
     plain = tmp_path / "plain.pt"
     torch.save(source.net.state_dict(), plain)  # torchvision-style bare state dict
     assert models.load_source_model("cifar_resnet", plain).num_classes == 6
+
+
+def test_source_is_read_once_per_process_and_every_load_is_a_private_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "source.pt"
+    torch.manual_seed(2)
+    models.save_source_checkpoint(models.build_model("tiny_resnet", 4), path, {})
+    reads: list[object] = []
+    real_read = models.load_state_dict_file
+
+    def counting_read(file: object) -> dict[str, torch.Tensor]:
+        reads.append(file)
+        return real_read(file)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(models, "load_state_dict_file", counting_read)
+    first = models.load_source_model("tiny_resnet", path)
+    second = models.load_source_model("tiny_resnet", path)
+    assert len(reads) == 1  # the second load did not read the file
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(first.parameters(), second.parameters(), strict=True))
+    with torch.no_grad():
+        first.net.conv1.weight.add_(1.0)  # one trial changing its copy in place ...
+    third = models.load_source_model("tiny_resnet", path)
+    assert torch.equal(third.net.conv1.weight, second.net.conv1.weight)  # ... leaves the next load intact
+    assert not torch.equal(third.net.conv1.weight, first.net.conv1.weight) and len(reads) == 1
+    torch.manual_seed(3)
+    models.save_source_checkpoint(models.build_model("tiny_resnet", 4), path, {})  # same size, new file
+    fourth = models.load_source_model("tiny_resnet", path)
+    assert len(reads) == 2 and not torch.equal(fourth.net.conv1.weight, third.net.conv1.weight)
 
 
 def test_keys_that_do_not_fit(tmp_path: Path) -> None:

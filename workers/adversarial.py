@@ -49,8 +49,12 @@ NORMS = ("l2", "linf")
 STATE_KIND = "source"
 # Threat model of natural / gaussian sources' robust_acc when the spec names none (adv_eps = 0).
 DEFAULT_EVAL_NORM, DEFAULT_EVAL_EPS = "linf", 8 / 255
+# robust_eval_steps when the spec names none: adversarial sources get twice their training steps (a
+# little stronger than the attack they were trained on); natural / gaussian ones this many, which costs
+# about as much as that for the smoke sources and little next to a training epoch.
+NATURAL_EVAL_STEPS = 4
 
-DEFAULTS: dict[str, Any] = {**TRAINING_DEFAULTS, "robust_eval_steps": 0}
+DEFAULTS: dict[str, Any] = {**TRAINING_DEFAULTS, "robust_eval_steps": None}
 
 
 # ---------------------------------------------------------------------------------------------- attacks
@@ -229,6 +233,11 @@ def resolve_source_params(spec: Mapping[str, Any]) -> dict[str, Any]:
     for name in ("batch_size", "input_size"):
         if params[name] < 1:
             raise KernelInputError(f"{name} must be >= 1, got {params[name]}")
+    if params["robust_eval_steps"] is None:  # every source reports robust accuracy unless told 0
+        adv_steps = int(params["adv_steps"])
+        params["robust_eval_steps"] = 2 * adv_steps if adv_steps > 0 else NATURAL_EVAL_STEPS
+    if params["robust_eval_steps"] < 0:
+        raise KernelInputError(f"robust_eval_steps must be >= 0, got {params['robust_eval_steps']}")
     return params
 
 
@@ -245,17 +254,19 @@ def robust_eval_threat(params: Mapping[str, Any]) -> tuple[str, float] | None:
 
 
 def robust_accuracy(
-    model: nn.Module, loader: Any, device: torch.device, *, norm: str, eps: float, steps: int
+    model: nn.Module, loader: Any, device: torch.device, *, norm: str, eps: float, steps: int,
+    random_start: bool = False, generator: torch.Generator | None = None,
 ) -> float:
-    """Top-1 accuracy under PGD with the robustness eval convention: step 2.5·ε/steps, best iterate,
-    no random start (the library default, so the number is deterministic). Model modes are restored."""
+    """Top-1 accuracy under PGD with the robustness eval convention: step 2.5·ε/steps, best iterate.
+    With random_start, the starts come from `generator` (seed it for a reproducible number); the best
+    iterate includes the start. Model modes are restored."""
     correct = seen = 0
     modes = [(module, module.training) for module in model.modules()]
     try:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            adv = pgd(model, x, y, norm=norm, eps=eps, step=2.5 * eps / steps, steps=steps, random_start=False,
-                      use_best=True)
+            adv = pgd(model, x, y, norm=norm, eps=eps, step=2.5 * eps / steps, steps=steps,
+                      random_start=random_start, use_best=True, generator=generator)
             model.eval()
             with torch.no_grad():
                 correct += int((model(adv).argmax(1) == y).sum())
@@ -292,9 +303,10 @@ def _training_perturbation(method: str, params: Mapping[str, Any]):
 def run_source(spec: dict[str, Any], ctx: KernelContext, report: Report) -> dict[str, Any]:
     """Train a source model from random init; report per eval epoch; write its checkpoint.
 
-    Reports train_loss, train_acc (on the perturbed batches), test_acc, robust_acc (when
-    robust_eval_steps > 0, on the same eval images as test_acc), ood_acc (when spec["ood"]), lr,
-    seconds. The checkpoint goes to <artifacts>/sources/<spec digest>.pt.
+    Reports train_loss, train_acc (on the perturbed batches), test_acc, robust_acc (on the same eval
+    images as test_acc; PGD from a random start seeded by the spec, the same at every epoch; off only
+    with robust_eval_steps 0), ood_acc (when spec["ood"]), lr, seconds. The checkpoint goes to
+    <artifacts>/sources/<spec digest>.pt.
     """
     if spec.get("kind", "source") != "source":
         raise KernelInputError(f"run_source got a {spec.get('kind')!r} spec")
@@ -310,12 +322,14 @@ def run_source(spec: dict[str, Any], ctx: KernelContext, report: Report) -> dict
     train_idx = data.subset_indices(train_ds.targets, spec.get("subset_size"), seed)
     batch_size, input_size, eval_images = int(params["batch_size"]), int(params["input_size"]), \
         int(params["eval_images"])
-    test_loader = data.make_eval_loader(test_ds, data.eval_indices(len(test_ds), eval_images), batch_size, input_size)
+    recipe = data.transform_recipe(spec["dataset"], params["augment"])
+    test_loader = data.make_eval_loader(test_ds, data.eval_indices(len(test_ds), eval_images), batch_size, input_size,
+                                        recipe=recipe)
     ood_loader = None
     if spec.get("ood"):
         ood_ds = data.load_ood(spec["dataset"], spec["ood"], ctx.data_root, ctx.download, params)
         ood_loader = data.make_eval_loader(ood_ds, data.eval_indices(len(ood_ds), eval_images), batch_size,
-                                           input_size)
+                                           input_size, recipe=recipe)
     threat = robust_eval_threat(params)
 
     # ---- model and optimisation
@@ -327,7 +341,8 @@ def run_source(spec: dict[str, Any], ctx: KernelContext, report: Report) -> dict
                                float(params["weight_decay"]))
 
     def pass_loader(pass_seed: int):
-        return data.make_train_loader(train_ds, train_idx, batch_size, input_size, seed=pass_seed, augment=True)
+        return data.make_train_loader(train_ds, train_idx, batch_size, input_size, seed=pass_seed, augment=True,
+                                      recipe=recipe)
 
     stream = BatchStream(pass_loader, seed)
     per_epoch = int(params["iterations_per_epoch"]) or stream.batches_per_pass
@@ -353,8 +368,10 @@ def run_source(spec: dict[str, Any], ctx: KernelContext, report: Report) -> dict
         metrics: dict[str, float] = {"train_loss": result.train_loss, "train_acc": result.train_acc,
                                      "test_acc": evaluate(model, test_loader, device)[0], "lr": result.lr}
         if threat is not None:
+            starts = torch.Generator(device=device).manual_seed(derive_seed(seed, "robust-eval"))
             metrics["robust_acc"] = robust_accuracy(model, test_loader, device, norm=threat[0], eps=threat[1],
-                                                    steps=int(params["robust_eval_steps"]))
+                                                    steps=int(params["robust_eval_steps"]), random_start=True,
+                                                    generator=starts)
         if ood_loader is not None:
             metrics["ood_acc"] = evaluate(model, ood_loader, device)[0]
         metrics["seconds"] = time.perf_counter() - started

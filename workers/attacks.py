@@ -262,10 +262,13 @@ def transfer_asr(
     source_sha256 = sha256_of(ctx.source_path)
     indices = data.eval_indices(len(test_ds), int(params["attack_images"]))
     input_size = int(params["input_size"])
-    attack_params = {"eps": float(params["attack_eps"]), "step": float(params["attack_step"]),
-                     "steps": int(params["attack_steps"]), "m": float(params["attack_m"]),
-                     "clamp": float(params["attack_clamp"]), "input_size": input_size}
-    loader = data.make_eval_loader(test_ds, indices, ATTACK_BATCH, input_size)
+    attack_params: dict[str, Any] = {"eps": float(params["attack_eps"]), "step": float(params["attack_step"]),
+                                     "steps": int(params["attack_steps"]), "m": float(params["attack_m"]),
+                                     "clamp": float(params["attack_clamp"]), "input_size": input_size}
+    recipe = data.transform_recipe(str(spec["dataset"]), params.get("augment"))
+    if recipe != "utrera":
+        attack_params["transform"] = recipe  # it shapes the clean images (keys of utrera sets stay as they were)
+    loader = data.make_eval_loader(test_ds, indices, ATTACK_BATCH, input_size, recipe=recipe)
     source.to(device)
     clean = _normalised_batches(source, loader)
     labels = torch.tensor([test_ds.targets[i] for i in indices], dtype=torch.long)

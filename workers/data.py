@@ -1,6 +1,8 @@
 """Datasets from a data root, embedded datasets, subsets, loaders with augmentation, OOD sets.
 
 Every dataset is an `ImageSet`: items are (float C×H×W tensor in [0,1] at native size, int label).
+The Renofeation targets (bird, flower, dog, action, indoor) are read from their published layouts
+and decoded on demand; their transforms are REFERENCE A's (RECIPES, chosen per spec by `augment`).
 In-memory sets keep one uint8/float tensor so that loaders fetch and augment whole batches at once
 (the same augmentation family as REFERENCE C, drawn per image, vectorised per batch).
 """
@@ -28,8 +30,18 @@ from workers.errors import KernelInputError
 TORCHVISION_SETS = ("cifar10", "cifar100", "svhn", "fmnist", "kmnist", "mnist")
 SYNTHETIC_SETS = ("synthetic-source", "synthetic-target-a", "synthetic-target-b")
 EMBEDDED_SETS = ("digits", *SYNTHETIC_SETS)
-DATASET_NAMES = (*TORCHVISION_SETS, "cifar10.1", *EMBEDDED_SETS)  # plus "imagefolder:<path>"
+# The Renofeation targets (REFERENCE A): dataset name -> folder under the data root.
+RENOFEATION_SETS: dict[str, str] = {
+    "bird": "CUB_200_2011",
+    "flower": "Flower_102",
+    "dog": "stanford_dog",
+    "action": "stanford_40",
+    "indoor": "MIT_67",
+}
+DATASET_NAMES = (*TORCHVISION_SETS, "cifar10.1", *RENOFEATION_SETS, *EMBEDDED_SETS)  # plus "imagefolder:<path>"
 CORRUPTIONS = ("noise", "blur", "contrast")
+# Train/test transform families: utrera (REFERENCE C), renofeation (REFERENCE A), none (resize only).
+RECIPES = ("utrera", "renofeation", "none")
 
 
 class ImageSet(Dataset):
@@ -117,6 +129,8 @@ def _load_from_disk(name: str, train: bool, root: str | None, download: bool) ->
         return _load_imagefolder(name, train, root)
     if name == "cifar10.1":
         return _load_cifar101(train, root)
+    if name in RENOFEATION_SETS:
+        return _load_renofeation(name, train, root)
     if name not in TORCHVISION_SETS:
         known = ", ".join((*DATASET_NAMES, "imagefolder:<path>"))
         raise KernelInputError(f"unknown dataset {name!r} (known: {known})")
@@ -212,6 +226,129 @@ def _load_imagefolder(name: str, train: bool, root: str | None) -> ImageSet:
             return TF.pil_to_tensor(img.convert("RGB")).float().div_(255)
 
     return ImageSet(name, ds.targets, len(ds.classes), 3, load_image=load_image)
+
+
+def _lazy_rgb_set(name: str, paths: Sequence[Path], targets: Sequence[int], num_classes: int) -> ImageSet:
+    """Images read from disk on demand (native size, RGB in [0,1]); the first file is checked now."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    if paths and not paths[0].is_file():
+        raise KernelInputError(f"dataset {name} images not found: expected {paths[0]}")
+    files = [str(path) for path in paths]
+
+    def load_image(index: int) -> Tensor:
+        with Image.open(files[index]) as img:
+            return TF.pil_to_tensor(img.convert("RGB")).float().div_(255)
+
+    return ImageSet(name, targets, num_classes, 3, load_image=load_image)
+
+
+def _need(name: str, path: Path) -> Path:
+    if not path.exists():
+        raise KernelInputError(f"dataset {name} not found: expected {path}")
+    return path
+
+
+def _id_pairs(name: str, path: Path) -> list[tuple[int, str]]:
+    """'<int id> <value>' lines of a CUB metadata file."""
+    pairs = []
+    for line in _need(name, path).read_text().splitlines():
+        if line.strip():
+            key, value = line.split(maxsplit=1)
+            pairs.append((int(key), value.strip()))
+    return pairs
+
+
+def _mat_strings(array: Any) -> list[str]:
+    """A MATLAB cell array of strings (scipy.io.loadmat: nested object arrays) as Python strings."""
+    out = []
+    for item in np.asarray(array, dtype=object).ravel():
+        while isinstance(item, np.ndarray):
+            item = item.ravel()[0]
+        out.append(str(item))
+    return out
+
+
+def _loadmat(name: str, path: Path) -> dict[str, Any]:
+    from scipy.io import loadmat
+
+    try:
+        return loadmat(str(_need(name, path)))
+    except (ValueError, OSError, TypeError) as exc:
+        raise KernelInputError(f"dataset {name}: {path} is not a readable .mat file ({exc})") from None
+
+
+def _cub(name: str, base: Path, train: bool) -> tuple[list[Path], list[int], int]:
+    paths = dict(_id_pairs(name, base / "images.txt"))
+    split = _id_pairs(name, base / "train_test_split.txt")
+    labels = {i: int(v) - 1 for i, v in _id_pairs(name, base / "image_class_labels.txt")}  # 1-based in the file
+    ids = [i for i, flag in split if int(flag) == int(train)]
+    return [base / "images" / paths[i] for i in ids], [labels[i] for i in ids], max(labels.values()) + 1
+
+
+def _flower(name: str, base: Path, train: bool) -> tuple[list[Path], list[int], int]:
+    labels = _loadmat(name, base / "imagelabels.mat")["labels"].ravel().astype(np.int64)  # 1-based
+    sets = _loadmat(name, base / "setid.mat")
+    ids = np.concatenate([sets["trnid"].ravel(), sets["valid"].ravel()]) if train else sets["tstid"].ravel()
+    ids = ids.astype(np.int64)  # 1-based image numbers
+    return ([base / "jpg" / f"image_{i:05d}.jpg" for i in ids], [int(labels[i - 1]) - 1 for i in ids],
+            int(labels.max()))
+
+
+def _dog(name: str, base: Path, train: bool) -> tuple[list[Path], list[int], int]:
+    lists = {split: _loadmat(name, base / f"{split}_list.mat") for split in ("train", "test")}
+    chosen = lists["train" if train else "test"]
+    labels = [int(v) - 1 for v in chosen["labels"].ravel()]  # 1-based in the file
+    num_classes = max(int(m["labels"].max()) for m in lists.values())
+    return [base / "Images" / f for f in _mat_strings(chosen["file_list"])], labels, num_classes
+
+
+def _action(name: str, base: Path, train: bool) -> tuple[list[Path], list[int], int]:
+    splits = base / "ImageSplits"
+    lines = _need(name, splits / "actions.txt").read_text().splitlines()[1:]  # a header line first
+    classes = [line.split("\t")[0].strip() for line in lines if line.strip()]
+    paths, targets = [], []
+    for label, cls in enumerate(classes):  # the label is the line order
+        listing = _need(name, splits / f"{cls}_{'train' if train else 'test'}.txt")
+        for line in listing.read_text().splitlines():
+            if line.strip():
+                paths.append(base / "JPEGImages" / line.strip())
+                targets.append(label)
+    return paths, targets, len(classes)
+
+
+def _indoor(name: str, base: Path, train: bool) -> tuple[list[Path], list[int], int]:
+    images = _need(name, base / "Images")
+    # The reference labels by an unsorted glob of Images/* (filesystem order): sorted here, so reproducible.
+    classes = sorted(p.name for p in images.iterdir() if p.is_dir())
+    index = {cls: i for i, cls in enumerate(classes)}
+    listing = _need(name, base / ("TrainImages.txt" if train else "TestImages.txt"))
+    paths, targets = [], []
+    for line in listing.read_text().splitlines():
+        entry = line.strip()
+        if not entry:
+            continue
+        cls = entry.split("/")[-2] if "/" in entry else ""
+        if cls not in index:
+            raise KernelInputError(f"dataset {name}: {listing.name} names {entry!r}, not under a class in {images}")
+        paths.append(images / entry)
+        targets.append(index[cls])
+    return paths, targets, len(classes)
+
+
+_RENOFEATION_READERS = {"bird": _cub, "flower": _flower, "dog": _dog, "action": _action, "indoor": _indoor}
+
+
+def _load_renofeation(name: str, train: bool, root: str | None) -> ImageSet:
+    """The Renofeation target `name` in its published layout under <root>/<folder> (REFERENCE A)."""
+    if root is None:
+        raise KernelInputError(f"dataset {name} needs a data root (--data-root or RTGRID_DATA)")
+    base = _need(name, Path(root) / RENOFEATION_SETS[name])
+    paths, targets, num_classes = _RENOFEATION_READERS[name](name, base, train)
+    if not paths:
+        raise KernelInputError(f"dataset {name}: the {'train' if train else 'test'} split under {base} is empty")
+    return _lazy_rgb_set(name, paths, targets, num_classes)
 
 
 @functools.lru_cache(maxsize=4)
@@ -495,6 +632,58 @@ def _grey(x: Tensor) -> Tensor:
     return (0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
 
 
+def transform_recipe(dataset: str, requested: str | None = None) -> str:
+    """The spec's `augment` recipe, else the dataset's paper's: Renofeation's for its five targets
+    (variable-size photos), Utrera's for everything else."""
+    recipe = requested or ("renofeation" if dataset in RENOFEATION_SETS else "utrera")
+    if recipe not in RECIPES:
+        raise KernelInputError(f"unknown augment {recipe!r} (known: {', '.join(RECIPES)})")
+    return recipe
+
+
+def _random_resized_crop_box(height: int, width: int, generator: torch.Generator) -> tuple[int, int, int, int]:
+    """torchvision RandomResizedCrop.get_params (scale 0.08-1, ratio 3/4-4/3), drawn from `generator`."""
+    area = height * width
+    log_low, log_high = math.log(3 / 4), math.log(4 / 3)
+    for _ in range(10):
+        draws = torch.rand(2, generator=generator).tolist()
+        target_area = area * (0.08 + 0.92 * draws[0])
+        ratio = math.exp(log_low + (log_high - log_low) * draws[1])
+        w = int(round(math.sqrt(target_area * ratio)))
+        h = int(round(math.sqrt(target_area / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return top, left, h, w
+    in_ratio = width / height  # fallback: the central crop, as torchvision
+    if in_ratio < 3 / 4:
+        w, h = width, int(round(width / (3 / 4)))
+    elif in_ratio > 4 / 3:
+        h, w = height, int(round(height * (4 / 3)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def renofeation_batch(ds: ImageSet, indices: Sequence[int], size: int, generator: torch.Generator | None) -> Tensor:
+    """REFERENCE A transforms per image at native size. Train (a generator): RandomResizedCrop(size) +
+    horizontal flip. Test (None): Resize(shorter side to size·256/224) -> CenterCrop(size)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    images = []
+    for index in indices:
+        image = ds[index][0]
+        if generator is None:
+            image = TF.center_crop(TF.resize(image, [round(size * 256 / 224)], antialias=True), [size, size])
+        else:
+            top, left, h, w = _random_resized_crop_box(image.shape[-2], image.shape[-1], generator)
+            image = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
+            if float(torch.rand((), generator=generator)) < 0.5:
+                image = image.flip(-1)
+        images.append(image.clamp(0, 1))
+    return torch.stack(images)
+
+
 class _BatchPlan(Sampler):
     """Yields (augmentation seed, batch indices). Seeds come from the sampler's generator in the
     main process, so batches and augmentation are reproducible for any num_workers."""
@@ -527,19 +716,26 @@ class _BatchPlan(Sampler):
 class _BatchFetcher(Dataset):
     """Turns a planned batch into (images B×C×S×S in [0,1], labels) with optional augmentation."""
 
-    def __init__(self, source: ImageSet, input_size: int, augment: bool) -> None:
+    def __init__(self, source: ImageSet, input_size: int, augment: bool, recipe: str = "utrera") -> None:
+        if recipe not in RECIPES:
+            raise KernelInputError(f"unknown augment {recipe!r} (known: {', '.join(RECIPES)})")
         self.source = source
         self.input_size = input_size
         self.augment = augment
+        self.recipe = recipe
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, item: tuple[int | None, list[int]]) -> tuple[Tensor, Tensor]:
         aug_seed, indices = item
-        images = self.source.batch(indices, self.input_size)  # Resize (and CenterCrop: a no-op after it)
-        if self.augment and aug_seed is not None:
-            images = augment_batch(images, torch.Generator().manual_seed(aug_seed))
+        generator = torch.Generator().manual_seed(aug_seed) if self.augment and aug_seed is not None else None
+        if self.recipe == "renofeation":
+            images = renofeation_batch(self.source, indices, self.input_size, generator)
+        else:
+            images = self.source.batch(indices, self.input_size)  # Resize (and CenterCrop: a no-op after it)
+            if generator is not None and self.recipe == "utrera":
+                images = augment_batch(images, generator)
         labels = torch.tensor([self.source.targets[i] for i in indices], dtype=torch.long)
         return images.contiguous(), labels
 
@@ -553,15 +749,17 @@ def make_train_loader(
     augment: bool = True,
     num_workers: int = 0,
     pin_memory: bool = False,
+    recipe: str = "utrera",
 ) -> DataLoader:
     """Shuffled batches of `indices` (a fresh permutation per pass), deterministic given seed.
 
     Each iteration over the loader is one epoch; iterating again continues the same random stream,
     so an endlessly cycled loader is reproducible too (`loader.sampler.generator` holds the state).
+    recipe: the transform family (RECIPES); augment=False gives its test transform.
     """
     plan = _BatchPlan(indices, batch_size, shuffle=True, seed=seed)
     return DataLoader(
-        _BatchFetcher(ds, input_size, augment),
+        _BatchFetcher(ds, input_size, augment, recipe),
         sampler=plan,
         batch_size=None,
         num_workers=num_workers,
@@ -577,11 +775,13 @@ def make_eval_loader(
     input_size: int,
     num_workers: int = 0,
     pin_memory: bool = False,
+    recipe: str = "utrera",
 ) -> DataLoader:
-    """Batches of `indices` in order: Resize(input_size) → CenterCrop(input_size)."""
+    """Batches of `indices` in order with the recipe's test transform: Resize(input_size) (utrera,
+    none) or Resize(input_size·256/224) → CenterCrop(input_size) (renofeation)."""
     plan = _BatchPlan(indices, batch_size, shuffle=False, seed=None)
     return DataLoader(
-        _BatchFetcher(ds, input_size, augment=False),
+        _BatchFetcher(ds, input_size, augment=False, recipe=recipe),
         sampler=plan,
         batch_size=None,
         num_workers=num_workers,
@@ -628,29 +828,38 @@ def _corrupt(test: ImageSet, kind: str, severity: int) -> ImageSet:
     return _corrupt_cached(test, kind, severity)  # ImageSets hash by identity: cached per loaded split
 
 
-def _corrupt_uncached(test: ImageSet, kind: str, severity: int) -> ImageSet:
+def _corruption(x: Tensor, kind: str, level: float, generator: torch.Generator) -> Tensor:
+    """One corruption of a batch of [0,1] images at one severity level; clamped to [0,1]."""
     from torchvision.transforms.v2 import functional as TF
 
+    if kind == "noise":
+        x = x + level * torch.randn(x.shape, generator=generator)
+    elif kind == "blur":
+        radius = max(1, math.ceil(3 * level))
+        x = TF.gaussian_blur(x, [2 * radius + 1] * 2, [level, level])
+    else:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * level + mean
+    return x.clamp_(0, 1)
+
+
+def _corrupt_uncached(test: ImageSet, kind: str, severity: int) -> ImageSet:
     level = _SEVERITY[kind][severity - 1]
-    generator = torch.Generator().manual_seed(1000 * CORRUPTIONS.index(kind) + severity)
+    base_seed = 1000 * CORRUPTIONS.index(kind) + severity
+    name = f"{test.name}/{kind}-{severity}"
+    if test.data is None:
+        # Images of any size read on demand: corrupted one at a time, at native size, with noise
+        # drawn from (corruption, index), so any image comes out the same whatever the order.
+        def load_image(index: int) -> Tensor:
+            generator = torch.Generator().manual_seed(base_seed * 1_000_003 + index)
+            return _corruption(test[index][0].unsqueeze(0), kind, level, generator)[0]
+
+        return ImageSet(name, test.targets, test.num_classes, test.channels, load_image=load_image)
+    generator = torch.Generator().manual_seed(base_seed)
     chunks = []
     for start in range(0, len(test), 1024):
-        stop = min(start + 1024, len(test))
-        if test.data is not None:
-            x = _to_float(test.data[start:stop])
-        else:
-            x = torch.stack([test[i][0] for i in range(start, stop)])  # same-size images assumed
-        if kind == "noise":
-            x = x + level * torch.randn(x.shape, generator=generator)
-        elif kind == "blur":
-            radius = max(1, math.ceil(3 * level))
-            x = TF.gaussian_blur(x, [2 * radius + 1] * 2, [level, level])
-        else:
-            mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = (x - mean) * level + mean
-        x = x.clamp_(0, 1)
-        if test.data is not None and test.data.dtype == torch.uint8:
+        x = _corruption(_to_float(test.data[start : start + 1024]), kind, level, generator)
+        if test.data.dtype == torch.uint8:
             x = x.mul_(255).round_().to(torch.uint8)  # stored like CIFAR-10-C images
         chunks.append(x)
-    data = torch.cat(chunks)
-    return ImageSet(f"{test.name}/{kind}-{severity}", test.targets, test.num_classes, test.channels, data=data)
+    return ImageSet(name, test.targets, test.num_classes, test.channels, data=torch.cat(chunks))

@@ -7,12 +7,14 @@ so checkpoints and "layerN.i" block names mean the same thing for all of them.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
 import pickle
 import re
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -85,7 +87,8 @@ ARCHS: dict[str, Callable[[int], nn.Module]] = {
     "resnet50": _torchvision("resnet50"),
     "resnet101": _torchvision("resnet101"),
     "mobilenet_v2": _torchvision("mobilenet_v2"),
-    "cifar_resnet": lambda num_classes: CifarResNet((16, 32, 64, 128), (2, 2, 2, 2), num_classes),
+    # (1, 1, 6, 3) blocks: the last 3 / 9 blocks are layer4 / layer3 + layer4, as in ResNet-50 (Utrera's rule).
+    "cifar_resnet": lambda num_classes: CifarResNet((16, 32, 64, 128), (1, 1, 6, 3), num_classes),
     "tiny_resnet": lambda num_classes: CifarResNet((8, 16, 32, 64), (2, 2, 2, 2), num_classes),
 }
 
@@ -189,8 +192,9 @@ def residual_block_names(model: Classifier) -> list[str]:
 def set_trainable_blocks(model: Classifier, blocks: int | None) -> list[str]:
     """Train the last `blocks` residual blocks and the head, freeze the rest (None = train all).
 
-    Everything registered after the first trainable block is trainable too; for ResNets that is
-    exactly the Utrera rule (0 → fc; 1 → + layer4.2; 3 → + layer4; 9 → + layer3 + layer4), for
+    Everything registered after the first trainable block is trainable too; for ResNet-50 and
+    cifar_resnet that is exactly the Utrera rule (0 → fc; 1 → + layer4.2; 3 → + layer4; 9 → + layer3
+    + layer4); other ResNets count back the same way (resnet18: 3 → layer3.1 + layer4); for
     MobileNetV2 it also trains the final 1×1 conv (features.18) that follows features.17.
     Returns the trainable parameter names, in `model.net` (torchvision) naming.
     """
@@ -344,10 +348,37 @@ def load_state_into(model: Classifier, state: Mapping[str, Tensor], origin: str)
     model.net.load_state_dict(state, strict=True)
 
 
+# Per-process cache of loaded sources: a worker runs many trials of the same few sources, and a
+# ResNet-50 read + unpickle costs seconds. Keyed on the file's identity; trials get deep copies.
+_SOURCE_CACHE: OrderedDict[tuple[str, str, int, int, int], Classifier] = OrderedDict()
+SOURCE_CACHE_SIZE = 4
+
+
 def load_source_model(arch: str, path: str | os.PathLike[str]) -> Classifier:
-    """A Classifier of `arch` with the checkpoint's weights; the head size comes from the file."""
+    """A Classifier of `arch` with the checkpoint's weights; the head size comes from the file.
+
+    Read from disk once per process per (arch, file path, size, mtime); every call returns its own
+    deep copy, so no two trials ever share (or mutate each other's) weights.
+    """
     if arch not in ARCHS:
         raise KernelInputError(f"unknown arch {arch!r} (known: {', '.join(ARCHS)})")
+    file = Path(path)
+    if not file.is_file():
+        raise KernelInputError(f"checkpoint not found: {file}")
+    stat = file.stat()
+    # the inode too: an atomic rewrite (os.replace) within a coarse mtime tick is still a new file
+    key = (arch, str(file.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    cached = _SOURCE_CACHE.get(key)
+    if cached is None:
+        cached = _read_source_model(arch, path)
+        _SOURCE_CACHE[key] = cached
+        while len(_SOURCE_CACHE) > SOURCE_CACHE_SIZE:
+            _SOURCE_CACHE.popitem(last=False)
+    _SOURCE_CACHE.move_to_end(key)
+    return copy.deepcopy(cached)
+
+
+def _read_source_model(arch: str, path: str | os.PathLike[str]) -> Classifier:
     state = load_state_dict_file(path)
     head_key = _head_weight_key(arch)
     if head_key not in state or state[head_key].ndim != 2:

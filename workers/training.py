@@ -50,6 +50,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "adv_step": 0.0,
     "adv_steps": 0,
     "noise_sigma": 0.0,
+    "augment": None,  # transform recipe (data.RECIPES); None = the dataset's paper recipe
 }
 
 

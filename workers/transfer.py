@@ -199,14 +199,16 @@ def run_transfer(spec: dict[str, Any], ctx: KernelContext, report: Report) -> di
     test_ds = data.load_split(spec["dataset"], False, ctx.data_root, ctx.download, params)
     train_idx = data.subset_indices(train_ds.targets, spec.get("subset_size"), seed)
     batch_size, input_size = int(params["batch_size"]), int(params["input_size"])
+    recipe = data.transform_recipe(spec["dataset"], params["augment"])
     test_loader = data.make_eval_loader(
-        test_ds, data.eval_indices(len(test_ds), int(params["eval_images"])), batch_size, input_size
+        test_ds, data.eval_indices(len(test_ds), int(params["eval_images"])), batch_size, input_size, recipe=recipe
     )
     ood_loader = None
     if spec.get("ood"):
         ood_ds = data.load_ood(spec["dataset"], spec["ood"], ctx.data_root, ctx.download, params)
         ood_loader = data.make_eval_loader(
-            ood_ds, data.eval_indices(len(ood_ds), int(params["eval_images"])), batch_size, input_size
+            ood_ds, data.eval_indices(len(ood_ds), int(params["eval_images"])), batch_size, input_size,
+            recipe=recipe,
         )
 
     # ---- models: the source stays untouched (teacher, attack model); the student is a copy
@@ -265,7 +267,8 @@ def run_transfer(spec: dict[str, Any], ctx: KernelContext, report: Report) -> di
     optimizer = make_optimizer(trainable, float(params["lr"]), float(params["momentum"]), weight_decay)
 
     def pass_loader(pass_seed: int):
-        return data.make_train_loader(train_ds, train_idx, batch_size, input_size, seed=pass_seed, augment=True)
+        return data.make_train_loader(train_ds, train_idx, batch_size, input_size, seed=pass_seed, augment=True,
+                                      recipe=recipe)
 
     stream = BatchStream(pass_loader, seed)
     per_epoch = int(params["iterations_per_epoch"]) or stream.batches_per_pass
