@@ -149,18 +149,19 @@ def _readonly_authorizer(action: int, *_args: Any) -> int:
     return sqlite3.SQLITE_OK
 
 
-def open_readonly(url: str) -> Engine:
-    """An engine that can read and never write (for `rtgrid query`).
+def open_readonly(url: str, *, script_location: str = SCRIPT_LOCATION) -> Engine:
+    """An engine that can read and never write (for `rtgrid query`, `export`, `report`, `plot`).
 
     SQLite: the file is opened with `mode=ro` (the database refuses writes). PostgreSQL: every
-    transaction of the session is READ ONLY (`default_transaction_read_only`).
+    transaction of the session is READ ONLY (`default_transaction_read_only`). The schema is
+    checked as for writers: a database behind head is refused, an empty one is "no rtgrid database".
     """
     parsed = _parse(url)
     safe = safe_url(parsed)
     if _is_sqlite(parsed):
         path = _sqlite_path(parsed)
         if path is None or not Path(path).is_file():
-            raise DatabaseError(f"no rtgrid database at {safe}")
+            raise DatabaseError(_missing(safe))
         uri = "file:" + quote(str(Path(path).resolve())) + "?mode=ro"
 
         def connect() -> sqlite3.Connection:
@@ -178,11 +179,13 @@ def open_readonly(url: str) -> Engine:
                         "connect_timeout": PG_CONNECT_TIMEOUT_S}
         engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     try:
-        with engine.connect():
-            pass
-    except DBAPIError as exc:
+        at_head = _schema_at_head(engine, safe, script_location)
+    except BaseException:
         engine.dispose()
-        raise DatabaseError(f"cannot open database {safe}: {_first_line(exc)}") from None
+        raise
+    if not at_head:  # a reader never creates the schema
+        engine.dispose()
+        raise DatabaseError(_missing(safe))
     return engine
 
 
@@ -309,40 +312,28 @@ def downgrade(url_or_engine: str | Engine, revision: str, *, script_location: st
 # --- opening ----------------------------------------------------------------------------------
 
 
-def open_database(url: str, *, create: bool, script_location: str = SCRIPT_LOCATION) -> Engine:
-    """Engine for a rtgrid database whose schema is at head.
+def _missing(safe: str) -> str:
+    return f"no rtgrid database at {safe} (run a command that writes, or `rtgrid db upgrade`)"
 
-    A new (empty) database is created at head when `create`; otherwise, and for a database at
-    another revision, a one-line DatabaseError / SchemaOutOfDate says what to run.
+
+def _schema_at_head(engine: Engine, safe: str, script_location: str) -> bool:
+    """True at head, False for a new (empty) database; DatabaseError / SchemaOutOfDate otherwise.
+
+    The one schema check of every opener (writers and read-only readers alike).
     """
-    parsed = _parse(url)
-    safe = safe_url(parsed)
-    missing = f"no rtgrid database at {safe} (run a command that writes, or `rtgrid db upgrade`)"
-    if _is_sqlite(parsed):
-        path = _sqlite_path(parsed)
-        if path is not None and not create and not Path(path).exists():
-            raise DatabaseError(missing)
-    engine = make_engine(parsed)
     try:
         with engine.connect() as connection:
             current = _revision_of(connection)
             tables = set(inspect(connection).get_table_names())
     except DBAPIError as exc:
-        engine.dispose()
         raise DatabaseError(f"cannot open database {safe}: {_first_line(exc)}") from None
     head = head_revision(script_location)
     if current == head:
-        return engine
+        return True
     if current is None:
         if tables & RTGRID_TABLES:
-            engine.dispose()
             raise DatabaseError(f"database {safe} has rtgrid tables but no schema revision (alembic_version is empty)")
-        if not create:
-            engine.dispose()
-            raise DatabaseError(missing)
-        upgrade(engine, "head", script_location=script_location)
-        return engine
-    engine.dispose()
+        return False
     if current in known_revisions(script_location):
         raise SchemaOutOfDate(
             f"database is at revision {current} but rtgrid needs {head}: run `rtgrid db upgrade --db {safe}`"
@@ -351,3 +342,30 @@ def open_database(url: str, *, create: bool, script_location: str = SCRIPT_LOCAT
         f"database is at revision {current}, which this rtgrid does not know (written by a newer rtgrid?); "
         f"it needs {head}: upgrade rtgrid, or use another database"
     )
+
+
+def open_database(url: str, *, create: bool, script_location: str = SCRIPT_LOCATION) -> Engine:
+    """Engine for a rtgrid database whose schema is at head.
+
+    A new (empty) database is created at head when `create`; otherwise, and for a database at
+    another revision, a one-line DatabaseError / SchemaOutOfDate says what to run.
+    """
+    parsed = _parse(url)
+    safe = safe_url(parsed)
+    if _is_sqlite(parsed):
+        path = _sqlite_path(parsed)
+        if path is not None and not create and not Path(path).exists():
+            raise DatabaseError(_missing(safe))
+    engine = make_engine(parsed)
+    try:
+        at_head = _schema_at_head(engine, safe, script_location)
+    except BaseException:
+        engine.dispose()
+        raise
+    if at_head:
+        return engine
+    if not create:
+        engine.dispose()
+        raise DatabaseError(_missing(safe))
+    upgrade(engine, "head", script_location=script_location)
+    return engine

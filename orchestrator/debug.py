@@ -16,26 +16,27 @@ def _format_metrics(epoch: int, metrics: dict[str, Any]) -> str:
 
 
 def run_one_spec(grid_name: str, index: int, data_root: str | None, artifacts: str, source_path: str | None,
-                 threads: int | None) -> Iterator[str]:
+                 threads: int | None, download: bool = False) -> Iterator[str]:
     import queue
     import threading
 
     import torch
 
-    from workers.context import KernelContext
-    from workers.trainable import execute
+    from workers.trainable import KernelContext, execute
 
     grid = load_grid(grid_name)
     if not 0 <= index < len(grid.specs):
         raise UserError(f"--index {index} is outside the grid ({len(grid.specs)} specs)")
     spec = grid.specs[index]
     torch.set_num_threads(threads or os.cpu_count() or 1)
+    if source_path is None and spec.source and spec.source.startswith("file:"):
+        source_path = grid.source_files.get((spec.source, spec.source_checksum or ""))
     if spec.source and spec.source.startswith("spec:") and source_path is None:
         raise UserError(f"spec {index} needs the checkpoint of source trial {spec.source[5:17]}: pass --source-path")
     yield f"spec {index} of {grid.name}: {spec.spec_hash}"
     yield spec.canonical_json()
     lines: queue.Queue[str | BaseException | None] = queue.Queue()
-    ctx = KernelContext(data_root=data_root, artifacts_dir=artifacts, source_path=source_path)
+    ctx = KernelContext(data_root=data_root, artifacts_dir=artifacts, source_path=source_path, download=download)
 
     def work() -> None:
         try:

@@ -29,6 +29,9 @@ class Grid:
     description: str
     specs: list[TrialSpec]
     notes: list[str] = field(default_factory=list)
+    # Where a grid file found its `file:` sources: (source, sha256) -> path. Not part of any spec
+    # (the same weights at another path are the same spec); workers get the path with the spec.
+    source_files: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def sources(self) -> list[TrialSpec]:
@@ -171,11 +174,13 @@ RENO_DATASETS: dict[str, tuple[float, float, float, float]] = {
 }
 RENO_EVAL_ITERS = 1000  # the scripts evaluate every 1000 iterations: one reported "epoch"
 RENO_LAMBDA_SP = 1e-2  # unknown in the scripts (REFERENCE A): a documented choice
+RENO_OOD = UTRERA_DEFAULT_OOD  # no natural shift exists for these targets: a fixed corruption of the test split
 
 
 def _reno_common() -> dict[str, Any]:
     return {
         "input_size": 224,
+        "augment": "renofeation",  # RandomResizedCrop + flip; resize 256 -> centre crop 224 (REFERENCE A)
         "batch_size": 64,
         "iterations_per_epoch": RENO_EVAL_ITERS,
         "schedule": "cosine",
@@ -185,8 +190,11 @@ def _reno_common() -> dict[str, Any]:
     }
 
 
-def _reno_methods(dataset: str) -> dict[str, tuple[str, int, dict[str, Any]]]:
-    """variant name -> (method, epochs, params) for one dataset."""
+def reno_variants(dataset: str) -> dict[str, tuple[str, int, dict[str, Any]]]:
+    """variant name -> (method, epochs, params) for one dataset.
+
+    The ablations name the ablated part explicitly (dropout 0 / swa_epochs 0): the kernel's
+    renofeation defaults would otherwise silently turn them back into the full method."""
     lr, wd, mom, lam = RENO_DATASETS[dataset]
     tuned = {"lr": lr, "weight_decay": wd, "momentum": mom}
     scratch = {"lr": 1e-2, "weight_decay": 5e-3, "momentum": 0.9}
@@ -201,8 +209,10 @@ def _reno_methods(dataset: str) -> dict[str, tuple[str, int, dict[str, Any]]]:
         "renofeation": ("renofeation", 90, {**scratch, "lambda_feat": reno_lam, "dropout": 0.1, **swa}),
         # ablations
         "delta-r": ("delta-r", 90, {**scratch, "lambda_feat": reno_lam}),
-        "renofeation-no-dropout": ("renofeation", 90, {**scratch, "lambda_feat": reno_lam, **swa}),
-        "renofeation-no-swa": ("renofeation", 90, {**scratch, "lambda_feat": reno_lam, "dropout": 0.1}),
+        "renofeation-no-dropout": ("renofeation", 90, {**scratch, "lambda_feat": reno_lam, "dropout": 0.0, **swa}),
+        "renofeation-no-swa": (
+            "renofeation", 90, {**scratch, "lambda_feat": reno_lam, "dropout": 0.1, **swa, "swa_epochs": 0}
+        ),
         "delta-adv": (
             "delta",
             30,
@@ -215,11 +225,11 @@ def _reno_methods(dataset: str) -> dict[str, tuple[str, int, dict[str, Any]]]:
 def renofeation2021() -> Grid:
     specs = []
     for arch, dataset in itertools.product(RENO_ARCHS, RENO_DATASETS):
-        for method, epochs, extra in _reno_methods(dataset).values():
+        for method, epochs, extra in reno_variants(dataset).values():
             blocks = 0 if method == "linear" else None
             specs.append(
                 TrialSpec(
-                    kind="transfer", arch=arch, source=f"torchvision:{arch}", dataset=dataset,
+                    kind="transfer", arch=arch, source=f"torchvision:{arch}", dataset=dataset, ood=RENO_OOD,
                     method=method, blocks=blocks, seed=0, epochs=epochs,
                     params={**_reno_common(), **extra},
                 )
@@ -249,10 +259,11 @@ def andreassen2021() -> Grid:
                       ood="cifar10.1", method="finetune", seed=seed, epochs=20,
                       params={**common, "lr": 0.01, "head_init": "default", **PAPER_ATTACK})
         )
+        # Random init = method retrain; the ImageNet source only serves the ASR attack (every trial has ASR).
         specs.append(
-            TrialSpec(kind="transfer", arch=arch, source="scratch", dataset="cifar10", ood="cifar10.1",
+            TrialSpec(kind="transfer", arch=arch, source=f"torchvision:{arch}", dataset="cifar10", ood="cifar10.1",
                       method="retrain", seed=seed, epochs=100,
-                      params={**common, "lr": 0.1, "head_init": "default"})
+                      params={**common, "lr": 0.1, "head_init": "default", **PAPER_ATTACK})
         )
     return Grid(
         "andreassen2021",
@@ -296,16 +307,18 @@ def smoke() -> Grid:
                       ood=ood, method="finetune", blocks=blocks, subset_size=subset, seed=seed, epochs=10,
                       params={**base, **attack})
         )
-    # From-scratch models of varied quality: the ER testbed (baseline fit per target).
+    # Random-init (method retrain) models of varied quality: the ER testbed (baseline fit per target). The
+    # natural source only serves the ASR attack, whose adversarial sets the transfers above already built.
+    natural = f"spec:{next(s for s in sources if s.method == 'natural').spec_hash}"
     testbed = [
-        TrialSpec(kind="transfer", arch=SMOKE_ARCH, source="scratch", dataset=target, ood=ood,
-                  method="retrain", subset_size=subset, seed=0, epochs=10, params=base)
+        TrialSpec(kind="transfer", arch=SMOKE_ARCH, source=natural, dataset=target, ood=ood,
+                  method="retrain", subset_size=subset, seed=0, epochs=10, params={**base, **attack})
         for (target, ood), subset in itertools.product(SMOKE_TARGETS.items(), SMOKE_TESTBED_SUBSETS)
     ]
     return Grid(
         "smoke",
         "embedded CPU demo: 3 synthetic sources (natural, l2, linf) -> digits + synthetic target, "
-        "2 block settings x 2 subset sizes x 2 seeds, plus from-scratch ER testbed",
+        "2 block settings x 2 subset sizes x 2 seeds, plus a random-init (retrain) ER testbed",
         sources + transfers + testbed,
     )
 
@@ -324,18 +337,39 @@ PRESETS: dict[str, Callable[[], Grid]] = {
 
 SPEC_AXES = ("kind", "arch", "dataset", "method", "seed", "epochs", "source", "ood", "blocks", "subset_size")
 _TOP_KEYS = {"name", "description", "fixed", "axes", "sources"}
+# The type every top-level value must have (checked before use: a list where a mapping belongs
+# must be a one-line GridError, not an AttributeError deep in the expansion).
+_TOP_TYPES: dict[str, tuple[type, str]] = {
+    "name": (str, "a string"),
+    "description": (str, "a string"),
+    "fixed": (dict, "a mapping"),
+    "axes": (dict, "a mapping of axis: [values]"),
+    "sources": (dict, "a mapping of name: {fields}"),
+}
 
 
 def _parse_subset(value: Any) -> int | None:
     return None if value in ("full", None) else value
 
 
-def _spec_from_fields(fields: Mapping[str, Any], where: str) -> TrialSpec:
-    flat = dict(fields)
-    params = dict(flat.pop("params", {}) or {})
+def _split_params(flat: dict[str, Any], where: str) -> dict[str, Any]:
+    """`params: {...}` and `params.<name>: value` fields, merged into one mapping (removed from flat)."""
+    params = flat.pop("params", None) or {}
+    if not isinstance(params, dict):
+        raise GridError(f"{where}: 'params' must be a mapping of name: value, got {params!r}")
+    params = dict(params)
     for key in list(flat):
         if key.startswith("params."):
             params[key.removeprefix("params.")] = flat.pop(key)
+    return params
+
+
+def _spec_from_fields(fields: Mapping[str, Any], where: str) -> TrialSpec:
+    names = [key for key in fields if not isinstance(key, str)]
+    if names:
+        raise GridError(f"{where}: field names must be strings, got {names[0]!r}")
+    flat = dict(fields)
+    params = _split_params(flat, where)
     unknown = set(flat) - set(SPEC_AXES)
     if unknown:
         raise GridError(f"{where}: unknown field(s) {', '.join(sorted(unknown))} (known: {', '.join(SPEC_AXES)}, "
@@ -348,47 +382,72 @@ def _spec_from_fields(fields: Mapping[str, Any], where: str) -> TrialSpec:
         raise GridError(f"{where}: {exc}") from None
 
 
-def _resolve_source(value: Any, named_sources: Mapping[str, TrialSpec], base_dir: Path) -> tuple[str, str | None]:
+def _resolve_source(value: Any, named_sources: Mapping[str, TrialSpec], base_dir: Path
+                    ) -> tuple[str, str | None, str | None]:
+    """(the spec's source, its checksum, the file's path) for a grid file's `source` value."""
     if not isinstance(value, str):
         raise GridError(f"source must be a string, got {value!r}")
     if value.startswith("grid:"):
         name = value.removeprefix("grid:")
         if name not in named_sources:
             raise GridError(f"source {value!r} names no entry of 'sources:' (have: {', '.join(named_sources)})")
-        return f"spec:{named_sources[name].spec_hash}", None
+        return f"spec:{named_sources[name].spec_hash}", None, None
     if value.startswith("file:"):
-        path = Path(value.removeprefix("file:")).expanduser()
+        try:
+            path = Path(value.removeprefix("file:")).expanduser()
+        except RuntimeError:  # ~user that does not exist
+            raise GridError(f"source file not found: {value.removeprefix('file:')}") from None
         path = path if path.is_absolute() else base_dir / path
         if not path.is_file():
             raise GridError(f"source file not found: {path}")
         from orchestrator.checksums import sha256_file
 
-        return f"file:{path.resolve()}", sha256_file(path)
-    return value, None
+        # Identity by name and content, never by location: the path travels beside the spec.
+        return f"file:{path.name}", sha256_file(path), str(path.resolve())
+    return value, None, None
 
 
-def load_grid_file(path: str | Path) -> Grid:
+def _read_yaml(path: Path) -> Any:
     import yaml
 
-    path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise GridError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+                        ) from None
     except OSError as exc:
         raise GridError(f"cannot read grid file {path}: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise GridError(f"malformed YAML in {path}{where}") from None
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        # PyYAML's constructors raise these for bad scalars (`2020-13-01`, `!!int x`)
+        text = str(exc).strip().splitlines()
+        raise GridError(f"malformed YAML in {path}: {text[0] if text else type(exc).__name__}") from None
+
+
+def _check_top_level(data: Any, path: Path) -> None:
     if not isinstance(data, dict):
         raise GridError(f"{path}: a grid file must be a mapping with 'fixed' and 'axes'")
     unknown = set(data) - _TOP_KEYS
     if unknown:
-        raise GridError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} (known: "
+        raise GridError(f"{path}: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))} (known: "
                         f"{', '.join(sorted(_TOP_KEYS))})")
+    for key, (expected, what) in _TOP_TYPES.items():
+        value = data.get(key)
+        if value is not None and not isinstance(value, expected):
+            raise GridError(f"{path}: '{key}' must be {what}, got {value!r}")
+
+
+def load_grid_file(path: str | Path) -> Grid:
+    path = Path(path)
+    data = _read_yaml(path)
+    _check_top_level(data, path)
     fixed = data.get("fixed") or {}
     axes = data.get("axes") or {}
-    if not isinstance(fixed, dict) or not isinstance(axes, dict):
-        raise GridError(f"{path}: 'fixed' and 'axes' must be mappings")
     for axis, values in axes.items():
         if not isinstance(values, list) or not values:
             raise GridError(f"{path}: axis {axis!r} must be a non-empty list")
@@ -396,27 +455,33 @@ def load_grid_file(path: str | Path) -> Grid:
             raise GridError(f"{path}: unknown axis {axis!r} (known: {', '.join(SPEC_AXES)}, params.<name>)")
     overlap = set(fixed) & set(axes)
     if overlap:
-        raise GridError(f"{path}: {', '.join(sorted(overlap))} is both fixed and an axis")
+        raise GridError(f"{path}: {', '.join(sorted(map(str, overlap)))} is both fixed and an axis")
 
     named_sources: dict[str, TrialSpec] = {}
     for name, fields in (data.get("sources") or {}).items():
+        if not isinstance(name, str):
+            raise GridError(f"{path}: source names must be strings, got {name!r}")
         if not isinstance(fields, dict):
             raise GridError(f"{path}: sources.{name} must be a mapping")
         named_sources[name] = _spec_from_fields({"kind": "source", **fields}, f"{path}: sources.{name}")
 
     specs: list[TrialSpec] = list(named_sources.values())
+    source_files: dict[tuple[str, str], str] = {}
     names = list(axes)
     for combo in itertools.product(*(axes[n] for n in names)):
         fields = {"kind": "transfer", **fixed, **dict(zip(names, combo, strict=True))}
-        checksum = None
+        checksum = file_path = None
         if fields.get("source") is not None:
-            fields["source"], checksum = _resolve_source(fields["source"], named_sources, path.parent)
+            fields["source"], checksum, file_path = _resolve_source(fields["source"], named_sources, path.parent)
         spec = _spec_from_fields(fields, str(path))
         if checksum is not None:
             spec = TrialSpec.from_dict({**spec.to_dict(), "source_checksum": checksum})
+        if file_path is not None:
+            source_files[(str(spec.source), str(checksum))] = file_path
         specs.append(spec)
     unique = list(dict.fromkeys(specs))
-    return Grid(str(data.get("name") or path.stem), str(data.get("description") or f"grid file {path}"), unique)
+    return Grid(str(data.get("name") or path.stem), str(data.get("description") or f"grid file {path}"), unique,
+                source_files=source_files)
 
 
 def load_grid(name_or_path: str) -> Grid:

@@ -32,7 +32,14 @@ from orchestrator.reports import (
     renofeation_frame,
     subset_label,
 )
-from orchestrator.results import NATURAL, nullable_ints, require_experiment, source_order
+from orchestrator.results import (
+    NATURAL,
+    nullable_ints,
+    require_experiment,
+    require_one_trial_per_seed,
+    source_order,
+    trial_specs,
+)
 
 Figure = Any  # matplotlib.figure.Figure (imported lazily: plotting is the only user of matplotlib)
 
@@ -78,10 +85,11 @@ def _subset_axis(ax: Any, sizes: Sequence[Any]) -> dict[Any, float]:
 def accuracy_delta_frame(db: ReadOnlyDatabase, experiment: str, blocks: int = DEFAULT_BLOCKS) -> pd.DataFrame:
     """Per (robust source, target, subset size): pairs, mean and CI of robust − natural final test
     accuracy, paired by seed. Columns: source_label, dataset, subset_size, n, mean, sd, ci95."""
-    frame = _trial_frame(db, experiment, "t.dataset, t.subset_size, t.source, t.seed, t.test_acc",
+    frame = _trial_frame(db, experiment, "t.dataset, t.subset_size, t.source, t.seed, t.test_acc, t.spec_json",
                          "AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks = :blocks "
                          "AND t.test_acc IS NOT NULL", {"blocks": int(blocks)})
     _require_rows(frame, f"completed transfer trials with blocks = {blocks}", experiment)
+    require_one_trial_per_seed(frame, ("dataset", "subset_size", "source"), "plot accuracy-delta")
     frame = _labels(db, frame)
     if NATURAL not in set(frame["source_label"]):
         raise UserError(f"experiment {experiment!r} has no natural source at blocks = {blocks} to compare with")
@@ -148,14 +156,20 @@ def learning_curve_frame(db: ReadOnlyDatabase, experiment: str, blocks: int = DE
     size (default: the smallest). Returns (frame with dataset, source_label, epoch, n, mean, sd,
     ci95; the subset size used)."""
     require_experiment(db, experiment)
-    sql = ("SELECT t.dataset, t.source, t.subset_size, t.seed, m.epoch, m.test_acc FROM epoch_metrics m "
+    sql = ("SELECT t.id AS trial_id, t.dataset, t.source, t.subset_size, t.seed, m.epoch, m.test_acc "
+           "FROM epoch_metrics m "
            "JOIN trials t ON t.id = m.trial_id JOIN experiment_trials et ON et.trial_id = t.id "
            "JOIN experiments e ON e.id = et.experiment_id WHERE e.name = :experiment AND t.kind = 'transfer' "
            "AND t.status = 'completed' AND t.blocks = :blocks AND m.test_acc IS NOT NULL")
     frame = nullable_ints(db.frame(sql, {"experiment": experiment, "blocks": int(blocks)}), ("subset_size", "epoch"))
     _require_rows(frame, f"epoch metrics of completed transfers with blocks = {blocks}", experiment)
     size = _default_subset(frame, subset_size)
-    frame = _labels(db, _at_subset(frame, size).copy())
+    frame = _at_subset(frame, size).copy()
+    runs = frame.drop_duplicates("trial_id").merge(trial_specs(
+        db, experiment, "AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks = :blocks",
+        {"blocks": int(blocks)}), on="trial_id")
+    require_one_trial_per_seed(runs, ("dataset", "source", "subset_size"), "plot learning-curve")
+    frame = _labels(db, frame)
     return stats.summarize(frame, ["dataset", "source_label", "epoch"], "test_acc"), size
 
 
@@ -187,7 +201,7 @@ def plot_learning_curve(db: ReadOnlyDatabase, experiment: str, blocks: int | Non
 
 def plot_blocks(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
                 subset_size: int | str | None = None) -> Figure:
-    data = blocks_frame(db, experiment)
+    data = blocks_frame(db, experiment, caller="plot blocks")
     size = _default_subset(data, subset_size)
     data = _at_subset(data, size)
     datasets = sorted(data["dataset"].unique())
@@ -216,7 +230,7 @@ def plot_asr_vs_clean(db: ReadOnlyDatabase, experiment: str, blocks: int | None 
                       subset_size: int | str | None = None) -> Figure:
     from matplotlib.lines import Line2D
 
-    data = renofeation_frame(db, experiment)
+    data = renofeation_frame(db, experiment, caller="plot asr-vs-clean")
     data = data[data["dataset"] != "avg"]
     wide = data.pivot_table(index=["arch", "method", "dataset"], columns="metric", values="mean").reset_index()
     if "asr" not in wide or wide["asr"].isna().all():
@@ -248,7 +262,7 @@ def plot_asr_vs_clean(db: ReadOnlyDatabase, experiment: str, blocks: int | None 
 
 def plot_er(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
             subset_size: int | str | None = None) -> Figure:
-    data = er_frame(db, experiment)
+    data = er_frame(db, experiment, caller="plot er")
     figure, axes = _figure(1, width=7.0, height=5.0)
     ax = axes[0]
     for (dataset, ood, arch, init), rows in data.groupby(["dataset", "ood", "arch", "init"], sort=True):

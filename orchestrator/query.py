@@ -7,7 +7,11 @@ Read-only by construction, in layers:
 2. a SQLite authorizer denies every action but reading (no PRAGMA writes, ATTACH, DDL, DML);
 3. exactly one statement is accepted (a quote- and comment-aware splitter; PostgreSQL also
    prepares it server-side, which refuses several commands), and it must start with a reading
-   keyword and contain no writing keyword.
+   keyword and contain no writing keyword;
+4. no call of an administration or side-effect function: PostgreSQL's (pg_terminate_backend,
+   pg_read_file, set_config, dblink, …) are refused lexically, since the URL's role is often a
+   superuser and a READ ONLY transaction still runs them; SQLite's (load_extension, readfile, …)
+   are denied by the authorizer.
 A refused statement is one `QueryRefused` line; the database is not touched.
 """
 
@@ -48,6 +52,18 @@ READ_PRAGMAS = frozenset({
 PRAGMAS_WITH_ARGUMENT = frozenset({
     "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list", "table_list",
 })
+# PostgreSQL functions that act on the server (signals, files, config, locks, replication, other
+# databases) or run SQL from a string (query_to_xml, ts_stat), matched as a name followed by "(".
+DENIED_FUNCTIONS = re.compile(
+    r"pg_terminate_backend|pg_cancel_backend|pg_reload_conf|pg_rotate_logfile\w*|pg_read_file|pg_read_binary_file"
+    r"|pg_ls_\w+|pg_stat_file|pg_stat_reset\w*|pg_advisory\w*|pg_try_advisory\w*|pg_notify|pg_create_restore_point"
+    r"|pg_switch_wal|pg_switch_xlog|pg_promote|pg_sleep\w*|set_config|lo_\w+|loread|lowrite|dblink\w*"
+    r"|pg_logical_\w+|pg_replication_\w+|\w*_replication_slot\w*|pg_file_\w+|pg_backup_\w+|pg_start_backup"
+    r"|pg_stop_backup|pg_wal_replay_\w+|pg_log_backend_memory_contexts|query_to_xml\w*|cursor_to_xml\w*|ts_stat",
+    re.IGNORECASE,
+)
+# SQLite functions that reach the file system or load code (the sqlite3 shell's and extensions').
+SQLITE_DENIED_FUNCTIONS = frozenset({"fts3_tokenizer", "load_extension", "readfile", "writefile", "edit"})
 
 
 class QueryRefused(UserError):
@@ -155,6 +171,33 @@ def _words(sql: str) -> list[str]:
     return words
 
 
+def _call_tokens(sql: str) -> list[tuple[str, str]]:
+    """('word' | 'name' | 'other', text) tokens outside comments; 'name' = a quoted identifier's text."""
+    tokens: list[tuple[str, str]] = []
+    for kind, text in _scan(sql):
+        if kind == "code":
+            for token in re.findall(r"[A-Za-z_][A-Za-z0-9_$]*|\S", text):
+                tokens.append(("word" if token[0].isalpha() or token[0] == "_" else "other", token))
+        elif kind == "name":
+            tokens.append(("name", text[1:-1].replace(text[0] * 2, text[0])))
+        elif kind != "comment":
+            tokens.append(("other", text))
+    return tokens
+
+
+def _check_functions(statement: str) -> None:
+    """Refuse a call (`name (`, `schema.name(`, `"name"(`) of a DENIED_FUNCTIONS function."""
+    tokens = _call_tokens(statement)
+    for i, (kind, text) in enumerate(tokens):
+        if kind == "name" and i >= 2 and tokens[i - 1][1] == "&" and tokens[i - 2][1].upper() == "U":
+            # U&"pg_sl\0065ep": an escaped name the lexical check cannot read
+            raise QueryRefused('query refused: U&"…" identifiers are not allowed in rtgrid query')
+        following = tokens[i + 1][1] if i + 1 < len(tokens) else ""
+        if kind in ("word", "name") and following == "(" and DENIED_FUNCTIONS.fullmatch(text):
+            raise QueryRefused(f"query refused: {text.lower()}() is not allowed in rtgrid query "
+                               "(server administration or side effects)")
+
+
 def check_read_only(sql: str) -> str:
     """The single statement of `sql` if it only reads; QueryRefused (one line) otherwise."""
     statements = split_statements(sql)
@@ -173,6 +216,7 @@ def check_read_only(sql: str) -> str:
     writes = [w for w in words if w in WRITING_KEYWORDS]
     if writes:
         raise QueryRefused(f"query refused: rtgrid query is read-only ({writes[0]} is not allowed)")
+    _check_functions(statement)
     return statement
 
 
@@ -194,6 +238,8 @@ _SQLITE_READ_ACTIONS = frozenset({
 
 def _strict_authorizer(action: int, arg1: str | None, arg2: str | None, *_rest: Any) -> int:
     """Allow reading only; a PRAGMA only from the read list, with an argument only for introspection."""
+    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in SQLITE_DENIED_FUNCTIONS:
+        return sqlite3.SQLITE_DENY
     if action in _SQLITE_READ_ACTIONS:
         return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_PRAGMA and arg1 is not None:
@@ -381,7 +427,8 @@ _TRIAL_KEYS: dict[str, str] = {
     "kind": "source (trains a source model) | transfer (fine-tunes a source on a target)",
     "arch": "architecture, e.g. resnet50, tiny_resnet",
     "source": "pre-trained weights: torchvision:<arch> (natural), robustness:<name> (Madry robust), "
-              "spec:<spec_hash> (a source trial), file:<path>, scratch (random init); NULL for source trials",
+              "spec:<spec_hash> (a source trial), file:<path>, scratch (random init); NULL for source trials. "
+              "Random-init trials: method retrain/renofeation/delta-r (source kept for ASR) or source scratch",
     "dataset": "training / ID dataset (target of a transfer)",
     "ood": "OOD evaluation set (cifar10.1, noise-3, ...); NULL = none",
     "method": "training method: natural/pgd-l2/pgd-linf/... (source), finetune/linear/l2sp/delta/retrain/"
@@ -426,6 +473,7 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         **_TRIAL_KEYS,
         **_TRIAL_FINALS,
         "worker": "node / host that ran the trial",
+        "claimed_by": "the driver that has queued the trial (concurrent drivers never run it twice); NULL = none",
     },
     "experiment_trials": {
         "experiment_id": "experiments.id",

@@ -21,13 +21,16 @@ from orchestrator import stats
 from orchestrator.errors import UserError
 from orchestrator.query import Database, ReadOnlyDatabase, reading, text_table
 from orchestrator.results import (
-    SCRATCH,
     experiment_trials_sql,
+    is_random_init,
     label_sources,
     nullable_ints,
+    random_init_sql,
     require_experiment,
+    require_one_trial_per_seed,
     source_methods,
     source_order,
+    trial_specs,
 )
 
 FORMATS = ("table", "markdown", "csv")
@@ -96,11 +99,14 @@ def _require_rows(frame: pd.DataFrame, what: str, experiment: str) -> None:
 
 # --- utrera-table7 -----------------------------------------------------------------------------
 
+TABLE7_CELL = ("dataset", "subset_size", "source")
+TABLE7_WHERE = ("AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks = :blocks "
+                "AND t.test_acc IS NOT NULL")
+# n != seeds flags a cell with two trials of one seed, without fetching the trials (the usual case)
 TABLE7_SQL = experiment_trials_sql(
-    "t.dataset, t.subset_size, t.source, COUNT(t.test_acc) AS n, SUM(t.test_acc) AS total, "
-    "SUM(t.test_acc * t.test_acc) AS total_sq",
-    "AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks = :blocks AND t.test_acc IS NOT NULL "
-    "GROUP BY t.dataset, t.subset_size, t.source",
+    "t.dataset, t.subset_size, t.source, COUNT(t.test_acc) AS n, COUNT(DISTINCT t.seed) AS seeds, "
+    "SUM(t.test_acc) AS total, SUM(t.test_acc * t.test_acc) AS total_sq",
+    f"{TABLE7_WHERE} GROUP BY t.dataset, t.subset_size, t.source",
 )
 
 
@@ -115,6 +121,10 @@ def table7_frame(db: ReadOnlyDatabase, experiment: str, blocks: int = DEFAULT_BL
     frame = db.frame(TABLE7_SQL, {"experiment": experiment, "blocks": int(blocks)})
     frame = nullable_ints(frame, ("subset_size",))
     _require_rows(frame, f"completed transfer trials with blocks = {blocks}", experiment)
+    if (frame["n"] != frame["seeds"]).any():
+        trials = _trial_frame(db, experiment, "t.dataset, t.subset_size, t.source, t.seed, t.spec_json",
+                              TABLE7_WHERE, {"blocks": int(blocks)})
+        require_one_trial_per_seed(trials, TABLE7_CELL, "report utrera-table7")
     frame = stats.from_moments(_labels(db, frame))
     row_best = frame.groupby(["dataset", frame["subset_size"].fillna(-1)])["mean"].transform("max")
     frame["best"] = np.isclose(frame["mean"], row_best, rtol=0, atol=1e-12)
@@ -162,13 +172,15 @@ def utrera_table7(db: ReadOnlyDatabase, experiment: str, blocks: int | None = No
 # --- utrera-blocks ------------------------------------------------------------------------------
 
 
-def blocks_frame(db: ReadOnlyDatabase, experiment: str) -> pd.DataFrame:
+def blocks_frame(db: ReadOnlyDatabase, experiment: str, caller: str = "report utrera-blocks") -> pd.DataFrame:
     """Utrera et al. Fig. 4 / 11: final test accuracy by fine-tuned blocks per target, subset size
     and source. Columns: dataset, subset_size, source_label, blocks, n, mean, sd, ci95."""
-    frame = _trial_frame(db, experiment, "t.dataset, t.subset_size, t.source, t.blocks, t.seed, t.test_acc",
+    frame = _trial_frame(db, experiment,
+                         "t.dataset, t.subset_size, t.source, t.blocks, t.seed, t.test_acc, t.spec_json",
                          "AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks IS NOT NULL "
                          "AND t.test_acc IS NOT NULL")
     _require_rows(frame, "completed transfer trials with a block setting", experiment)
+    require_one_trial_per_seed(frame, ("dataset", "subset_size", "source", "blocks"), caller)
     frame = _labels(db, frame)
     summary = stats.summarize(frame, ["dataset", "subset_size", "source_label", "blocks"], "test_acc")
     summary = nullable_ints(summary, ("subset_size", "blocks"))
@@ -209,7 +221,7 @@ def _method_key(name: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(name), "") if name in METHOD_ORDER else (len(METHOD_ORDER), name)
 
 
-def renofeation_frame(db: ReadOnlyDatabase, experiment: str) -> pd.DataFrame:
+def renofeation_frame(db: ReadOnlyDatabase, experiment: str, caller: str = "report renofeation") -> pd.DataFrame:
     """Renofeation Tables 2 and 4: clean test accuracy and ASR by (arch, method variant) × dataset,
     plus an `avg` pseudo-dataset (mean of the per-dataset means of that row).
     Columns: arch, method, dataset, metric (clean_acc | asr), n, mean, sd, ci95."""
@@ -218,6 +230,7 @@ def renofeation_frame(db: ReadOnlyDatabase, experiment: str) -> pd.DataFrame:
     _require_rows(frame, "completed transfer trials", experiment)
     frame["method"] = [method_variant(m, json.loads(s).get("params") or {})
                        for m, s in zip(frame["method"], frame["spec_json"], strict=True)]
+    require_one_trial_per_seed(frame, ("arch", "method", "dataset"), caller)
     parts = []
     for metric, column in (("clean_acc", "test_acc"), ("asr", "asr")):
         summary = stats.summarize(frame, ["arch", "method", "dataset"], column)
@@ -253,20 +266,23 @@ def renofeation(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None
 # --- er --------------------------------------------------------------------------------------------
 
 ER_SQL = (
-    "SELECT t.dataset, t.ood, t.arch, t.source, t.id AS trial_id, m.epoch, m.test_acc, m.er "
+    "SELECT t.dataset, t.ood, t.arch, t.source, t.method, t.seed, t.id AS trial_id, m.epoch, m.test_acc, m.er "
     "FROM epoch_metrics m JOIN trials t ON t.id = m.trial_id "
     "JOIN experiment_trials et ON et.trial_id = t.id JOIN experiments e ON e.id = et.experiment_id "
     "WHERE e.name = :experiment AND t.kind = 'transfer' AND t.status = 'completed' "
     "AND m.er IS NOT NULL AND m.test_acc IS NOT NULL"
 )
 ER_BINS = 100
+# An ER group pools different models on purpose (Andreassen's testbed of runs): what must not be
+# pooled is the same run twice (e.g. computed by two kernel versions).
+ER_POOLED = ("source", "source_checksum", "method", "blocks", "subset_size", "epochs", "params")
 
 
-def er_frame(db: ReadOnlyDatabase, experiment: str, bins: int = ER_BINS) -> pd.DataFrame:
+def er_frame(db: ReadOnlyDatabase, experiment: str, bins: int = ER_BINS, caller: str = "report er") -> pd.DataFrame:
     """Andreassen et al. Fig. 1 / 3: per-epoch ER against ID accuracy, binned into `bins`
     equal-width bins of ID accuracy over [0, 1] (workers.metrics.binned_er), the mean over every
-    checkpoint (epoch) of every run in the bin, per (dataset, ood, arch, init); init =
-    pretrained (source != scratch) or random (scratch).
+    checkpoint (epoch) of every run in the bin, per (dataset, ood, arch, init); init = random for
+    random-init trials (orchestrator.results.RANDOM_INIT_METHODS or source scratch), else pretrained.
     Columns: dataset, ood, arch, init, runs (of the group), id_low, id_high, mean_er, checkpoints
     (epochs in the bin)."""
     from workers.trainable import er_math
@@ -274,7 +290,10 @@ def er_frame(db: ReadOnlyDatabase, experiment: str, bins: int = ER_BINS) -> pd.D
     require_experiment(db, experiment)
     frame = db.frame(ER_SQL, {"experiment": experiment})
     _require_rows(frame, "epochs with an ER value (fit a baseline: rtgrid er fit)", experiment)
-    frame["init"] = np.where(frame["source"] == SCRATCH, "random", "pretrained")
+    frame["init"] = np.where(is_random_init(frame["method"], frame["source"]), "random", "pretrained")
+    runs = frame.drop_duplicates("trial_id").merge(
+        trial_specs(db, experiment, "AND t.kind = 'transfer' AND t.status = 'completed'"), on="trial_id")
+    require_one_trial_per_seed(runs, ("dataset", "ood", "arch", "init"), caller, pooled=ER_POOLED)
     binned_er = er_math().binned_er
     records = []
     for (dataset, ood, arch, init), group in frame.groupby(["dataset", "ood", "arch", "init"], sort=True):
@@ -313,7 +332,7 @@ def demo_sql(experiment: str) -> str:
         "       COUNT(*) AS runs, ROUND(CAST(100 * AVG(r.test_acc) AS NUMERIC), 1) AS test_acc_pct\n"
         "FROM results r LEFT JOIN trials s ON s.spec_hash = substr(r.source, 6)\n"
         f"WHERE r.experiment = '{name}' AND r.kind = 'transfer' AND r.status = 'completed'\n"
-        "  AND r.source <> 'scratch' AND r.test_acc IS NOT NULL\n"
+        f"  AND NOT {random_init_sql('r')} AND r.test_acc IS NOT NULL\n"
         "GROUP BY r.dataset, COALESCE(s.method, r.source), r.subset_size\n"
         "ORDER BY 1, 2, 3"
     )
@@ -323,14 +342,19 @@ def demo_frames(db: ReadOnlyDatabase, experiment: str) -> tuple[pd.DataFrame, pd
     """The demo's closing data: (accuracy, robustness, sql).
 
     accuracy: dataset, source_label, subset_size, n, mean, sd, ci95 — final test accuracy of the
-    transfers (from-scratch ER testbed runs left out), mean over seeds and block settings.
+    transfers (random-init runs, the ER testbed, left out), mean over seeds and block settings.
     robustness: dataset, source_label, and per metric (test_acc, asr, er) its n / mean / ci95
     columns (`asr_mean`, `er_mean`, …) — mean over every transfer of that source.
     """
     frame = _trial_frame(db, experiment,
-                         "t.dataset, t.source, t.subset_size, t.blocks, t.seed, t.test_acc, t.asr, t.er",
-                         "AND t.kind = 'transfer' AND t.status = 'completed' AND t.source <> 'scratch'")
+                         "t.dataset, t.source, t.subset_size, t.blocks, t.seed, t.test_acc, t.asr, t.er, t.spec_json",
+                         f"AND t.kind = 'transfer' AND t.status = 'completed' AND NOT {random_init_sql()}")
     _require_rows(frame, "completed transfer trials", experiment)
+    # table 1 pools block settings, table 2 block settings and subset sizes (their captions say so), with
+    # what a subset size sets in the presets (Utrera: 100 or 150 epochs, evaluated every 20 or 10)
+    require_one_trial_per_seed(frame, ("dataset", "source", "subset_size"), "report demo", pooled=("blocks",))
+    require_one_trial_per_seed(frame, ("dataset", "source"), "report demo",
+                               pooled=("blocks", "subset_size", "epochs", "params.eval_epochs"))
     frame = _labels(db, frame)
     accuracy = stats.summarize(frame, ["dataset", "source_label", "subset_size"], "test_acc")
     accuracy = nullable_ints(accuracy, ("subset_size",)).sort_values(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import functools
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
@@ -20,6 +22,10 @@ PUBLISHED_LABELS = {
 }
 NATURAL = "natural"
 SCRATCH = "scratch"
+# Random-init trials (the ER testbed, Andreassen's init=random, Renofeation's re-training family):
+# these methods start from random weights whatever `source` names (the source is kept so that ASR
+# can be crafted on it); source "scratch" is the older way to say the same. Defined here only.
+RANDOM_INIT_METHODS = ("retrain", "renofeation", "delta-r")
 
 Lookup = Mapping[str, str] | Callable[[str], str | None]
 
@@ -161,6 +167,87 @@ def results_frame(experiment: str, db: Database | Any = None) -> pd.DataFrame:
     if "spec_hash" in frame:
         frame["spec_hash"] = frame["spec_hash"].astype(str).str.strip()
     return nullable_ints(frame, INT_COLUMNS)
+
+
+def random_init_sql(alias: str = "t") -> str:
+    """SQL condition: the trial of table alias `alias` starts from random weights (see RANDOM_INIT_METHODS)."""
+    methods = ", ".join(f"'{method}'" for method in RANDOM_INIT_METHODS)
+    return f"({alias}.method IN ({methods}) OR COALESCE({alias}.source, '') = '{SCRATCH}')"
+
+
+def is_random_init(method: pd.Series, source: pd.Series) -> pd.Series:
+    """The same condition as random_init_sql, on DataFrame columns."""
+    return method.isin(RANDOM_INIT_METHODS) | (source.fillna("") == SCRATCH)
+
+
+# --- one trial per seed in a reported cell ---------------------------------------------------------
+
+_SHOWN_FIELDS = 6
+
+
+@functools.lru_cache(maxsize=1 << 16)  # a report checks the same trials for several tables
+def _spec_fields(spec_json: str) -> tuple[tuple[str, str, Any], ...]:
+    """A spec as flat (field, top-level field, value) triples (params as params.<name>; lists as tuples)."""
+    spec = json.loads(spec_json)
+    params = spec.pop("params", None) or {}
+    fields = [*((name, name, value) for name, value in spec.items()),
+              *((f"params.{name}", "params", value) for name, value in params.items())]
+    return tuple((name, top, tuple(value) if isinstance(value, list) else value) for name, top, value in fields)
+
+
+def _compared(spec_json: str, ignored: set[str]) -> dict[str, Any]:
+    """The spec's fields that a cell's trials must share ("params" in `ignored` ignores every params.<name>)."""
+    return {name: value for name, top, value in _spec_fields(spec_json) if name not in ignored and top not in ignored}
+
+
+def _differing_fields(specs: Sequence[dict[str, Any]]) -> list[str]:
+    names = sorted({name for spec in specs for name in spec})
+    return [name for name in names if len({spec.get(name) for spec in specs}) > 1]
+
+
+def _cell_text(cell: Sequence[str], values: Sequence[Any]) -> str:
+    shown = ["full" if name == "subset_size" and pd.isna(value) else "-" if pd.isna(value) else str(value)
+             for name, value in zip(cell, values, strict=True)]
+    return ", ".join(f"{name}={value}" for name, value in zip(cell, shown, strict=True))
+
+
+def require_one_trial_per_seed(frame: pd.DataFrame, cell: Sequence[str], report: str,
+                               pooled: Iterable[str] = ()) -> None:
+    """Refuse to report a cell that holds two trials of one seed differing in more than the seed.
+
+    `report` names the caller in the message ("report utrera-table7", "plot blocks").
+    `frame` has one row per trial (or per epoch: rows of one trial are counted once when a
+    `trial_id` column is there) with the `cell` columns, `seed` and `spec_json`. `pooled`: spec
+    fields the report averages over on purpose (the demo pools block settings). Every report and
+    plot calls this before it aggregates, so a mean or CI never silently mixes settings.
+    """
+    if frame.empty:
+        return
+    rows = frame.drop_duplicates("trial_id") if "trial_id" in frame else frame
+    key = [*cell, "seed"]
+    duplicated = rows[rows.duplicated(subset=key, keep=False)].reset_index(drop=True)
+    if duplicated.empty:
+        return
+    ignored = {"seed", *pooled}
+    # each spec parsed once; a group is fine when its trials agree on every compared field
+    compared = [_compared(text, ignored) for text in duplicated["spec_json"]]
+    residual = pd.Series([tuple(sorted(c.items())) for c in compared])
+    mixed = residual.groupby([duplicated[k] for k in key], dropna=False, sort=True).transform("nunique") > 1
+    for values, group in duplicated[mixed].groupby(key, dropna=False, sort=True):
+        differing = _differing_fields([compared[i] for i in group.index])
+        more = f", … {len(differing) - _SHOWN_FIELDS} more" if len(differing) > _SHOWN_FIELDS else ""
+        raise UserError(
+            f"{report}: cell {_cell_text(cell, values[:-1])} holds {len(group)} trials for seed {values[-1]} "
+            f"that differ in {', '.join(differing[:_SHOWN_FIELDS])}{more}; a report pools only trials that differ "
+            "in the seed: put such trials in separate experiments")
+
+
+def trial_specs(db: ReadOnlyDatabase, experiment: str, where: str = "", params: Mapping[str, Any] | None = None
+                ) -> pd.DataFrame:
+    """trial_id and spec_json of the experiment's trials matching `where`: one row per trial, for
+    require_one_trial_per_seed where the report itself reads one row per epoch."""
+    return db.frame(experiment_trials_sql("t.id AS trial_id, t.spec_json", where),
+                    {"experiment": experiment, **(params or {})})
 
 
 def experiment_trials_sql(columns: str = "t.*", where: str = "") -> str:

@@ -17,7 +17,9 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 # Bump when a kernel changes numerically: old results stay in the DB, new specs hash anew.
-KERNEL_VERSION = "1"
+# 2: cifar_resnet has ResNet-50's tail (1,1,6,3); sources report robust accuracy by default;
+#    OOD corruptions of on-disk images are built image by image.
+KERNEL_VERSION = "2"
 
 Kind = Literal["source", "transfer"]
 KINDS: tuple[str, ...] = ("source", "transfer")
@@ -37,6 +39,7 @@ TRANSFER_METHODS = (
 # these types before hashing so that `lr: 1` and `lr: 1.0` are the same trial.
 PARAM_TYPES: dict[str, type] = {
     "input_size": int,  # model input side in pixels
+    "augment": str,  # training/test transforms: utrera (default) | renofeation | none
     "batch_size": int,
     "lr": float,
     "momentum": float,
@@ -91,9 +94,9 @@ class SpecError(ValueError):
     """A spec field is missing, unknown or of the wrong type (one-line message)."""
 
 
-def _normalise_float(value: float) -> float:
+def _normalise_float(value: float, name: str = "spec") -> float:
     if not math.isfinite(value):
-        raise SpecError(f"non-finite number {value!r} in spec")
+        raise SpecError(f"param {name!r} must be a finite number, got {value!r}")
     # 12 significant digits absorb spelling and arithmetic noise (0.1 vs 1e-1 vs 0.1000000000001).
     normalised = float(f"{value:.12g}")
     return 0.0 if normalised == 0 else normalised
@@ -103,7 +106,7 @@ def _coerce(name: str, value: Any, expected: type) -> Any:
     if expected is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"param {name!r} must be a number, got {value!r}")
-        return _normalise_float(float(value))
+        return _normalise_float(float(value), name)
     if expected is int:
         if isinstance(value, bool) or not (
             isinstance(value, int) or (isinstance(value, float) and value.is_integer())
@@ -125,6 +128,8 @@ def _coerce(name: str, value: Any, expected: type) -> Any:
 
 def normalise_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Validate and coerce hyper-parameters; unknown names are errors, not silently hashed."""
+    if not isinstance(params, Mapping):
+        raise SpecError(f"field 'params' must be a mapping of name: value, got {params!r}")
     out: dict[str, Any] = {}
     for name, value in params.items():
         if name not in PARAM_TYPES:
@@ -135,12 +140,27 @@ def normalise_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _optional_int(name: str, value: Any) -> int | None:
+# The DB columns: seed is BIGINT, blocks / subset_size / epochs are INTEGER. Checking the ranges
+# here turns an out-of-range value into a one-line SpecError instead of a driver overflow.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT32_MAX = 2**31 - 1
+
+
+def _optional_int(name: str, value: Any, low: int = 0, high: int = INT32_MAX) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
         raise SpecError(f"field {name!r} must be an integer, got {value!r}")
-    return int(value)
+    number = int(value)
+    if not low <= number <= high:
+        raise SpecError(f"field {name!r} must be between {low} and {high}, got {number}")
+    return number
+
+
+def _optional_str(name: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise SpecError(f"field {name!r} must be a non-empty string or null, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,17 +191,17 @@ class TrialSpec:
         for name in ("arch", "dataset"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise SpecError(f"field {name!r} must be a non-empty string")
-        seed = _optional_int("seed", self.seed)
-        epochs = _optional_int("epochs", self.epochs)
-        if seed is None or epochs is None or epochs < 1:
-            raise SpecError("fields 'seed' and 'epochs' (>= 1) are required integers")
-        object.__setattr__(self, "seed", seed)
-        object.__setattr__(self, "epochs", epochs)
+        for name in ("source", "source_checksum", "ood"):
+            _optional_str(name, getattr(self, name))
+        if not isinstance(self.kernel_version, str) or not self.kernel_version:
+            raise SpecError(f"field 'kernel_version' must be a non-empty string, got {self.kernel_version!r}")
+        for name, low, high in (("seed", INT64_MIN, INT64_MAX), ("epochs", 1, INT32_MAX)):
+            if getattr(self, name) is None:
+                raise SpecError(f"field {name!r} is required (an integer)")
+            object.__setattr__(self, name, _optional_int(name, getattr(self, name), low, high))
         object.__setattr__(self, "blocks", _optional_int("blocks", self.blocks))
-        subset = _optional_int("subset_size", self.subset_size)
-        if subset is not None and subset < 1:
-            raise SpecError(f"subset_size must be >= 1 or full, got {subset}")
-        object.__setattr__(self, "subset_size", subset)
+        # subset_size None = the full training split; an explicit size is at least one image
+        object.__setattr__(self, "subset_size", _optional_int("subset_size", self.subset_size, low=1))
         if self.kind == "transfer" and not self.source:
             raise SpecError("a transfer spec needs a 'source'")
         # Frozen all the way down: params cannot change after hashing.

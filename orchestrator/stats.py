@@ -76,10 +76,15 @@ def paired_deltas(frame: pd.DataFrame, cell: Sequence[str], arm: str, treated: s
     """Per-pair differences treated - control of `value`, paired by `pair_on` inside each cell.
 
     `arm` is the column that tells the two arms apart (e.g. the source label). Pairs where
-    either arm is missing are dropped. Returns the cell columns, `pair_on` and `delta`.
+    either arm is missing are dropped; two rows of one (cell, pair, arm) are an error, never
+    averaged. Returns the cell columns, `pair_on` and `delta`.
     """
     keep = frame[frame[arm].isin([treated, control])].dropna(subset=[value])
-    wide = keep.pivot_table(index=[*cell, pair_on], columns=arm, values=value, aggfunc="mean", dropna=False)
+    if keep.duplicated([*cell, pair_on, arm]).any():
+        # averaging them would pair a mean with a single run: callers check with
+        # orchestrator.results.require_one_trial_per_seed first
+        raise ValueError("paired_deltas: more than one row per (cell, pair, arm)")
+    wide = keep.pivot_table(index=[*cell, pair_on], columns=arm, values=value, aggfunc="first", dropna=False)
     if treated not in wide or control not in wide:
         return pd.DataFrame(columns=[*cell, pair_on, "delta"])
     delta = (wide[treated] - wide[control]).dropna()

@@ -6,7 +6,8 @@ Experiments:
   utrera-mini  published sources (torchvision natural, robustness l2-3 / linf-4) -> cifar10, svhn;
                blocks 0 and 3; subset 100 / 400 (3 seeds) and full (2 seeds); scratch ER testbed;
                one failed and one pending trial
-  smoke-mini   three grid-trained sources (spec:<hash>) -> digits, synthetic-target-a; scratch testbed
+  smoke-mini   three grid-trained sources (spec:<hash>) -> digits, synthetic-target-a; random-init testbed
+               (method retrain: source "scratch" at 50 images, else the natural source trial, as presets do)
   reno-mini    Renofeation methods and ablations on flower, bird for resnet18 and resnet50; 2 seeds
 """
 
@@ -72,8 +73,9 @@ def _smoke_specs() -> list[TrialSpec]:
         for src, target, blocks, size, seed in itertools.product(
             sources, ("digits", "synthetic-target-a"), (0, 3), (100, 400), (0, 1))
     ]
-    testbed = [TrialSpec(kind="transfer", arch="tiny_resnet", source="scratch", dataset=target, ood="noise-2",
-                         method="retrain", subset_size=size, seed=0, epochs=3)
+    natural = f"spec:{sources[0].spec_hash}"
+    testbed = [TrialSpec(kind="transfer", arch="tiny_resnet", source="scratch" if size == 50 else natural,
+                         dataset=target, ood="noise-2", method="retrain", subset_size=size, seed=0, epochs=3)
                for target, size in itertools.product(("digits", "synthetic-target-a"), (50, 200, None))]
     return sources + transfers + testbed
 
@@ -95,6 +97,8 @@ def _reno_specs() -> list[TrialSpec]:
 
 def _label(spec: TrialSpec, methods: dict[str, str]) -> str:
     source = spec.source or ""
+    if spec.method == "retrain":
+        return "scratch"
     if source.startswith("spec:"):
         return methods[source.removeprefix("spec:")]
     if source == "scratch":
@@ -239,6 +243,39 @@ def raw_frame(url: str, sql: str) -> pd.DataFrame:
         return pd.DataFrame.from_records(cursor.fetchall(), columns=columns)
 
 
+def db_fingerprint(url: str) -> object:
+    """What a database holds, to compare before / after a command that must not write.
+
+    SQLite: the main file's and the -wal file's bytes (an absent -wal = an empty one), plus every
+    table's rows read over a `mode=ro` connection (so that a write still sitting in the WAL counts).
+    PostgreSQL: every table's contents (md5 of its rows in a fixed order) and the sequences.
+    """
+    if url.startswith("sqlite"):
+        import hashlib
+        import sqlite3
+        from pathlib import Path
+
+        path = Path(url.removeprefix("sqlite:///"))
+        wal = path.with_name(path.name + "-wal")
+        files = [hashlib.sha256(p.read_bytes() if p.exists() else b"").hexdigest() for p in (path, wal)]
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                                       "ORDER BY name")]
+            rows = {t: hashlib.sha256(repr(sorted(map(repr, connection.execute(f'SELECT * FROM "{t}"')))).encode()
+                                      ).hexdigest() for t in tables}
+        finally:
+            connection.close()
+        return files, rows
+    tables = raw_frame(url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+                            "AND table_type = 'BASE TABLE' ORDER BY table_name")["table_name"].tolist()
+    contents = {t: str(raw_frame(url, f"SELECT md5(COALESCE(string_agg(x::text, ',' ORDER BY x::text), '')) AS h "
+                                      f'FROM "{t}" x')["h"].iloc[0]) for t in tables}
+    sequences = raw_frame(url, "SELECT sequencename, COALESCE(last_value, 0) AS last_value FROM pg_sequences "
+                               "ORDER BY sequencename")
+    return tables, contents, sequences.to_dict("records")
+
+
 def raw_trials(url: str, experiment: str) -> pd.DataFrame:
     """Every trial of the experiment: SELECT * FROM trials, filtered through experiment_trials."""
     trials = raw_frame(url, "SELECT * FROM trials")
@@ -273,3 +310,103 @@ def t_ci(values: pd.Series) -> tuple[int, float, float]:
         return int(arr.size), float(arr.mean()), float("nan")
     return int(arr.size), float(arr.mean()), float(stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1)
                                                    / math.sqrt(arr.size))
+
+
+# --- the demo's numbers, recomputed from the raw rows ---------------------------------------------------
+
+# Random-init trials, written out here (not imported) so the check stays independent of orchestrator.results.
+RANDOM_INIT = ("retrain", "renofeation", "delta-r")
+PUBLISHED_ROBUST = {"imagenet_l2_3_0": "l2-3", "imagenet_linf_4": "linf-4", "imagenet_linf_8": "linf-8"}
+
+
+def _source_labels(url: str) -> dict[str, str]:
+    """source -> label for every source of the database (spec:<hash> -> that source trial's method)."""
+    trials = raw_frame(url, "SELECT spec_hash, kind, method, source FROM trials")
+    methods = {str(h).strip(): m for h, k, m in zip(trials["spec_hash"], trials["kind"], trials["method"],
+                                                     strict=True) if k == "source"}
+    labels = {}
+    for source in trials["source"].dropna().unique():
+        if source.startswith("spec:"):
+            labels[source] = methods.get(source.removeprefix("spec:"), source)
+        elif source.startswith("file:"):
+            labels[source] = "file:" + source.rsplit("/", 1)[-1]
+        elif source.startswith("torchvision:"):
+            labels[source] = "natural"
+        elif source.startswith("robustness:"):
+            name = source.removeprefix("robustness:")
+            labels[source] = PUBLISHED_ROBUST.get(name, name)
+        else:
+            labels[source] = source
+    return labels
+
+
+def _demo_trials(url: str, experiment: str) -> pd.DataFrame:
+    """The demo's trials: completed transfers that start from pre-trained weights, one row each, with
+    `source_label` and `last_er` (the ER of the trial's last epoch_metrics row)."""
+    trials = raw_trials(url, experiment)
+    trials = trials[(trials["kind"] == "transfer") & (trials["status"] == "completed")]
+    random_init = trials["method"].isin(RANDOM_INIT) | (trials["source"].fillna("") == "scratch")
+    trials = trials[~random_init].copy()
+    trials["source_label"] = trials["source"].map(_source_labels(url))
+    epochs = raw_frame(url, "SELECT trial_id, epoch, er FROM epoch_metrics")
+    last = epochs.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")["er"]
+    trials["last_er"] = trials["id"].map(last).astype(float)
+    trials["subset_size"] = pd.to_numeric(trials["subset_size"]).astype("Int64")
+    return trials
+
+
+def _summary(trials: pd.DataFrame, keys: list[str], column: str, prefix: str = "") -> pd.DataFrame:
+    records = []
+    for values, group in trials.groupby(keys, dropna=False, sort=True):
+        n, mean, ci = t_ci(group[column].astype(float))
+        if n == 0:
+            continue
+        sd = float(group[column].astype(float).dropna().std(ddof=1)) if n > 1 else float("nan")
+        records.append({**dict(zip(keys, values, strict=True)), f"{prefix}n": n, f"{prefix}mean": mean,
+                        **({} if prefix else {"sd": sd}), f"{prefix}ci95": ci})
+    return pd.DataFrame.from_records(records)
+
+
+def independent_demo_frames(db_url: str, experiment: str) -> dict[str, pd.DataFrame]:
+    """The numbers of the demo's closing tables (orchestrator.reports.demo_frames), recomputed with
+    pandas + scipy from raw `trials` / `epoch_metrics` rows, sharing no code with orchestrator.
+
+    Demo trials: completed transfers of `experiment` that are not random-init (method retrain /
+    renofeation / delta-r, or source scratch); fractions, 95% t-intervals over the runs of a cell.
+
+    Returns
+    -------
+    "accuracy": dataset, source_label, subset_size (Int64, <NA> = full), n, mean, sd, ci95 of the
+        final test accuracy (trials.test_acc): table 1, pooled over seeds and block settings.
+    "robustness": dataset, source_label, then test_acc_n/_mean/_ci95, asr_n/_mean/_ci95 (trials.asr)
+        and er_n/_mean/_ci95 of the ER at each trial's LAST epoch_metrics row: table 2.
+    "trials": the demo's trials, one row each (raw columns + source_label, last_er).
+    """
+    trials = _demo_trials(db_url, experiment)
+    accuracy = _summary(trials, ["dataset", "source_label", "subset_size"], "test_acc")
+    robustness = None
+    for metric, column in (("test_acc", "test_acc"), ("asr", "asr"), ("er", "last_er")):
+        part = _summary(trials, ["dataset", "source_label"], column, prefix=f"{metric}_")
+        robustness = part if robustness is None else robustness.merge(part, on=["dataset", "source_label"],
+                                                                      how="outer")
+    return {"accuracy": accuracy, "robustness": robustness, "trials": trials}
+
+
+def _frames_close(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def assert_frames_agree(ours: pd.DataFrame, theirs: pd.DataFrame, keys: list[str]) -> None:
+    """Same cells, and every shared numeric column equal (NaN = NaN)."""
+    def keyed(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.copy()
+        if "subset_size" in keys:
+            frame["subset_size"] = frame["subset_size"].astype("Int64").astype(str)
+        return frame.set_index(keys).sort_index()
+
+    a, b = keyed(ours), keyed(theirs)
+    assert list(a.index) == list(b.index)
+    columns = [c for c in a.columns if c in b.columns]
+    assert {"mean", "ci95"} <= set(columns) or {"asr_mean", "er_mean"} <= set(columns)
+    for column in columns:
+        assert all(_frames_close(float(x), float(y)) for x, y in zip(a[column], b[column], strict=True)), column

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from results_data import db_fingerprint
 from sqlalchemy import create_engine, text
 
 from cli import main
-from db.session import normalise_url
+from db.session import head_revision, normalise_url
 
 
 def _invoke(*args: str) -> tuple[int, str, str]:
@@ -49,16 +49,47 @@ def test_dry_run_of_14400_specs_twice(db_url: str) -> None:
     code, out, _ = _invoke("submit", "utrera2021", "--dry-run", "--db", db_url)
     assert code == 0 and "0 new" in out and "nothing new to record" in out
     assert _count(db_url, "SELECT count(*) FROM trials") == 14400
-    # A second experiment over a subset of the same specs links, never duplicates.
-    code, out, _ = _invoke("submit", "utrera2021-code", "--dry-run", "--db", db_url)
-    assert code == 0
+    # A second experiment over a subset of the same specs (Table 4's seeds) links, never duplicates.
+    code, out, _ = _invoke("submit", "utrera2021-table4", "--dry-run", "--db", db_url)
+    assert code == 0 and "12576 trials — 0 new" in out and "12576 already pending" in out
     assert _count(db_url, "SELECT count(*) FROM experiments") == 2
+    assert _count(db_url, "SELECT count(*) FROM trials") == 14400
+    assert _count(db_url, "SELECT count(*) FROM experiment_trials") == 14400 + 12576
     code, out, _ = _invoke("status", "--db", db_url)
     assert code == 0 and "pending" in out
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "absent"
+GRID_A = """
+name: a
+fixed: {arch: tiny_resnet, method: finetune, epochs: 2, source: torchvision:resnet18, dataset: digits}
+axes: {seed: [0, 1, 2, 3], subset_size: [100, 200]}
+"""
+GRID_B = """
+name: b
+fixed: {arch: tiny_resnet, method: finetune, epochs: 2, source: torchvision:resnet18, dataset: digits}
+axes: {seed: [2, 3, 4], subset_size: [100, 200]}
+"""
+
+
+def test_second_experiment_links_the_specs_it_shares(db_url: str, tmp_path: Path) -> None:
+    """B shares 4 of its 6 specs with A: those are linked (A's trial rows, still completed), 2 are new."""
+    (tmp_path / "a.yaml").write_text(GRID_A)
+    (tmp_path / "b.yaml").write_text(GRID_B)
+    code, out, _ = _invoke("submit", str(tmp_path / "a.yaml"), "--dry-run", "--db", db_url)
+    assert code == 0 and "8 new" in out
+    engine = create_engine(normalise_url(db_url))
+    with engine.begin() as connection:  # as if A had run
+        connection.execute(text("UPDATE trials SET status = 'completed', attempts = 1, test_acc = 0.5"))
+    engine.dispose()
+    code, out, _ = _invoke("submit", str(tmp_path / "b.yaml"), "--dry-run", "--db", db_url)
+    assert code == 0 and "6 trials — 2 new, 4 already completed" in out, out
+    assert _count(db_url, "SELECT count(*) FROM trials") == 10
+    links = ("SELECT count(*) FROM experiment_trials et JOIN experiments e ON e.id = et.experiment_id "
+             "JOIN trials t ON t.id = et.trial_id WHERE e.name = '{}' AND t.status = '{}'")
+    assert _count(db_url, links.format("b", "completed")) == 4  # linked to A's completed rows, not re-planned
+    assert _count(db_url, links.format("b", "pending")) == 2
+    assert _count(db_url, "SELECT count(*) FROM trials WHERE status = 'completed' AND attempts = 1") == 8
+    assert _count(db_url, "SELECT count(*) FROM experiment_trials") == 8 + 6
 
 
 @pytest.mark.parametrize(
@@ -72,16 +103,18 @@ def _file_digest(path: Path) -> str:
         (["status", "missing-experiment"], "unknown experiment"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_leaves_db_unchanged(tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_input_is_one_line_exit_2_and_leaves_db_unchanged(db_url: str, tmp_path: Path, args: list[str],
+                                                              message: str) -> None:
     files = {
         "{bad}": "fixed: [1, 2\n",
         "{axis}": "fixed: {arch: x}\naxes: {colour: [red]}\n",
         "{type}": "fixed: {arch: x, method: finetune, epochs: one, source: scratch, dataset: d}\naxes: {seed: [0]}\n",
     }
-    db_file = tmp_path / "x.db"
-    code, _, _ = _invoke("submit", "smoke", "--dry-run", "--db", f"sqlite:///{db_file}")
+    # a database that already holds an experiment with trials, one of them completed with epochs
+    code, _, _ = _invoke("submit", "smoke", "--dry-run", "--db", db_url)
     assert code == 0
-    before = _file_digest(db_file)
+    _complete_one_trial(db_url)
+    before = db_fingerprint(db_url)
     resolved = []
     for arg in args:
         if arg in files:
@@ -90,11 +123,61 @@ def test_bad_input_is_one_line_exit_2_and_leaves_db_unchanged(tmp_path: Path, ar
             arg = str(path)
         resolved.append(arg)
     if resolved[0] != "grid":  # grid commands never open the database
-        resolved += ["--db", f"sqlite:///{db_file}"]
+        resolved += ["--db", db_url]
     code, out, err = _invoke(*resolved)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert _file_digest(db_file) == before
+    assert db_fingerprint(db_url) == before
+
+
+def _complete_one_trial(db_url: str) -> None:
+    engine = create_engine(normalise_url(db_url))
+    with engine.begin() as connection:
+        trial_id = connection.execute(text("SELECT min(id) FROM trials")).scalar_one()
+        connection.execute(text("UPDATE trials SET status = 'completed', test_acc = 0.5 WHERE id = :i"),
+                           {"i": trial_id})
+        connection.execute(text("INSERT INTO epoch_metrics (trial_id, epoch, test_acc) VALUES (:i, 1, 0.5)"),
+                           {"i": trial_id})
+    engine.dispose()
+
+
+def test_the_unchanged_check_can_fail(db_url: str) -> None:
+    """The fingerprint sees a single changed value (not only row counts or file sizes)."""
+    assert _invoke("submit", "smoke", "--dry-run", "--db", db_url)[0] == 0
+    before = db_fingerprint(db_url)
+    engine = create_engine(normalise_url(db_url))
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE trials SET seed = seed + 1 WHERE id = (SELECT min(id) FROM trials)"))
+    engine.dispose()
+    assert db_fingerprint(db_url) != before
+
+
+def test_readers_refuse_a_database_at_another_revision(db_url: str, tmp_path: Path) -> None:
+    """query / export / report / plot check the schema revision as writers do (one line, exit 2)."""
+    assert _invoke("submit", "smoke", "--dry-run", "--experiment", "s", "--db", db_url)[0] == 0
+    engine = create_engine(normalise_url(db_url))
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'ffffeeee0000'"))
+    engine.dispose()
+    commands = [["query", "SELECT 1"], ["export", "s"], ["report", "demo", "--experiment", "s"],
+                ["plot", "er", "--experiment", "s", "-o", str(tmp_path / "er.png")]]
+    for command in commands:
+        code, _, err = _invoke(*command, "--db", db_url)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (command, err)
+        assert "revision ffffeeee0000" in err and head_revision() in err, (command, err)
+
+
+def test_readers_do_not_create_a_database(db_url: str, db_backend: str) -> None:
+    code, _, err = _invoke("query", "SELECT 1", "--db", db_url)
+    assert code == 2 and err.startswith("rtgrid: error: no rtgrid database at ") and len(err.strip().splitlines()) == 1
+    if db_backend == "sqlite":
+        path = Path(db_url.removeprefix("sqlite:///"))
+        assert not path.exists()
+        path.touch()  # an empty file is no rtgrid database either, and stays empty
+        code, _, err = _invoke("report", "demo", "--experiment", "s", "--db", db_url)
+        assert code == 2 and "no rtgrid database at " in err and path.stat().st_size == 0
+    else:
+        assert _count(db_url, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'") == 0
 
 
 def test_unreachable_database_is_one_line() -> None:

@@ -11,7 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from results_data import raw_frame, raw_trials, results_postgres, results_sqlite, results_url  # noqa: F401
+from results_data import (  # noqa: F401
+    db_fingerprint,
+    raw_frame,
+    raw_trials,
+    results_postgres,
+    results_sqlite,
+    results_url,
+)
 
 from orchestrator import cli_results
 from orchestrator.export import export_frame
@@ -63,15 +70,40 @@ CONNECTION_WRITES = {
 }
 
 
+# PostgreSQL functions with server side effects (refused lexically, on both backends: harmless on SQLite)
+DENIED_CALLS = [
+    "SELECT pg_terminate_backend(pg_backend_pid())",
+    "SELECT pg_catalog.pg_cancel_backend(1)",
+    "SELECT PG_RELOAD_CONF()",
+    "SELECT pg_read_file('/etc/hostname')",
+    "SELECT * FROM pg_ls_dir('.')",
+    "SELECT pg_stat_reset()",
+    "SELECT pg_advisory_lock(42)",
+    "SELECT pg_try_advisory_xact_lock(42)",
+    "SELECT pg_notify('channel', 'x')",
+    "SELECT pg_sleep (0)",
+    'SELECT "pg_sleep"(0)',
+    "SELECT pg_sleep/* hidden */(0)",
+    "SELECT set_config('statement_timeout', '1', false)",
+    "SELECT lo_import('/etc/hostname')",
+    "SELECT dblink_connect('x')",
+    "SELECT pg_logical_emit_message(true, 'x', 'y')",
+    "SELECT pg_file_write('x', 'y', false)",
+    "SELECT query_to_xml('SELECT pg_sleep(0)', true, true, '')",
+    "WITH x AS (SELECT pg_sleep(0)) SELECT * FROM x",
+    'SELECT U&"pg_sl\\0065ep"(0)',
+]
+# Reads that must keep working: aggregates, window functions, CTEs, names that merely look alike.
+READS = [
+    "SELECT dataset, count(*), avg(test_acc), min(seed), max(seed) FROM results GROUP BY dataset",
+    "SELECT trial_id, rank() OVER (PARTITION BY dataset ORDER BY test_acc DESC) FROM results",
+    "WITH done AS (SELECT * FROM results WHERE status = 'completed') SELECT count(*) FROM done",
+    "SELECT lower(dataset), 'pg_sleep(1)' AS text FROM trials LIMIT 1",
+]
+
+
 def _fingerprint(url: str) -> object:
-    """SQLite: the main file's bytes; PostgreSQL: the tables and every table's row count."""
-    if url.startswith("sqlite"):
-        return hashlib.sha256(Path(url.removeprefix("sqlite:///")).read_bytes()).hexdigest()
-    tables = raw_frame(url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
-                            "ORDER BY table_name")["table_name"].tolist()
-    counts = {t: int(raw_frame(url, f'SELECT count(*) AS n FROM "{t}"')["n"].iloc[0]) for t in tables}
-    seq = int(raw_frame(url, "SELECT last_value FROM trials_id_seq")["last_value"].iloc[0])
-    return tables, counts, seq
+    return db_fingerprint(url)
 
 
 def _invoke(*args: str) -> object:
@@ -106,6 +138,37 @@ def test_every_write_is_refused_and_nothing_changes(results_url: str) -> None:  
     assert _fingerprint(results_url) == before
     if results_url.startswith("sqlite"):
         assert not (Path(results_url.removeprefix("sqlite:///")).parent / "other.sqlite").exists()
+
+
+def test_side_effect_functions_are_refused_and_reads_still_work(results_url: str) -> None:  # noqa: F811
+    before = _fingerprint(results_url)
+    for sql in DENIED_CALLS:
+        line = _one_error_line(_invoke(sql, "--db", results_url))
+        assert "refused" in line and "not allowed" in line, (sql, line)
+    for sql in READS:
+        result = _invoke(sql, "--db", results_url)
+        assert result.exit_code == 0, (sql, result.output)
+    assert _fingerprint(results_url) == before
+
+
+def test_sqlite_authorizer_denies_file_and_extension_functions(results_sqlite: str) -> None:  # noqa: F811
+    import sqlite3
+
+    from orchestrator.query import SQLITE_DENIED_FUNCTIONS, _strict_authorizer
+
+    for name in SQLITE_DENIED_FUNCTIONS:
+        assert _strict_authorizer(sqlite3.SQLITE_FUNCTION, None, name) == sqlite3.SQLITE_DENY
+    assert _strict_authorizer(sqlite3.SQLITE_FUNCTION, None, "count") == sqlite3.SQLITE_OK
+    with ReadOnlyDatabase(results_sqlite) as database:
+        for sql in ("SELECT fts3_tokenizer('simple')", "SELECT load_extension('x')"):  # past the lexical check
+            with pytest.raises(QueryRefused):
+                database.execute_user(sql, checked=False)
+        # the sqlite3 shell's readfile(), made available: still denied by name
+        with database.engine.connect() as connection:
+            connection.connection.driver_connection.create_function("readfile", 1, lambda path: b"secret")
+        with pytest.raises(QueryRefused):
+            database.execute_user("SELECT readfile('/etc/hostname')")
+        assert database.execute_user("SELECT count(*), max(seed) FROM trials").rows[0][0] > 0
 
 
 def test_the_connection_itself_refuses_writes(results_url: str) -> None:  # noqa: F811

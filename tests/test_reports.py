@@ -13,8 +13,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from results_data import (  # noqa: F401
+    RANDOM_INIT,
     VARIANT_OF,
+    assert_frames_agree,
     expected_label,
+    independent_demo_frames,
     raw_frame,
     raw_trials,
     results_postgres,
@@ -120,16 +123,18 @@ def test_renofeation_matches_pandas(results_url: str) -> None:  # noqa: F811
     assert methods_in_order[:3] == ["linear", "finetune", "delta"]
 
 
-def test_er_report_matches_pandas(results_url: str) -> None:  # noqa: F811
-    trials = _completed_transfers(results_url, "utrera-mini")
+@pytest.mark.parametrize("experiment", ["utrera-mini", "smoke-mini"])
+def test_er_report_matches_pandas(results_url: str, experiment: str) -> None:  # noqa: F811
+    trials = _completed_transfers(results_url, experiment)
     epochs = raw_frame(results_url, "SELECT trial_id, epoch, test_acc, er FROM epoch_metrics")
     joined = epochs.merge(trials, left_on="trial_id", right_on="id", suffixes=("", "_final"))
     joined = joined.dropna(subset=["er", "test_acc"])
-    joined["init"] = np.where(joined["source"] == "scratch", "random", "pretrained")
+    random_init = joined["method"].isin(RANDOM_INIT) | (joined["source"] == "scratch")
+    joined["init"] = np.where(random_init, "random", "pretrained")
     joined["bin"] = np.minimum(np.floor(joined["test_acc"] * 100 + 1e-9), 99).astype(int)
     expected = joined.groupby(["dataset", "ood", "arch", "init", "bin"])["er"].agg(["mean", "count"]).reset_index()
     with ReadOnlyDatabase(results_url) as database:
-        frame = er_frame(database, "utrera-mini")
+        frame = er_frame(database, experiment)
     assert len(frame) == len(expected)
     frame["bin"] = np.round(frame["id_low"] * 100).astype(int)
     merged = frame.merge(expected, on=["dataset", "ood", "arch", "init", "bin"])
@@ -140,7 +145,7 @@ def test_er_report_matches_pandas(results_url: str) -> None:  # noqa: F811
 
 def test_demo_tables_and_their_sql_agree(results_url: str) -> None:  # noqa: F811
     trials = _completed_transfers(results_url, "smoke-mini")
-    trials = trials[trials["source"] != "scratch"]
+    trials = trials[~(trials["method"].isin(RANDOM_INIT) | (trials["source"] == "scratch"))]  # the testbed
     with ReadOnlyDatabase(results_url) as database:
         accuracy, robustness, sql = demo_frames(database, "smoke-mini")
         from_sql = pd.DataFrame.from_records(database.execute_user(sql).rows,
@@ -158,6 +163,10 @@ def test_demo_tables_and_their_sql_agree(results_url: str) -> None:  # noqa: F81
     for row in robustness.itertuples(index=False):
         cell = trials[(trials["dataset"] == row.dataset) & (trials["label"] == row.source_label)]
         assert _close(row.asr_mean, t_ci(cell["asr"])[1]) and _close(row.er_mean, t_ci(cell["er"])[1])
+    assert len(from_sql) == len(accuracy)  # the SQL leaves the random-init testbed out too
+    independent = independent_demo_frames(results_url, "smoke-mini")
+    assert_frames_agree(accuracy, independent["accuracy"], ["dataset", "source_label", "subset_size"])
+    assert_frames_agree(robustness, independent["robustness"], ["dataset", "source_label"])
     repo = Repository(open_database(results_url, create=False))  # what orchestrator.demo passes
     lines = list(demo_report(repo, "smoke-mini"))
     repo.close()
@@ -244,3 +253,92 @@ def test_result_modules_import_neither_torch_nor_matplotlib() -> None:
             "print(sorted(m for m in ('torch', 'matplotlib', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- a reported cell must hold one trial per seed -------------------------------------------------------
+
+DUP_BASE = dict(kind="transfer", arch="resnet50", dataset="cifar10", ood="cifar10.1", method="finetune", blocks=3,
+                subset_size=100, epochs=2)
+
+
+def _dup_specs() -> list:
+    from orchestrator.spec import TrialSpec
+
+    specs = [TrialSpec(**DUP_BASE, source=source, seed=seed)
+             for seed in (0, 1) for source in ("torchvision:resnet50", "robustness:imagenet_l2_3_0")]
+    specs.append(TrialSpec(**DUP_BASE, source="torchvision:resnet50", seed=0, params={"lr": 0.01}))  # other lr
+    specs.append(TrialSpec(**DUP_BASE, source="torchvision:resnet50", seed=1, kernel_version="0"))  # older kernel
+    return specs
+
+
+@pytest.fixture()
+def dup_url(db_url: str) -> str:
+    """Experiment `dup`: natural and l2-3 sources, seeds 0 and 1, plus two trials that share a cell and a
+    seed with another one: (cifar10, 100, natural, seed 0) with another lr, (…, seed 1) with an older kernel."""
+    from sqlalchemy import bindparam, update
+
+    from db.models import Base
+    from orchestrator.grids import Grid
+    from orchestrator.planner import record_plan
+
+    engine = open_database(db_url, create=True)
+    specs = _dup_specs()
+    record_plan(Repository(engine), Grid("dup", "dup", specs), "dup")
+    trials, epochs = Base.metadata.tables["trials"], Base.metadata.tables["epoch_metrics"]
+    with engine.begin() as connection:
+        connection.execute(update(trials).where(trials.c.spec_hash == bindparam("h")).values(
+            status="completed", test_acc=bindparam("acc"), asr=0.5, er=0.01),
+            [{"h": s.spec_hash, "acc": 0.5 + 0.01 * i} for i, s in enumerate(specs)])
+        ids = dict(connection.execute(trials.select().with_only_columns(trials.c.spec_hash, trials.c.id)).all())
+        connection.execute(epochs.insert(), [{"trial_id": ids[s.spec_hash], "epoch": e, "test_acc": 0.4 + 0.05 * e,
+                                              "ood_acc": 0.3, "er": 0.01} for s in specs for e in (1, 2)])
+    engine.dispose()
+    return db_url
+
+
+def test_every_report_and_plot_refuses_two_trials_of_one_seed_in_a_cell(dup_url: str) -> None:
+    from orchestrator.errors import UserError
+    from orchestrator.plots import make_plot
+
+    natural0 = "cell dataset=cifar10, subset_size=100, source=torchvision:resnet50 holds 2 trials for seed 0"
+    expected = {  # report or plot -> what the one-line error must say
+        ("report", "utrera-table7"): [natural0, "differ in params.lr"],
+        ("report", "utrera-blocks"): ["blocks=3", "seed 0", "params.lr"],
+        ("report", "renofeation"): ["arch=resnet50, method=finetune, dataset=cifar10", "params.lr", "source"],
+        ("report", "er"): ["init=pretrained", "seed 1", "differ in kernel_version"],  # ER pools models, not reruns
+        ("report", "demo"): ["dataset=cifar10, source=torchvision:resnet50, subset_size=100", "seed 0", "params.lr"],
+        ("plot", "accuracy-delta"): [natural0, "params.lr"],
+        ("plot", "learning-curve"): ["seed 0", "params.lr"],
+        ("plot", "blocks"): ["seed 0", "params.lr"],
+        ("plot", "asr-vs-clean"): ["method=finetune", "params.lr"],
+        ("plot", "er"): ["seed 1", "kernel_version"],
+    }
+    assert {name for kind, name in expected if kind == "report"} == set(REPORTS)
+    assert {name for kind, name in expected if kind == "plot"} == set(PLOTS)
+    for (kind, name), parts in expected.items():
+        with pytest.raises(UserError) as info:
+            build_report(name, "dup", dup_url) if kind == "report" else make_plot(name, "dup", dup_url)
+        message = str(info.value)
+        assert "\n" not in message and message.startswith(f"{kind} {name}: cell "), message
+        assert all(part in message for part in parts), (name, message)
+    result = CliRunner().invoke(cli_results.report, ["utrera-table7", "--experiment", "dup", "--db", dup_url])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert natural0 in result.stderr
+
+
+def test_paired_deltas_never_average_duplicates() -> None:
+    frame = pd.DataFrame({"cell": ["a"] * 3, "seed": [0, 0, 0], "arm": ["r", "r", "n"], "acc": [0.9, 0.7, 0.6]})
+    with pytest.raises(ValueError, match="more than one row"):
+        stats.paired_deltas(frame, ["cell"], "arm", "r", "n", "acc")
+
+
+def test_pooled_fields_are_allowed_to_differ() -> None:
+    from orchestrator.errors import UserError
+    from orchestrator.results import require_one_trial_per_seed
+
+    specs = _dup_specs()
+    frame = pd.DataFrame({"dataset": "cifar10", "seed": [s.seed for s in specs],
+                          "spec_json": [s.canonical_json() for s in specs]})
+    require_one_trial_per_seed(frame, ["dataset"], "report x", pooled=("source", "params", "kernel_version"))
+    with pytest.raises(UserError, match="differ in kernel_version, source"):
+        require_one_trial_per_seed(frame[frame["seed"] == 1], ["dataset"], "report x")

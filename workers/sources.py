@@ -47,9 +47,14 @@ def resolve_source_path(source: str, data_root: str | None, given: str | None = 
         return None
     scheme, _, name = source.partition(":")
     if scheme == "file":
-        if not Path(name).is_file():
-            raise KernelInputError(f"source file not found: {name}")
-        return name
+        # The driver passes the path a grid file named (`given`); without one, a file source is
+        # looked up by name like published weights (a path from older specs still works).
+        candidates = [Path(name)] + ([Path(data_root) / "sources" / name] if data_root else [])
+        for candidate in candidates:
+            if candidate.is_file():
+                return str(candidate)
+        raise KernelInputError(f"source file {name!r} not found: expected "
+                               f"{' or '.join(str(c) for c in candidates)}")
     if scheme == "spec":
         raise KernelInputError(f"source trial {name[:12]} has no checkpoint yet (run its source trial first)")
     if scheme not in ("torchvision", "robustness"):
