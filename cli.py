@@ -80,11 +80,9 @@ def db() -> None:
 @one_line_errors
 def db_upgrade(db_url: str | None) -> None:
     """Migrate the database to the newest schema (creates it when new)."""
-    from db.session import current_revision, make_engine, resolve_url, safe_url, upgrade
+    from orchestrator.store import upgrade_database
 
-    url = resolve_url(db_url)
-    upgrade(url)
-    click.echo(f"{safe_url(url)} is at revision {current_revision(make_engine(url))}")
+    click.echo(upgrade_database(db_url))
 
 
 @db.command("current")
@@ -92,10 +90,9 @@ def db_upgrade(db_url: str | None) -> None:
 @one_line_errors
 def db_current(db_url: str | None) -> None:
     """Print the database's schema revision and the one rtgrid needs."""
-    from db.session import current_revision, head_revision, make_engine, resolve_url
+    from orchestrator.store import revision_line
 
-    url = resolve_url(db_url)
-    click.echo(f"current: {current_revision(make_engine(url)) or '(empty)'}  head: {head_revision()}")
+    click.echo(revision_line(db_url))
 
 
 # --- running grids --------------------------------------------------------------------------
@@ -239,13 +236,14 @@ def status(experiment: str | None, db_url: str | None) -> None:
 @click.option("--artifacts", default="rtgrid_artifacts", envvar="RTGRID_ARTIFACTS", show_default=True)
 @click.option("--source-path", default=None, help="Checkpoint file for the spec's source.")
 @click.option("--threads", type=int, default=None, help="torch threads (default: all cores).")
+@click.option("--download", is_flag=True, help="Allow torchvision to download missing datasets.")
 @one_line_errors
 def run_spec(grid_name: str, index: int, data_root: str | None, artifacts: str, source_path: str | None,
-             threads: int | None) -> None:
+             threads: int | None, download: bool) -> None:
     """Run one spec's kernel here and print its per-epoch metrics (no Ray, no database)."""
     from orchestrator.debug import run_one_spec
 
-    for line in run_one_spec(grid_name, index, data_root, artifacts, source_path, threads):
+    for line in run_one_spec(grid_name, index, data_root, artifacts, source_path, threads, download):
         click.echo(line)
 
 
@@ -291,7 +289,8 @@ def er() -> None:
 @er.command("fit")
 @click.option("--id", "id_dataset", required=True, help="ID dataset, e.g. cifar10.")
 @click.option("--ood", "ood_dataset", required=True, help="OOD set, e.g. cifar10.1.")
-@click.option("--experiment", default=None, help="Fit on this experiment's random-init (scratch) runs.")
+@click.option("--experiment", default=None,
+              help="Fit on this experiment's testbed: its retrain runs (random init, ID data only).")
 @click.option("--csv", "csv_path", default=None, type=click.Path(), help="Fit on a testbed CSV (id_acc,ood_acc).")
 @click.option("--published", default=None, help="Use published coefficients, e.g. imagenet-v2.")
 @click.option("--transform", type=click.Choice(["logit", "probit"]), default="logit", show_default=True)

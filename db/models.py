@@ -137,6 +137,8 @@ class Trial(Base):
     robust_acc: Mapped[float | None] = mapped_column(Double)
     duration_s: Mapped[float | None] = mapped_column(Double)
     worker: Mapped[str | None] = mapped_column(Text)  # node / host the trial ran on
+    # The driver that queued this trial; its heartbeat_at keeps the claim alive (revision 0002).
+    claimed_by: Mapped[str | None] = mapped_column(String(64), index=True)
 
     experiments: Mapped[list[Experiment]] = relationship(
         secondary="experiment_trials", back_populates="trials", passive_deletes=True

@@ -15,15 +15,15 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, and_, bindparam, case, func, literal, or_, select, true, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, literal, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from db.lifecycle import TrialWriter, aware, utc_now
 from db.models import (
     EPOCH_METRICS,
-    FINAL_METRICS,
     KEY_COLUMNS,
     STATUSES,
     Artifact,
@@ -42,8 +42,11 @@ ARTIFACTS = Artifact.__table__
 BASELINES = ErBaseline.__table__
 
 CHUNK = 1000  # rows per statement: well under SQLite's and PostgreSQL's bound-parameter limits
-COMPLETE_FIELDS = frozenset({*FINAL_METRICS, "duration_s", "checkpoint_uri", "worker"})
 RETRYABLE = frozenset({"failed", "cancelled", "running", "pending"})
+
+
+class GridConflict(Exception):
+    """A grid was planned into an experiment that was created from another grid."""
 
 
 @dataclass(frozen=True)
@@ -75,19 +78,11 @@ class Throughput:
         return self.completed * 3600.0 / self.window_s if self.window_s > 0 else 0.0
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes: they are UTC, say so."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
-    return {key: _aware(value) if isinstance(value, datetime) else value for key, value in row._mapping.items()}
+    return {key: aware(value) if isinstance(value, datetime) else value for key, value in row._mapping.items()}
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -155,11 +150,28 @@ class Repository:
     def ensure_experiment(self, name: str, grid: str, grid_json: str | None = None, notes: str | None = None) -> int:
         """The experiment's id; created on first use. An existing experiment keeps its first grid."""
         with self._write() as connection:
-            stmt = self._insert(EXPERIMENTS).values(
-                name=name, grid=grid, grid_json=grid_json, notes=notes, created_at=utc_now()
-            )
-            connection.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
-            return connection.execute(select(EXPERIMENTS.c.id).where(EXPERIMENTS.c.name == name)).scalar_one()
+            return self._ensure_experiment(connection, name, grid, grid_json, notes)
+
+    def _ensure_experiment(self, connection: Connection, name: str, grid: str, grid_json: str | None,
+                           notes: str | None = None) -> int:
+        stmt = self._insert(EXPERIMENTS).values(name=name, grid=grid, grid_json=grid_json, notes=notes,
+                                                created_at=utc_now())
+        connection.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
+        return connection.execute(select(EXPERIMENTS.c.id).where(EXPERIMENTS.c.name == name)).scalar_one()
+
+    def plan_experiment(self, name: str, grid: str, grid_json: str | None, rows: Sequence[Mapping[str, Any]],
+                        *, same_grid_only: bool = True) -> tuple[int, PlanResult]:
+        """Create the experiment (if new) and plan its trials in ONE transaction: a plan that fails
+        leaves no trace. With `same_grid_only`, an experiment created from another grid is refused
+        (GridConflict) rather than silently mixing two grids under one name."""
+        with self._write() as connection:
+            existing = connection.execute(
+                select(EXPERIMENTS.c.grid).where(EXPERIMENTS.c.name == name)).scalar_one_or_none()
+            if same_grid_only and existing is not None and existing != grid:
+                raise GridConflict(f"experiment {name!r} holds grid {existing!r}, not {grid!r}: "
+                                 "give another --experiment name")
+            experiment_id = self._ensure_experiment(connection, name, grid, grid_json)
+            return experiment_id, self._plan_trials(connection, experiment_id, rows)
 
     def experiment_id(self, name: str) -> int | None:
         with self._read() as connection:
@@ -181,6 +193,11 @@ class Repository:
         Each row: spec_hash, spec_json and the key columns (KEY_COLUMNS). One transaction;
         bulk statements of CHUNK rows. Running it again inserts and links nothing.
         """
+        with self._write() as connection:
+            return self._plan_trials(connection, experiment_id, rows)
+
+    def _plan_trials(self, connection: Connection, experiment_id: int, rows: Sequence[Mapping[str, Any]]
+                     ) -> PlanResult:
         unique: dict[str, Mapping[str, Any]] = {}
         for row in rows:
             unique.setdefault(row["spec_hash"], row)
@@ -191,28 +208,27 @@ class Repository:
             for spec_hash, row in unique.items()
         ]
         new = completed = other = linked = 0
-        with self._write() as connection:
-            for chunk in _chunks(values):
-                hashes = [value["spec_hash"] for value in chunk]
-                existing = dict(connection.execute(
-                    select(TRIALS.c.spec_hash, TRIALS.c.status).where(TRIALS.c.spec_hash.in_(hashes))
-                ).all())
-                completed += sum(1 for status in existing.values() if status == "completed")
-                other += sum(1 for status in existing.values() if status != "completed")
-                missing = [value for value in chunk if value["spec_hash"] not in existing]
-                if missing:  # replanning a known grid inserts nothing: only the SELECT above runs
-                    insert = self._insert(TRIALS).on_conflict_do_nothing(index_elements=["spec_hash"])
-                    # rowcount, not RETURNING: a quarter of the client time for a big first plan.
-                    inserted = connection.execution_options(preserve_rowcount=True).execute(insert, missing).rowcount
-                    new += inserted
-                    other += len(missing) - inserted  # a concurrent planner got there first
-                link = self._insert(LINKS).from_select(
-                    ["experiment_id", "trial_id"],
-                    select(literal(experiment_id), TRIALS.c.id).where(TRIALS.c.spec_hash.in_(hashes)),
-                )
-                # RETURNING: SQLAlchemy keeps rowcount for UPDATE/DELETE only.
-                returned = connection.execute(link.on_conflict_do_nothing().returning(LINKS.c.trial_id))
-                linked += len(returned.fetchall())
+        for chunk in _chunks(values):
+            hashes = [value["spec_hash"] for value in chunk]
+            existing = dict(connection.execute(
+                select(TRIALS.c.spec_hash, TRIALS.c.status).where(TRIALS.c.spec_hash.in_(hashes))
+            ).all())
+            completed += sum(1 for status in existing.values() if status == "completed")
+            other += sum(1 for status in existing.values() if status != "completed")
+            missing = [value for value in chunk if value["spec_hash"] not in existing]
+            if missing:  # replanning a known grid inserts nothing: only the SELECT above runs
+                insert = self._insert(TRIALS).on_conflict_do_nothing(index_elements=["spec_hash"])
+                # rowcount, not RETURNING: a quarter of the client time for a big first plan.
+                inserted = connection.execution_options(preserve_rowcount=True).execute(insert, missing).rowcount
+                new += inserted
+                other += len(missing) - inserted  # a concurrent planner got there first
+            link = self._insert(LINKS).from_select(
+                ["experiment_id", "trial_id"],
+                select(literal(experiment_id), TRIALS.c.id).where(TRIALS.c.spec_hash.in_(hashes)),
+            )
+            # RETURNING: SQLAlchemy keeps rowcount for UPDATE/DELETE only.
+            returned = connection.execute(link.on_conflict_do_nothing().returning(LINKS.c.trial_id))
+            linked += len(returned.fetchall())
         return PlanResult(new=new, already_completed=completed, already_pending=other, linked=linked,
                           total=len(unique))
 
@@ -246,96 +262,109 @@ class Repository:
 
     # --- trial lifecycle (the recorder's writes) ----------------------------------------------
 
+    @contextmanager
+    def transaction(self) -> Iterator[TrialWriter]:
+        """One write transaction for several lifecycle writes (a whole Tune report)."""
+        with self._write() as connection:
+            yield TrialWriter(connection, self._insert)
+
     def mark_started(self, spec_hash: str, worker: str | None = None) -> bool:
-        """pending/failed/running -> running (attempts + 1). Completed and cancelled stay put."""
-        now = utc_now()
-        values: dict[str, Any] = {"status": "running", "attempts": TRIALS.c.attempts + 1, "started_at": now,
-                                  "heartbeat_at": now, "finished_at": None, "error": None}
-        if worker:
-            values["worker"] = worker
-        stmt = (
-            update(TRIALS)
-            .where(TRIALS.c.spec_hash == spec_hash, TRIALS.c.status.in_(("pending", "running", "failed")))
-            .values(**values)
-        )
-        with self._write() as connection:
-            return connection.execute(stmt).rowcount > 0
+        with self.transaction() as writer:
+            return writer.mark_started(spec_hash, worker)
 
-    def record_epoch(self, spec_hash: str, epoch: int, metrics: Mapping[str, float | None]) -> None:
-        """Upsert the (trial, epoch) row and bump the heartbeat, in one transaction.
-
-        A metric given as None does not erase a stored value (a replay cannot lose data).
-        """
-        unknown = set(metrics) - set(EPOCH_METRICS)
-        if unknown:
-            raise ValueError(f"unknown epoch metric(s): {', '.join(sorted(unknown))}")
-        now = utc_now()
-        with self._write() as connection:
-            trial_id = self._trial_id(connection, spec_hash)
-            values = {"trial_id": trial_id, "epoch": int(epoch), "recorded_at": now,
-                      **{name: metrics.get(name) for name in EPOCH_METRICS}}
-            stmt = self._insert(EPOCHS).values(values)
-            changes = {name: func.coalesce(stmt.excluded[name], EPOCHS.c[name]) for name in metrics}
-            changes["recorded_at"] = stmt.excluded.recorded_at
-            connection.execute(stmt.on_conflict_do_update(index_elements=["trial_id", "epoch"], set_=changes))
-            connection.execute(
-                update(TRIALS).where(TRIALS.c.id == trial_id, TRIALS.c.status != "completed").values(heartbeat_at=now)
-            )
+    def record_epoch(self, spec_hash: str, epoch: int, metrics: Mapping[str, float | None]) -> bool:
+        with self.transaction() as writer:
+            return writer.record_epoch(spec_hash, epoch, metrics)
 
     def complete(self, spec_hash: str, final: Mapping[str, Any]) -> bool:
-        """Final metrics + status completed + finished_at + duration. A no-op when already completed.
-
-        `final` keys: the final metrics (FINAL_METRICS), duration_s (default: now - started_at),
-        checkpoint_uri, worker. None values leave the column as it is.
-        """
-        unknown = set(final) - COMPLETE_FIELDS
-        if unknown:
-            raise ValueError(f"unknown final field(s): {', '.join(sorted(unknown))}")
-        now = utc_now()
-        with self._write() as connection:
-            row = connection.execute(
-                select(TRIALS.c.id, TRIALS.c.status, TRIALS.c.started_at).where(TRIALS.c.spec_hash == spec_hash)
-            ).one_or_none()
-            if row is None:
-                raise LookupError(f"no trial with spec_hash {spec_hash}")
-            if row.status == "completed":
-                return False
-            values = {name: value for name, value in final.items() if value is not None}
-            if values.get("duration_s") is None and row.started_at is not None:
-                started = _aware(row.started_at)
-                assert started is not None
-                values["duration_s"] = max(0.0, (now - started).total_seconds())
-            stmt = (
-                update(TRIALS)
-                .where(TRIALS.c.id == row.id, TRIALS.c.status != "completed")
-                .values(status="completed", finished_at=now, heartbeat_at=now, error=None, **values)
-            )
-            return connection.execute(stmt).rowcount > 0
+        with self.transaction() as writer:
+            return writer.complete(spec_hash, final)
 
     def fail(self, spec_hash: str, error: str) -> bool:
-        """Record a failure. A completed trial is untouched; a cancelled one keeps its status."""
-        stmt = (
-            update(TRIALS)
-            .where(TRIALS.c.spec_hash == spec_hash, TRIALS.c.status != "completed")
-            .values(status=case((TRIALS.c.status == "cancelled", "cancelled"), else_="failed"),
-                    error=str(error)[:20_000], finished_at=utc_now())
-        )
-        with self._write() as connection:
-            return connection.execute(stmt).rowcount > 0
+        with self.transaction() as writer:
+            return writer.fail(spec_hash, error)
 
     def heartbeat(self, spec_hashes: Sequence[str]) -> int:
-        """The driver is alive and these trials are still running."""
-        now = utc_now()
-        count = 0
+        with self.transaction() as writer:
+            return writer.heartbeat(spec_hashes)
+
+    # --- claims: which live driver runs a trial -------------------------------------------------
+
+    @staticmethod
+    def _stale(stale_after_s: float) -> Any:
+        cutoff = utc_now() - timedelta(seconds=stale_after_s)
+        return or_(TRIALS.c.heartbeat_at.is_(None), TRIALS.c.heartbeat_at <= cutoff)
+
+    def claim(self, driver: str, spec_hashes: Sequence[str], stale_after_s: float) -> list[str]:
+        """Queue these trials for `driver` and return the ones it got, in one transaction.
+
+        A trial can be claimed when it is pending or failed and no live driver holds it, or when
+        it is `running` but its heartbeat is older than `stale_after_s` (its driver died). A
+        claimed trial is `pending` again until a worker starts it; the driver's heartbeat keeps
+        the claim alive. Two drivers claiming at once get disjoint sets (conditional UPDATE).
+        """
+        stale = self._stale(stale_after_s)
+        mine = TRIALS.c.claimed_by == driver
+        claimable = or_(
+            and_(TRIALS.c.status.in_(("pending", "failed")), or_(TRIALS.c.claimed_by.is_(None), mine, stale)),
+            and_(TRIALS.c.status == "running", or_(mine, stale)),
+        )
+        got: list[str] = []
         with self._write() as connection:
             for chunk in _chunks(list(spec_hashes)):
                 stmt = (
                     update(TRIALS)
-                    .where(TRIALS.c.spec_hash.in_(chunk), TRIALS.c.status == "running")
-                    .values(heartbeat_at=now)
+                    .where(TRIALS.c.spec_hash.in_(chunk), claimable)
+                    .values(claimed_by=driver, status="pending", heartbeat_at=utc_now())
+                    .returning(TRIALS.c.spec_hash)
                 )
-                count += connection.execute(stmt).rowcount
-        return count
+                got += connection.execute(stmt).scalars().all()
+        return got
+
+    def heartbeat_claims(self, driver: str) -> int:
+        """The driver is alive: its queued and running trials stay claimed."""
+        stmt = (
+            update(TRIALS)
+            .where(TRIALS.c.claimed_by == driver, TRIALS.c.status.in_(("pending", "running")))
+            .values(heartbeat_at=utc_now())
+        )
+        with self._write() as connection:
+            return connection.execute(stmt).rowcount
+
+    def claim_counts(self, driver: str) -> dict[str, int]:
+        """The driver's claimed trials by status (for its progress bar)."""
+        return self._counts(TRIALS.c.claimed_by == driver)
+
+    def release_claims(self, driver: str, interrupted_error: str) -> int:
+        """The driver is done: trials it left running failed with `interrupted_error` (they run
+        again on resume), and every claim of the driver is dropped. Returns the interrupted count."""
+        with self._write() as connection:
+            interrupted = connection.execute(
+                update(TRIALS)
+                .where(TRIALS.c.claimed_by == driver, TRIALS.c.status == "running")
+                .values(status="failed", error=interrupted_error, finished_at=utc_now())
+            ).rowcount
+            connection.execute(update(TRIALS).where(TRIALS.c.claimed_by == driver).values(claimed_by=None))
+        return interrupted
+
+    def statuses_of(self, spec_hashes: Sequence[str]) -> dict[str, str]:
+        """spec_hash -> status for the given trials."""
+        found: dict[str, str] = {}
+        with self._read() as connection:
+            for chunk in _chunks(list(spec_hashes)):
+                query = select(TRIALS.c.spec_hash, TRIALS.c.status).where(TRIALS.c.spec_hash.in_(chunk))
+                found.update(dict(connection.execute(query).all()))
+        return found
+
+    def errors_of(self, spec_hashes: Sequence[str]) -> dict[str, str]:
+        """spec_hash -> error of the given trials that are failed."""
+        found: dict[str, str] = {}
+        with self._read() as connection:
+            for chunk in _chunks(list(spec_hashes)):
+                query = select(TRIALS.c.spec_hash, TRIALS.c.error).where(
+                    TRIALS.c.spec_hash.in_(chunk), TRIALS.c.status == "failed")
+                found.update({h: e or "failed" for h, e in connection.execute(query)})
+        return found
 
     def cancel_experiment(self, experiment_id: int) -> int:
         """pending/running -> cancelled for the experiment's trials (shared trials included)."""
@@ -410,7 +439,7 @@ class Repository:
         window = minutes * 60.0
         if isinstance(first_start, str):  # SQLite returns min() of a DATETIME column as text
             first_start = datetime.fromisoformat(first_start)
-        first_start = _aware(first_start)
+        first_start = aware(first_start)
         if count and first_start is not None:
             window = min(window, max(60.0, (now - first_start).total_seconds()))
         return Throughput(int(count), window, float(mean_duration) if mean_duration is not None else None)
@@ -421,14 +450,8 @@ class Repository:
     # --- artifacts and baselines --------------------------------------------------------------
 
     def put_artifact(self, key_hash: str, kind: str, uri: str, meta: Mapping[str, Any] | None = None) -> bool:
-        """Record a shared artifact; the first record of a key wins. True when inserted."""
-        stmt = self._insert(ARTIFACTS).values(
-            key_hash=key_hash, kind=kind, uri=uri, meta_json=json.dumps(dict(meta or {}), sort_keys=True),
-            created_at=utc_now(),
-        )
-        with self._write() as connection:
-            stmt = stmt.on_conflict_do_nothing(index_elements=["key_hash"]).returning(ARTIFACTS.c.id)
-            return connection.execute(stmt).first() is not None
+        with self.transaction() as writer:
+            return writer.put_artifact(key_hash, kind, uri, meta)
 
     def get_artifact(self, key_hash: str) -> dict[str, Any] | None:
         with self._read() as connection:
@@ -493,11 +516,14 @@ class Repository:
         with self._read() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 
-    def testbed_points(self, experiment_id: int, id_dataset: str, ood_dataset: str) -> list[tuple[float, float]]:
-        """(test_acc, ood_acc) of the experiment's completed random-init ("scratch") transfers."""
+    def testbed_points(self, experiment_id: int, id_dataset: str, ood_dataset: str,
+                       methods: Sequence[str] = ("retrain",)) -> list[tuple[float, float]]:
+        """(test_acc, ood_acc) of the experiment's completed testbed transfers: trained on the ID
+        data alone, from random weights (a `methods` method, or any method from source 'scratch')."""
         query = (
             select(TRIALS.c.test_acc, TRIALS.c.ood_acc)
-            .where(self._experiment_filter(experiment_id), TRIALS.c.kind == "transfer", TRIALS.c.source == "scratch",
+            .where(self._experiment_filter(experiment_id), TRIALS.c.kind == "transfer",
+                   or_(TRIALS.c.method.in_(list(methods)), TRIALS.c.source == "scratch"),
                    TRIALS.c.dataset == id_dataset, TRIALS.c.ood == ood_dataset, TRIALS.c.status == "completed",
                    TRIALS.c.test_acc.is_not(None), TRIALS.c.ood_acc.is_not(None))
             .order_by(TRIALS.c.id)

@@ -21,7 +21,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from orchestrator.errors import UserError
     from orchestrator.grids import GridError
     from orchestrator.spec import SpecError
-    from workers.errors import KernelInputError
+    from workers.trainable import KernelInputError
 
     errors: list[type[BaseException]] = [DatabaseError, GridError, SpecError, KernelInputError, UserError,
                                          sqlite3.Error, DBAPIError]

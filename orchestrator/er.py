@@ -41,15 +41,21 @@ def _store_and_fill(repo: Repository, id_dataset: str, ood_dataset: str, fit: An
                       fitted_from, len(epoch_er), len(trial_er))
 
 
+# The ER testbed: models trained on the ID data alone from random weights. Renofeation and
+# DELTA-R start from random weights too, but learn from a pre-trained teacher: not in the testbed.
+TESTBED_METHODS = ("retrain",)
+
+
 def fit_from_experiment(repo: Repository, experiment: str, id_dataset: str, ood_dataset: str,
                         transform: str = "logit") -> FitOutcome:
-    """Fit on the experiment's converged random-init ("scratch") runs: their final accuracies."""
+    """Fit on the experiment's converged testbed runs (`retrain`, or any method from source
+    'scratch'): their final accuracies."""
     experiment_id = repo.experiment_id(experiment)
     if experiment_id is None:
         raise UserError(f"unknown experiment {experiment!r}")
-    rows = repo.testbed_points(experiment_id, id_dataset, ood_dataset)
+    rows = repo.testbed_points(experiment_id, id_dataset, ood_dataset, TESTBED_METHODS)
     if len(rows) < 3:
-        raise UserError(f"experiment {experiment!r} has {len(rows)} completed random-init runs on "
+        raise UserError(f"experiment {experiment!r} has {len(rows)} completed testbed (retrain) runs on "
                         f"{id_dataset}->{ood_dataset}; a baseline needs at least 3")
     fit = er_math().fit_baseline([r[0] for r in rows], [r[1] for r in rows], transform=transform)
     return _store_and_fill(repo, id_dataset, ood_dataset, fit, f"experiment:{experiment}")

@@ -7,11 +7,12 @@ is linked, never run again; failed, cancelled-then-retried and interrupted ones 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
-from db.repository import PlanResult, Repository
+from db.repository import GridConflict, PlanResult, Repository
+from orchestrator.errors import UserError
 from orchestrator.grids import Grid
 from orchestrator.spec import TrialSpec
 
@@ -32,10 +33,16 @@ def grid_summary_json(grid: Grid) -> str:
 
 
 def record_plan(repo: Repository, grid: Grid, experiment: str) -> tuple[int, PlanResult]:
-    """Upsert the experiment and one pending trial per new spec; link existing ones."""
-    experiment_id = repo.ensure_experiment(experiment, grid.name, grid_summary_json(grid))
-    result = repo.plan_trials(experiment_id, [trial_row(spec) for spec in grid.specs])
-    return experiment_id, result
+    """Upsert the experiment and one pending trial per new spec, link existing ones: one transaction.
+
+    An experiment holds one grid (a preset, or a YAML grid by its `name:`); planning another grid
+    into it is refused, because resume and every report would mix the two.
+    """
+    rows = [trial_row(spec) for spec in grid.specs]
+    try:
+        return repo.plan_experiment(experiment, grid.name, grid_summary_json(grid), rows)
+    except GridConflict as exc:
+        raise UserError(str(exc)) from None
 
 
 def estimated_cost(spec: TrialSpec) -> float:
@@ -62,20 +69,24 @@ def stages(specs: Iterable[TrialSpec]) -> list[Stage]:
     return [stage for stage in (Stage("sources", sources), Stage("transfers", transfers)) if stage.specs]
 
 
-def pack(specs: Sequence[TrialSpec], pack_size: int) -> list[list[TrialSpec]]:
+def pack(specs: Sequence[TrialSpec], pack_size: int, alone: Set[str] = frozenset()) -> list[list[TrialSpec]]:
     """Group specs into Tune trials of at most `pack_size`; specs of one cell stay together.
 
-    The order of `specs` (longest first) is kept between packs, so packs are long-first too.
+    Specs in `alone` (ones whose worker died before) get a pack each, so that they cannot take
+    other specs down with them. The order of `specs` (longest first) is kept between packs,
+    so packs are long-first too.
     """
+    packs: list[list[TrialSpec]] = [[s] for s in specs if s.spec_hash in alone]
+    rest = [s for s in specs if s.spec_hash not in alone]
     if pack_size <= 1:
-        return [[s] for s in specs]
-    cells: dict[tuple[Any, ...], list[TrialSpec]] = {}
-    for spec in specs:
-        key = (spec.kind, spec.arch, spec.source, spec.dataset, spec.method, spec.blocks, spec.subset_size)
-        cells.setdefault(key, []).append(spec)
-    packs: list[list[TrialSpec]] = []
-    for members in cells.values():
-        for start in range(0, len(members), pack_size):
-            packs.append(members[start : start + pack_size])
+        packs += [[s] for s in rest]
+    else:
+        cells: dict[tuple[Any, ...], list[TrialSpec]] = {}
+        for spec in rest:
+            key = (spec.kind, spec.arch, spec.source, spec.dataset, spec.method, spec.blocks, spec.subset_size)
+            cells.setdefault(key, []).append(spec)
+        for members in cells.values():
+            for start in range(0, len(members), pack_size):
+                packs.append(members[start : start + pack_size])
     packs.sort(key=lambda p: max(estimated_cost(s) for s in p) * len(p), reverse=True)
     return packs

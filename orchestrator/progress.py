@@ -1,4 +1,8 @@
-"""A live progress bar for a running grid: done / failed counts, throughput and ETA."""
+"""A live progress bar for a running grid: done / failed / running counts, elapsed time and ETA.
+
+It is fed from the database (the driver's claimed trials by status), never from events, so it
+shows what `rtgrid status` would show, under Ray Client too.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,7 @@ from typing import Any
 class GridProgress:
     def __init__(self, total: int, quiet: bool = False) -> None:
         self.total = total
-        self.completed = 0
-        self.failed = 0
-        self.running = 0
+        self.counts: dict[str, int] = {}
         self._bar: Any = None
         self._task: Any = None
         if not quiet:
@@ -28,25 +30,21 @@ class GridProgress:
                 TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                 transient=False,
             )
-            self._task = self._bar.add_task("grid", total=total, detail=self._detail())
+            self._task = self._bar.add_task("grid", total=total, detail=self.detail())
             self._bar.start()
 
-    def _detail(self) -> str:
-        return f"ok {self.completed} failed {self.failed} running {self.running}"
+    @property
+    def done(self) -> int:
+        return sum(self.counts.get(status, 0) for status in ("completed", "failed", "cancelled"))
 
-    def update(self, event: str, spec_hash: str) -> None:
-        if event == "started":
-            self.running += 1
-        elif event == "retrying":
-            self.running = max(0, self.running - 1)
-        elif event in ("final", "failed"):
-            self.completed += event == "final"
-            self.failed += event == "failed"
-            self.running = max(0, self.running - 1)
-        else:
-            return
+    def detail(self) -> str:
+        get = self.counts.get
+        return f"ok {get('completed', 0)} failed {get('failed', 0)} running {get('running', 0)}"
+
+    def set_counts(self, counts: dict[str, int]) -> None:
+        self.counts = dict(counts)
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.completed + self.failed, detail=self._detail())
+            self._bar.update(self._task, completed=min(self.done, self.total), detail=self.detail())
 
     def close(self) -> None:
         if self._bar is not None:

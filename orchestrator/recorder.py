@@ -1,22 +1,21 @@
-"""Tune callback on the driver: every report becomes database rows, in one transaction each.
+"""Trainable reports -> database rows: one Tune report (a batch of events) is one transaction.
 
-Only the driver writes, so one SQLite file serves a whole cluster. Every write is keyed
-by spec_hash and idempotent: a replayed report (a retried Tune trial) is harmless, and a
-completed trial is never downgraded.
+Only the driver writes (or, under Ray Client, the Tune loop on the head node), so one SQLite
+file serves a whole cluster. Every write is keyed by spec_hash and idempotent: a replayed
+report is harmless, and a completed trial is never downgraded nor its epochs rewritten.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from db.lifecycle import TrialWriter
 from db.repository import Repository
 
 EPOCH_FIELDS = ("train_loss", "train_acc", "test_acc", "ood_acc", "er", "lr", "seconds", "robust_acc")
 FINAL_FIELDS = ("test_acc", "ood_acc", "asr", "adv_acc", "clean_acc", "er", "robust_acc", "duration_s")
-
-Progress = Callable[[str, str], None]  # (event, spec_hash)
 
 
 def _number(value: Any) -> float | None:
@@ -29,74 +28,48 @@ def _number(value: Any) -> float | None:
     return number if number == number else None  # NaN is not a result
 
 
+def events_of(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The events a Tune report carries (the trainable sends them in batches)."""
+    if result.get("event") == "batch":
+        return list(result.get("events") or [])
+    return [result] if result.get("event") else []
+
+
 class ReportRecorder:
     """Turns trainable reports into repository writes. Independent of Ray (unit-testable)."""
 
-    def __init__(self, repo: Repository, checkpoint_uri: Callable[[str, Mapping[str, Any]], str | None] | None = None,
-                 progress: Progress | None = None) -> None:
+    def __init__(self, repo: Repository) -> None:
         self.repo = repo
-        self.checkpoint_uri = checkpoint_uri
-        self.progress = progress
-        self.finished: set[str] = set()
-        self.failed: dict[str, str] = {}
 
     def handle(self, result: Mapping[str, Any]) -> None:
-        if result.get("event") == "batch":
-            for event in result.get("events") or []:
-                self.handle(event)
+        events = [e for e in events_of(result) if e.get("spec_hash")]
+        if not events:
             return
-        event = result.get("event")
-        spec_hash = result.get("spec_hash")
-        if not event or not spec_hash:
-            return
-        if event == "started":
-            self.repo.mark_started(spec_hash, worker=str(result.get("node") or "") or None)
-        elif event == "epoch":
-            metrics = {name: _number(result.get(name)) for name in EPOCH_FIELDS}
-            self.repo.record_epoch(spec_hash, int(result["epoch"]), metrics)
-        elif event == "final":
-            self._final(spec_hash, result)
-        elif event == "failed":
-            self.failed[spec_hash] = str(result.get("error") or "failed")
-            self.repo.fail(spec_hash, self.failed[spec_hash])
-            self.finished.add(spec_hash)
-        elif event in ("retrying", "checkpoint", "progress"):
-            self.repo.heartbeat([spec_hash])
-        if self.progress is not None:
-            self.progress(event, spec_hash)
-
-    def _final(self, spec_hash: str, result: Mapping[str, Any]) -> None:
-        final: dict[str, Any] = {name: _number(result.get(name)) for name in FINAL_FIELDS}
-        artifacts = json.loads(result.get("artifacts_json") or "[]")
-        for artifact in artifacts:
-            self.repo.put_artifact(artifact["key_hash"], artifact["kind"], artifact["uri"], artifact.get("meta") or {})
-        uri = result.get("checkpoint_path")
-        if uri and self.checkpoint_uri is not None:
-            uri = self.checkpoint_uri(spec_hash, result) or uri
-        final["checkpoint_uri"] = uri
-        self.repo.complete(spec_hash, final)
-        self.finished.add(spec_hash)
-
-    def fail_unfinished(self, spec_hashes: list[str], error: str) -> list[str]:
-        """A Tune trial died for good: its specs that never ended are failed with its error."""
-        left = [h for h in spec_hashes if h not in self.finished]
-        for spec_hash in left:
-            self.repo.fail(spec_hash, error)
-            self.finished.add(spec_hash)
-            if self.progress is not None:
-                self.progress("failed", spec_hash)
-        return left
+        with self.repo.transaction() as writer:
+            for event in events:
+                apply_event(writer, event)
 
 
-def trial_error(trial: Any) -> str:
-    """The last line of the Tune trial's error (worker crash, OOM, node loss)."""
-    path = getattr(trial, "error_file", None)
-    text = ""
-    if path:
-        try:
-            with open(path) as handle:
-                text = handle.read()
-        except OSError:
-            text = ""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:500] if lines else "Tune trial failed (worker lost or crashed)"
+def apply_event(writer: TrialWriter, event: Mapping[str, Any]) -> None:
+    kind, spec_hash = event["event"], str(event["spec_hash"])
+    if kind == "started":
+        writer.mark_started(spec_hash, worker=str(event.get("node") or "") or None)
+    elif kind == "epoch":
+        writer.record_epoch(spec_hash, int(event["epoch"]), {name: _number(event.get(name)) for name in EPOCH_FIELDS})
+    elif kind == "checkpoint":
+        writer.set_checkpoint(spec_hash, str(event["uri"]))
+    elif kind == "final":
+        _final(writer, spec_hash, event)
+    elif kind == "failed":
+        writer.fail(spec_hash, str(event.get("error") or "failed"))
+    elif kind == "retrying":
+        writer.heartbeat([spec_hash])
+
+
+def _final(writer: TrialWriter, spec_hash: str, event: Mapping[str, Any]) -> None:
+    final: dict[str, Any] = {name: _number(event.get(name)) for name in FINAL_FIELDS}
+    for artifact in json.loads(event.get("artifacts_json") or "[]"):
+        writer.put_artifact(artifact["key_hash"], artifact["kind"], artifact["uri"], artifact.get("meta") or {})
+    # A source keeps its model file; a transfer keeps none (its resume checkpoint is deleted).
+    final["checkpoint_uri"] = event.get("checkpoint_path") or None
+    writer.complete(spec_hash, final)

@@ -1,19 +1,26 @@
-"""Build and run the Ray Tune Tuner for a planned grid: stages, packs, resources, retries."""
+"""Run a stage of specs as Ray Tune trials: packs, resources, and per-spec retries in rounds.
+
+Tune never restarts a pack. When a pack's worker dies, the database says which of its specs
+finished; the first unfinished one (specs run in pack order) is the one that was running and
+takes a strike, and the rest go into the next round untouched. A spec with more strikes than
+`max_failures` fails with the worker's error. Specs that were struck run alone afterwards, so
+one bad spec cannot take its pack-mates down with it again.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from db.repository import Repository  # noqa: F401
+from db.repository import Repository
 from orchestrator.errors import UserError
 from orchestrator.planner import Stage, pack
-from orchestrator.recorder import ReportRecorder
 from orchestrator.spec import TrialSpec
 
 # Tune's own CSV/JSON/TensorBoard loggers are off: the database is the record.
@@ -28,6 +35,7 @@ MAX_PACK_SIZE = 64
 # A local instance talks over loopback only. Ray rewrites "127.0.0.1" to the host's outward IP,
 # but not another loopback address.
 LOCAL_NODE_IP = "127.0.0.2"
+FINISHED = frozenset({"completed", "failed", "cancelled"})
 
 
 @dataclass
@@ -38,13 +46,13 @@ class RunOptions:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None
-    max_failures: int = 1  # retries per spec, and per Tune trial for lost workers
+    max_failures: int = 1  # retries per spec: after an exception, and after a lost worker
     pack_size: int | None = None  # None: chosen from the grid size and the cluster
     download: bool = False
     quiet: bool = False
     kernel: str | None = None  # "noop" for scheduling benchmarks
     checkpoint_interval_s: float = 300.0  # long trials checkpoint at eval epochs this often
-    stale_after_s: float = 120.0  # the recorder heartbeats running specs every 30 s
+    stale_after_s: float = 120.0  # a claim or running trial without a heartbeat this long is abandoned
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,8 +62,31 @@ class RunSummary:
     completed: int = 0
     failed: int = 0
     skipped: int = 0
+    claimed_elsewhere: int = 0  # runnable specs a live driver elsewhere holds
     seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What the workers need besides the specs, resolved on the driver from the database."""
+
+    source_paths: Mapping[str, str] = field(default_factory=dict)  # source spec_hash -> checkpoint
+    source_checksums: Mapping[str, str] = field(default_factory=dict)  # source spec_hash -> sha256
+    baselines: Mapping[tuple, Any] = field(default_factory=dict)  # (dataset, ood) -> ER baseline
+    source_files: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (file source, sha256) -> path
+
+
+def is_client_address(address: str | None) -> bool:
+    return bool(address) and str(address).startswith("ray://")
+
+
+def check_artifacts_location(artifacts: str) -> str:
+    """The artifacts directory as an absolute path; URIs are refused with what to do instead."""
+    if "://" in artifacts:
+        raise UserError(f"--artifacts {artifacts!r} is a URI: give a directory every node can read "
+                        "(mount the bucket, e.g. with s3fs or gcsfuse, or use an NFS/EFS volume)")
+    return str(Path(artifacts).resolve())
 
 
 def _start_ray(options: RunOptions) -> None:
@@ -65,7 +96,9 @@ def _start_ray(options: RunOptions) -> None:
     if ray.is_initialized():
         return
 
-    runtime_env = {"env_vars": {**TUNE_ENV, **{k: v for k, v in os.environ.items() if k.startswith("RTGRID_")}}}
+    # Settings for the workers, never credentials: the database stays with the driver.
+    forwarded = {k: v for k, v in os.environ.items() if k.startswith("RTGRID_") and k != "RTGRID_DB"}
+    runtime_env = {"env_vars": {**TUNE_ENV, **forwarded}}
     try:
         if options.address:
             ray.init(address=options.address, runtime_env=runtime_env, log_to_driver=not options.quiet,
@@ -75,7 +108,9 @@ def _start_ray(options: RunOptions) -> None:
                      logging_level="ERROR", num_cpus=os.cpu_count(), _node_ip_address=LOCAL_NODE_IP)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = options.address or "a local Ray instance"
-        raise UserError(f"cannot connect to Ray at {where}: {str(exc).splitlines()[0]}") from None
+        # Ray's messages span lines ("Initialization failure from server:\n<the reason>"): keep them all.
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:600]
+        raise UserError(f"cannot connect to Ray at {where}: {reason}") from None
 
 
 def cluster_slots(options: RunOptions) -> int:
@@ -95,36 +130,25 @@ def choose_pack_size(n_specs: int, slots: int, requested: int | None) -> int:
     return max(1, min(MAX_PACK_SIZE, math.ceil(n_specs / (4 * slots))))
 
 
-def _pack_items(specs: Sequence[TrialSpec], source_paths: Mapping[str, str], baselines: Mapping[tuple, Any]
-                ) -> list[dict[str, Any]]:
+def _pack_items(specs: Sequence[TrialSpec], inputs: StageInputs) -> list[dict[str, Any]]:
     items = []
     for spec in specs:
         item: dict[str, Any] = {"spec_hash": spec.spec_hash, "spec": spec.to_dict()}
         if spec.source and spec.source.startswith("spec:"):
-            item["source_path"] = source_paths.get(spec.source.removeprefix("spec:"))
-        baseline = baselines.get((spec.dataset, spec.ood))
+            source_hash = spec.source.removeprefix("spec:")
+            item["source_path"] = inputs.source_paths.get(source_hash)
+            item["source_checksum"] = inputs.source_checksums.get(source_hash)
+        elif spec.source and spec.source.startswith("file:"):
+            item["source_path"] = inputs.source_files.get((spec.source, spec.source_checksum or ""))
+        baseline = inputs.baselines.get((spec.dataset, spec.ood))
         if baseline is not None:
             item["er_baseline"] = baseline
         items.append(item)
     return items
 
 
-def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptions,
-              source_paths: Mapping[str, str], baselines: Mapping[tuple, Any],
-              progress: Callable[[str, str], None] | None) -> ReportRecorder:
-    from ray import tune
-
-    from orchestrator.tune_hooks import CancelStopper, RecorderCallback
-    from workers.trainable import tune_entry
-
-    slots = cluster_slots(options)
-    if options.max_concurrent:
-        slots = min(slots, options.max_concurrent)
-    size = choose_pack_size(len(stage.specs), slots, options.pack_size)
-    packs = pack(stage.specs, size)
-    pack_ids = {f"p{i:05d}": [s.spec_hash for s in members] for i, members in enumerate(packs)}
-    artifacts = str(Path(options.artifacts).resolve())
-    settings = {
+def _settings(options: RunOptions, artifacts: str) -> dict[str, Any]:
+    return {
         "data_root": options.data_root,
         "artifacts_dir": artifacts,
         "download": options.download,
@@ -135,34 +159,93 @@ def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptio
         "kernel": options.kernel,
         **options.extra,
     }
+
+
+def run_round(repo: Repository, packs: list[list[TrialSpec]], name: str, options: RunOptions,
+              inputs: StageInputs) -> dict[int, str]:
+    """One Tuner.fit over `packs`; returns {pack index: error} for the packs whose trial errored."""
+    from ray import tune
+
+    from orchestrator.tune_hooks import CancelStopper, RecorderCallback, register, release
+    from workers.trainable import tune_entry
+
+    artifacts = check_artifacts_location(options.artifacts)
+    slots = cluster_slots(options)
+    if options.max_concurrent:
+        slots = min(slots, options.max_concurrent)
+    pack_ids = [f"p{i:05d}" for i in range(len(packs))]
     # Pack contents travel once through the object store (with_parameters); a trial's config holds
     # only its pack id, because Tune copies and flattens the config into every single report.
-    contents = {pid: _pack_items(members, source_paths, baselines)
-                for pid, members in zip(pack_ids, packs, strict=True)}
-    recorder = ReportRecorder(repo, progress=progress)
+    contents = {pid: _pack_items(members, inputs) for pid, members in zip(pack_ids, packs, strict=True)}
+    # Under Ray Client the hooks run on the head and must open the database themselves; otherwise
+    # they find this process's repository and no URL (nor password) is pickled into Tune's state.
+    url = repo.engine.url.render_as_string(hide_password=False) if is_client_address(options.address) else ""
+    token = register(repo)
+    saved_pending = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(2, slots))
-    resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
-    stopper = CancelStopper(repo, [s.spec_hash for s in stage.specs])
-    callback = RecorderCallback(recorder, pack_ids)
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(tune_entry, packs=contents), resources),
-        param_space={"pack_id": tune.grid_search(list(pack_ids)), "settings": settings},
-        tune_config=tune.TuneConfig(max_concurrent_trials=slots, reuse_actors=True,
-                                    trial_dirname_creator=lambda trial: trial.trial_id,
-                                    trial_name_creator=lambda trial: trial.trial_id),
-        run_config=tune.RunConfig(
-            name=f"{experiment}-{stage.name}-{uuid.uuid4().hex[:8]}",
-            storage_path=str(Path(artifacts, "ray_results")),
-            callbacks=[callback],
-            failure_config=tune.FailureConfig(max_failures=options.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            stop=stopper,
-            verbose=0,
-        ),
-    )
     try:
-        tuner.fit()
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(tune_entry, packs=contents),
+                                {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}),
+            param_space={"pack_id": tune.grid_search(pack_ids), "settings": _settings(options, artifacts)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=slots, reuse_actors=True,
+                                        trial_dirname_creator=lambda trial: trial.trial_id,
+                                        trial_name_creator=lambda trial: trial.trial_id),
+            run_config=tune.RunConfig(
+                name=f"{name}-{uuid.uuid4().hex[:8]}",
+                storage_path=str(Path(artifacts, "ray_results")),
+                callbacks=[RecorderCallback(token, url)],
+                failure_config=tune.FailureConfig(max_failures=0),  # the driver retries per spec
+                stop=CancelStopper(token, url, [s.spec_hash for members in packs for s in members]),
+                verbose=0,
+            ),
+        )
+        results = tuner.fit()
     finally:
-        stopper.release()
-        callback.release()
-    return recorder
+        release(token)
+        if saved_pending is None:
+            os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
+        else:
+            os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = saved_pending
+    errors: dict[int, str] = {}
+    for result in results:
+        if result.error is not None and result.config:
+            errors[pack_ids.index(result.config["pack_id"])] = _one_line(result.error)
+    return errors
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else type(error).__name__
+    return f"{type(error).__name__}: {text}"[:500]
+
+
+def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptions, inputs: StageInputs) -> None:
+    """Run the stage's specs in rounds until every one is completed, failed or cancelled."""
+    order = {spec.spec_hash: position for position, spec in enumerate(stage.specs)}
+    todo = list(stage.specs)
+    strikes: Counter[str] = Counter()
+    while True:
+        # Specs finished meanwhile (`rtgrid cancel`, or a driver elsewhere) are not dispatched.
+        statuses = repo.statuses_of([spec.spec_hash for spec in todo])
+        todo = [spec for spec in todo if statuses.get(spec.spec_hash) not in FINISHED]
+        if not todo:
+            return
+        slots = cluster_slots(options)
+        size = choose_pack_size(len(todo), min(slots, options.max_concurrent or slots), options.pack_size)
+        packs = pack(todo, size, alone=set(strikes))
+        errors = run_round(repo, packs, f"{experiment}-{stage.name}", options, inputs)
+        statuses = repo.statuses_of([spec.spec_hash for spec in todo])
+        left: list[TrialSpec] = []
+        for index, members in enumerate(packs):
+            unfinished = [s for s in members if statuses.get(s.spec_hash) not in FINISHED]
+            if not unfinished:
+                continue
+            culprit = unfinished[0].spec_hash  # specs run in pack order: this one was running
+            strikes[culprit] += 1
+            if strikes[culprit] > options.max_failures:
+                reason = errors.get(index) or "its Tune trial ended before the spec finished"
+                repo.fail(culprit, f"worker lost {strikes[culprit]} times; last: {reason}")
+                unfinished = unfinished[1:]
+            left += unfinished
+        todo = sorted(left, key=lambda spec: order[spec.spec_hash])

@@ -19,3 +19,27 @@ def open_repository(db_url: str | None, *, write: bool) -> Repository:
 def close_all() -> None:
     while _OPEN:
         _OPEN.pop().close()
+
+
+def upgrade_database(db_url: str | None) -> str:
+    """Migrate the database to head (creating it when new); a line saying where it stands."""
+    from db.session import current_revision, make_engine, safe_url, upgrade
+
+    url = resolve_url(db_url)
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        return f"{safe_url(url)} is at revision {current_revision(engine)}"
+    finally:
+        engine.dispose()
+
+
+def revision_line(db_url: str | None) -> str:
+    """The database's schema revision and the one this rtgrid needs."""
+    from db.session import current_revision, head_revision, make_engine
+
+    engine = make_engine(resolve_url(db_url))
+    try:
+        return f"current: {current_revision(engine) or '(empty)'}  head: {head_revision()}"
+    finally:
+        engine.dispose()

@@ -9,12 +9,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from db.repository import PlanResult, Repository
+from orchestrator.driver import DriverLoop, new_driver_id
+from orchestrator.errors import UserError
 from orchestrator.grids import Grid
 from orchestrator.planner import Stage, record_plan, stages
-from orchestrator.runner import RunOptions, RunSummary, _start_ray, run_stage
+from orchestrator.runner import (
+    RunOptions,
+    RunSummary,
+    StageInputs,
+    _start_ray,
+    check_artifacts_location,
+    is_client_address,
+    run_stage,
+)
 from orchestrator.spec import TrialSpec
 
-ProgressFactory = Callable[[int], Any]  # total -> context manager with .update(event, spec_hash)
+ProgressFactory = Callable[[int], Any]  # total -> object with .set_counts(counts) and .close()
+INTERRUPTED = "interrupted: the driver stopped before this trial finished (rtgrid resume runs it again)"
 
 
 @dataclass
@@ -31,19 +42,24 @@ def runnable_specs(repo: Repository, experiment_id: int, grid: Grid, stale_after
     return [spec for spec in grid.specs if spec.spec_hash in wanted]
 
 
-def _source_paths(repo: Repository, specs: list[TrialSpec]) -> tuple[dict[str, str], dict[str, str]]:
-    """Checkpoint of every grid-trained source the transfers need; and the missing ones' reasons."""
+def _source_inputs(repo: Repository, specs: list[TrialSpec]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Checkpoint and sha256 of every grid-trained source the transfers need; why others are missing."""
     needed = {s.source.removeprefix("spec:") for s in specs if s.source and s.source.startswith("spec:")}
     paths: dict[str, str] = {}
+    checksums: dict[str, str] = {}
     missing: dict[str, str] = {}
     for source_hash in needed:
         row = repo.trial_by_hash(source_hash)
         if row is not None and row["status"] == "completed" and row["checkpoint_uri"]:
             paths[source_hash] = row["checkpoint_uri"]
+            artifact = repo.get_artifact(source_hash)
+            sha256 = (artifact or {}).get("meta", {}).get("sha256")
+            if sha256:
+                checksums[source_hash] = sha256
         else:
             status = row["status"] if row is not None else "unknown"
             missing[source_hash] = f"source trial {source_hash[:12]} is {status}, not completed"
-    return paths, missing
+    return paths, checksums, missing
 
 
 def _baselines(repo: Repository, specs: list[TrialSpec]) -> dict[tuple, dict[str, Any]]:
@@ -55,42 +71,60 @@ def _baselines(repo: Repository, specs: list[TrialSpec]) -> dict[tuple, dict[str
     return found
 
 
+def _check_options(repo: Repository, options: RunOptions) -> None:
+    """Refuse what cannot work before anything is recorded or started."""
+    check_artifacts_location(options.artifacts)
+    if is_client_address(options.address) and repo.dialect == "sqlite":
+        raise UserError("--address ray://… runs Tune's loop on the cluster's head node, which must reach the "
+                        "database: use a PostgreSQL --db, or run the driver on the head with --address HOST:PORT")
+
+
+def _run_stages(repo: Repository, grid: Grid, todo: list[TrialSpec], experiment: str, options: RunOptions) -> None:
+    _start_ray(options)
+    for stage in stages(todo):
+        specs = stage.specs
+        inputs = StageInputs(baselines=_baselines(repo, specs), source_files=grid.source_files)
+        if stage.name == "transfers":
+            paths, checksums, missing = _source_inputs(repo, specs)
+            for spec in specs:
+                reason = missing.get((spec.source or "").removeprefix("spec:"))
+                if reason is not None:
+                    repo.fail(spec.spec_hash, reason)
+            specs = [s for s in specs if (s.source or "").removeprefix("spec:") not in missing]
+            inputs = StageInputs(paths, checksums, inputs.baselines, grid.source_files)
+        if specs:
+            run_stage(repo, Stage(stage.name, specs), experiment, options, inputs)
+
+
 def submit(repo: Repository, grid: Grid, experiment: str, options: RunOptions,
            progress_factory: ProgressFactory | None = None) -> SubmitResult:
+    """Record the plan, claim what must run, run it stage by stage, release the claims."""
     started = time.time()
+    _check_options(repo, options)
     experiment_id, plan = record_plan(repo, grid, experiment)
-    todo = runnable_specs(repo, experiment_id, grid, options.stale_after_s)
-    summary = RunSummary(runnable=len(todo))
-    if not todo:
+    candidates = runnable_specs(repo, experiment_id, grid, options.stale_after_s)
+    summary = RunSummary()
+    if not candidates:
         return SubmitResult(experiment, plan, summary)
-    _start_ray(options)
-    progress = progress_factory(len(todo)) if progress_factory else None
-    try:
-        for stage in stages(todo):
-            specs = stage.specs
-            source_paths: dict[str, str] = {}
-            if stage.name == "transfers":
-                source_paths, missing = _source_paths(repo, specs)
-                blocked = [s for s in specs if s.source and s.source.removeprefix("spec:") in missing]
-                for spec in blocked:
-                    reason = missing[spec.source.removeprefix("spec:")]  # type: ignore[union-attr]
-                    repo.fail(spec.spec_hash, reason)
-                    summary.failures[spec.spec_hash] = reason
-                    if progress is not None:
-                        progress.update("failed", spec.spec_hash)
-                specs = [s for s in specs if s not in set(blocked)]
-            if not specs:
-                continue
-            recorder = run_stage(repo, Stage(stage.name, specs), experiment, options, source_paths,
-                                 _baselines(repo, specs), progress.update if progress is not None else None)
-            summary.failures.update(recorder.failed)
-    finally:
-        if progress is not None:
-            progress.close()
-    counts = repo.status_counts_for([s.spec_hash for s in todo])
+    driver = new_driver_id()
+    claimed = set(repo.claim(driver, [s.spec_hash for s in candidates], options.stale_after_s))
+    todo = [s for s in candidates if s.spec_hash in claimed]
+    summary.runnable, summary.claimed_elsewhere = len(todo), len(candidates) - len(todo)
+    if todo:
+        progress = progress_factory(len(todo)) if progress_factory else None
+        try:
+            with DriverLoop(repo, driver, progress):
+                _run_stages(repo, grid, todo, experiment, options)
+        finally:
+            repo.release_claims(driver, INTERRUPTED)
+            if progress is not None:
+                progress.close()
+    hashes = [s.spec_hash for s in todo]
+    counts = repo.status_counts_for(hashes)
     summary.completed = counts.get("completed", 0)
     summary.failed = counts.get("failed", 0)
     summary.skipped = summary.runnable - summary.completed - summary.failed
+    summary.failures = repo.errors_of(hashes)
     summary.seconds = time.time() - started
     return SubmitResult(experiment, plan, summary)
 
@@ -108,7 +142,9 @@ def grid_for_experiment(repo: Repository, experiment: str) -> Grid:
         raise UserError(f"unknown experiment {experiment!r} (see `rtgrid status`)")
     specs = [TrialSpec.from_json(text) for text in repo.experiment_spec_jsons(experiment_id)]
     specs.sort(key=lambda s: s.kind != "source")
-    return Grid(experiment, f"experiment {experiment} ({len(specs)} trials)", specs)
+    info = repo.experiment_info(experiment) or {}
+    # The stored grid name: resuming plans the experiment's own grid again, never "another" grid.
+    return Grid(str(info.get("grid") or experiment), f"experiment {experiment} ({len(specs)} trials)", specs)
 
 
 def summary_json(result: SubmitResult) -> str:

@@ -1,72 +1,66 @@
-"""Ray Tune hooks on the driver: the recorder callback and the cancel stopper.
+"""Ray Tune hooks: the recorder callback and the cancel stopper.
 
-Tune pickles callbacks and stoppers with its experiment state. These classes live at module
-level so they pickle by reference; the live objects they use (database engine, progress bar)
-stay in LIVE, found by token, and are never pickled.
+Tune pickles callbacks and stoppers with its experiment state, and under Ray Client
+(`--address ray://…`) it runs them in a Tune loop on the cluster's head node. So these classes
+live at module level (they pickle by reference) and carry only plain values: the repository
+they write through is found by token in this process's LIVE registry, or, in another process,
+opened from the database URL they carry.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ray import tune
 
 from db.repository import Repository
-from orchestrator.recorder import ReportRecorder, trial_error
+from orchestrator.recorder import ReportRecorder
 
-LIVE: dict[str, Any] = {}
+LIVE: dict[str, Repository] = {}
+_OPENED: dict[str, Repository] = {}  # repositories opened from a URL in a process without the driver
 
 
-def _register(value: Any) -> str:
-    token = f"live-{id(value)}-{time.monotonic_ns()}"
-    LIVE[token] = value
+def register(repo: Repository) -> str:
+    token = f"live-{id(repo)}-{time.monotonic_ns()}"
+    LIVE[token] = repo
     return token
 
 
+def release(token: str) -> None:
+    LIVE.pop(token, None)
+
+
+def _repository(token: str, db_url: str) -> Repository:
+    found = LIVE.get(token)
+    if found is not None:
+        return found
+    if db_url not in _OPENED:
+        from db.session import open_database
+
+        _OPENED[db_url] = Repository(open_database(db_url, create=False))
+    return _OPENED[db_url]
+
+
 class RecorderCallback(tune.Callback):
-    """Feeds every trial report to the recorder; heartbeats running specs; fails orphaned ones."""
+    """Feeds every trial report to the recorder (one transaction per report)."""
 
-    def __init__(self, recorder: ReportRecorder, packs: Mapping[str, list[str]], heartbeat_s: float = 30.0) -> None:
-        self.token = _register((recorder, dict(packs)))
-        self.heartbeat_s = heartbeat_s
-        self.last_heartbeat = time.monotonic()
-
-    def _recorder(self) -> ReportRecorder:
-        return LIVE[self.token][0]
-
-    def _pack(self, trial: Any) -> list[str]:
-        return LIVE[self.token][1].get(trial.config["pack_id"], [])
+    def __init__(self, token: str, db_url: str) -> None:
+        self.token = token
+        self.db_url = db_url
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self._recorder().handle(result)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._recorder().fail_unfinished(self._pack(trial), trial_error(trial))
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._recorder().fail_unfinished(self._pack(trial), "trial ended without a final report for this spec")
-
-    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        now = time.monotonic()
-        if now - self.last_heartbeat < self.heartbeat_s:
-            return
-        self.last_heartbeat = now
-        recorder = self._recorder()
-        running = [h for t in trials if t.status == "RUNNING" for h in self._pack(t) if h not in recorder.finished]
-        if running:
-            recorder.repo.heartbeat(running)
-
-    def release(self) -> None:
-        LIVE.pop(self.token, None)
+        ReportRecorder(_repository(self.token, self.db_url)).handle(result)
 
 
 class CancelStopper(tune.Stopper):
     """Ends the whole run when `rtgrid cancel` marked one of its specs cancelled."""
 
-    def __init__(self, repo: Repository, spec_hashes: Sequence[str], every_s: float = 5.0) -> None:
-        self.token = _register((repo, list(spec_hashes)))
+    def __init__(self, token: str, db_url: str, spec_hashes: Sequence[str], every_s: float = 5.0) -> None:
+        self.token = token
+        self.db_url = db_url
+        self.spec_hashes = list(spec_hashes)
         self.every_s = every_s
         self.checked = time.monotonic()
         self.cancelled = False
@@ -78,9 +72,5 @@ class CancelStopper(tune.Stopper):
         now = time.monotonic()
         if not self.cancelled and now - self.checked >= self.every_s:
             self.checked = now
-            repo, hashes = LIVE[self.token]
-            self.cancelled = repo.any_cancelled(hashes)
+            self.cancelled = _repository(self.token, self.db_url).any_cancelled(self.spec_hashes)
         return self.cancelled
-
-    def release(self) -> None:
-        LIVE.pop(self.token, None)

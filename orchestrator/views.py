@@ -50,6 +50,8 @@ def format_run(summary: Any) -> str:
             f"{summary.failed} failed")
     if summary.skipped:
         line += f", {summary.skipped} not finished"
+    if getattr(summary, "claimed_elsewhere", 0):
+        line += f"; {summary.claimed_elsewhere} left to another live driver (they hold them)"
     for spec_hash, error in list(summary.failures.items())[:10]:
         line += f"\n  failed {spec_hash[:12]}: {error}"
     if len(summary.failures) > 10:

@@ -1,6 +1,8 @@
-"""A real two-node Ray cluster on this machine (`ray start --head` + `ray start --address`); the
-driver connects with `--address` and the trials run on both nodes. Only the processes this test
-started are stopped (each `ray start --block` runs in its own session and is killed as a group)."""
+"""A real two-node Ray cluster on this machine (`ray start --head` + `ray start --address`): a
+driver connects with `--address HOST:PORT` (the driver writes SQLite) and with Ray Client
+`--address ray://…` (Tune's loop runs on the head and writes PostgreSQL); the trials run on both
+nodes. Only the processes these tests started are stopped (each `ray start --block` runs in its
+own session and is killed as a group)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from sqlalchemy import create_engine, text
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 PORT = int(os.environ.get("RTGRID_TEST_RAY_PORT", "6390"))  # Redis holds Ray's default 6379 here
+CLIENT_PORT = int(os.environ.get("RTGRID_TEST_RAY_CLIENT_PORT", "6392"))
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -40,7 +43,9 @@ axes:
 # Both nodes listen on 127.0.0.2: still loopback, but Ray does not rewrite it to the host's
 # outward IP as it does "127.0.0.1". They share one token: Ray clusters authenticate clients.
 NODE_IP = "127.0.0.2"
-LOOPBACK = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+# The head gives a Ray Client's server 30 s to start by default: too short on 2 busy cores.
+LOOPBACK = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+            "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180"}
 
 
 def _start(args: list[str], tmp_path: Path, name: str) -> subprocess.Popen:
@@ -70,12 +75,14 @@ def _nodes_alive(address: str) -> int:
     return int(lines[-1]) if lines and lines[-1].isdigit() else 0
 
 
-@pytest.fixture()
-def two_node_cluster(tmp_path: Path):
+@pytest.fixture(scope="module")
+def two_node_cluster(tmp_path_factory: pytest.TempPathFactory):
+    tmp_path = tmp_path_factory.mktemp("cluster")
     address = f"{NODE_IP}:{PORT}"
     ray_dir = tempfile.mkdtemp(prefix="rtg-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     head = _start(["--head", f"--port={PORT}", f"--node-ip-address={NODE_IP}", "--num-cpus=1",
-                   "--include-dashboard=false", f"--temp-dir={ray_dir}"], tmp_path, "head")
+                   f"--ray-client-server-port={CLIENT_PORT}", "--include-dashboard=false",
+                   f"--temp-dir={ray_dir}"], tmp_path, "head")
     worker = None
     try:
         deadline = time.time() + 90
@@ -96,20 +103,45 @@ def two_node_cluster(tmp_path: Path):
         shutil.rmtree(ray_dir, ignore_errors=True)
 
 
-def test_driver_with_address_runs_trials_on_both_nodes(two_node_cluster: str, tmp_path: Path) -> None:
+def _submit(address: str, db_url: str, tmp_path: Path, grid_text: str = GRID) -> subprocess.CompletedProcess:
     grid = tmp_path / "grid.yaml"
-    grid.write_text(GRID)
-    db = tmp_path / "cluster.sqlite"
-    result = subprocess.run(
-        [sys.executable, "-m", "cli", "submit", str(grid), "--experiment", "cluster", "--address", two_node_cluster,
-         "--db", f"sqlite:///{db}", "--artifacts", str(tmp_path / "artifacts"), "--pack-size", "1", "--quiet"],
+    grid.write_text(grid_text)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", "submit", str(grid), "--experiment", "cluster", "--address", address,
+         "--db", db_url, "--artifacts", str(tmp_path / "artifacts"), "--pack-size", "1", "--quiet"],
         cwd=REPO, capture_output=True, text=True, timeout=420, env=LOOPBACK,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    engine = create_engine(f"sqlite:///{db}")
+
+
+def _statuses_and_workers(db_url: str) -> tuple[dict[str, int], dict[str, int]]:
+    engine = create_engine(db_url)
     with engine.connect() as conn:
         statuses = dict(conn.execute(text("SELECT status, count(*) FROM trials GROUP BY status")).all())
         workers = dict(conn.execute(text("SELECT worker, count(*) FROM trials GROUP BY worker")).all())
     engine.dispose()
+    return statuses, workers
+
+
+def test_driver_with_address_runs_trials_on_both_nodes(two_node_cluster: str, tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'cluster.sqlite'}"
+    result = _submit(two_node_cluster, db_url, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    statuses, workers = _statuses_and_workers(db_url)
     assert statuses == {"completed": 12}
+    assert len(workers) == 2, f"trials ran on {workers}"
+
+
+@pytest.mark.postgres
+def test_ray_client_address_records_from_the_head(two_node_cluster: str, tmp_path: Path, pg_server) -> None:
+    """`--address ray://…`: Tune's loop (and the recorder) run on the head node, so the database must
+    be one the head reaches; SQLite is refused with one line, PostgreSQL records every trial."""
+    client = f"ray://{NODE_IP}:{CLIENT_PORT}"
+    refused = _submit(client, f"sqlite:///{tmp_path / 'x.sqlite'}", tmp_path)
+    assert refused.returncode == 2 and "PostgreSQL" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    db_url = pg_server.new_database()
+    grid = GRID.replace("subset_size: [50, 100, 200]", "subset_size: [60, 120]")
+    result = _submit(client, db_url, tmp_path, grid)
+    assert result.returncode == 0, result.stderr[-3000:]
+    statuses, workers = _statuses_and_workers(db_url)
+    assert statuses == {"completed": 8}
     assert len(workers) == 2, f"trials ran on {workers}"

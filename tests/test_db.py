@@ -217,6 +217,69 @@ def test_completed_is_never_downgraded(repo: Repository) -> None:
     assert repo.trials_to_run(experiment_id, stale_after_s=0) == []
 
 
+def test_completed_trials_epochs_are_immutable(repo: Repository) -> None:
+    """A duplicated run (a lost report that made the driver run a finished spec again) cannot
+    overwrite what was recorded when the trial completed."""
+    _, _ = planned(repo, "e", [spec_row(1)])
+    spec_hash = spec_row(1)["spec_hash"]
+    repo.mark_started(spec_hash)
+    assert repo.record_epoch(spec_hash, 1, {"test_acc": 0.5})
+    assert repo.complete(spec_hash, {"test_acc": 0.5})
+    assert not repo.record_epoch(spec_hash, 1, {"test_acc": 0.9})  # the replayed run's epoch 1
+    assert not repo.record_epoch(spec_hash, 2, {"test_acc": 0.9})  # and a new epoch row
+    assert [(r["epoch"], r["test_acc"]) for r in repo.epoch_rows("e")] == [(1, 0.5)]
+
+
+def test_a_report_is_one_transaction(repo: Repository) -> None:
+    """The recorder applies a Tune report's events together: a failing event undoes the batch."""
+    from orchestrator.recorder import ReportRecorder
+
+    _, _ = planned(repo, "e", [spec_row(1)])
+    spec_hash = spec_row(1)["spec_hash"]
+    good = [{"event": "started", "spec_hash": spec_hash, "node": "n1"},
+            {"event": "epoch", "spec_hash": spec_hash, "epoch": 1, "test_acc": 0.4}]
+    unknown = {"event": "epoch", "spec_hash": "f" * 64, "epoch": 1, "test_acc": 0.4}
+    with pytest.raises(LookupError):
+        ReportRecorder(repo).handle({"event": "batch", "events": [*good, unknown]})
+    assert repo.trial_by_hash(spec_hash)["status"] == "pending" and repo.epoch_rows("e") == []
+    ReportRecorder(repo).handle({"event": "batch", "events": good})
+    assert repo.trial_by_hash(spec_hash)["status"] == "running" and len(repo.epoch_rows("e")) == 1
+
+
+def test_claims_split_work_between_live_drivers(repo: Repository) -> None:
+    experiment_id, _ = planned(repo, "e", [spec_row(i) for i in range(6)])
+    hashes = [spec_row(i)["spec_hash"] for i in range(6)]
+    repo.mark_started(hashes[5])
+    repo.fail(hashes[5], "boom")  # failed trials are claimable (and queued as pending again)
+    first = repo.claim("driver-a", hashes[:4], stale_after_s=120)
+    assert sorted(first) == sorted(hashes[:4])
+    second = repo.claim("driver-b", hashes, stale_after_s=120)  # a second live driver
+    assert sorted(second) == sorted(hashes[4:])
+    assert repo.trial_by_hash(hashes[5])["status"] == "pending"
+    assert sorted(repo.claim("driver-a", hashes[:4], stale_after_s=120)) == sorted(hashes[:4])
+    assert repo.claim_counts("driver-a")["pending"] == 4
+
+    # driver-a dies: its running trial and its queue keep their claims until the heartbeat is stale.
+    repo.mark_started(hashes[0])
+    assert repo.claim("driver-b", hashes[:4], stale_after_s=120) == []
+    sql(repo.engine, "UPDATE trials SET heartbeat_at = :t WHERE claimed_by = 'driver-a'",
+        t=utc_now() - timedelta(minutes=10))
+    assert repo.heartbeat_claims("driver-b") == 2
+    taken = repo.claim("driver-b", hashes[:4], stale_after_s=120)
+    assert sorted(taken) == sorted(hashes[:4])
+    assert repo.trial_by_hash(hashes[0])["status"] == "pending"  # the abandoned run is queued again
+    assert repo.trials_to_run(experiment_id, stale_after_s=120)  # still listed: claims decide who runs
+
+    # driver-b stops with a trial still running: it is failed (resume runs it), and no claim is left.
+    repo.mark_started(hashes[1])
+    repo.complete(hashes[2], {"test_acc": 0.7})
+    assert repo.release_claims("driver-b", "interrupted") == 1
+    after = {h: repo.trial_by_hash(h) for h in hashes}
+    assert (after[hashes[1]]["status"], after[hashes[1]]["error"]) == ("failed", "interrupted")
+    assert after[hashes[2]]["status"] == "completed"
+    assert all(row["claimed_by"] is None for row in after.values())
+
+
 def test_failure_retry_and_cancel(repo: Repository) -> None:
     experiment_id, _ = planned(repo, "e", [spec_row(i) for i in range(4)])
     hashes = [spec_row(i)["spec_hash"] for i in range(4)]
@@ -311,8 +374,12 @@ def test_baseline_latest_fit_replaces(repo: Repository) -> None:
 
 
 def test_er_backfill(repo: Repository) -> None:
-    rows = [spec_row(i, source="scratch", ood="noise-2", dataset="digits") for i in range(3)]
-    rows.append(spec_row(99, dataset="digits", ood="noise-2"))  # not random-init: not in the testbed
+    rows = [spec_row(i, source="scratch", ood="noise-2", dataset="digits") for i in range(2)]
+    # retrain from a source: random init, the source only serves the ASR attack -> in the testbed
+    rows.append(spec_row(2, method="retrain", source="torchvision:resnet18", ood="noise-2", dataset="digits"))
+    rows.append(spec_row(99, dataset="digits", ood="noise-2"))  # fine-tuned: not in the testbed
+    # random init but taught by a pre-trained model: not an ID-only model, not in the testbed
+    rows.append(spec_row(98, method="renofeation", dataset="digits", ood="noise-2"))
     experiment_id, _ = planned(repo, "e", rows)
     for i, row in enumerate(rows):
         repo.mark_started(row["spec_hash"])
@@ -320,15 +387,15 @@ def test_er_backfill(repo: Repository) -> None:
         repo.record_epoch(row["spec_hash"], 2, {"test_acc": 0.4 + 0.1 * i, "ood_acc": None})
         repo.complete(row["spec_hash"], {"test_acc": 0.4 + 0.1 * i, "ood_acc": 0.25 + 0.1 * i})
     epochs = repo.epoch_accuracies("digits", "noise-2")
-    assert len(epochs) == 4 and all(row["epoch"] == 1 for row in epochs)  # epoch 2 has no OOD accuracy
-    assert repo.set_epoch_er([(row["trial_id"], row["epoch"], row["ood_acc"] - row["test_acc"]) for row in epochs]) == 4
+    assert len(epochs) == 5 and all(row["epoch"] == 1 for row in epochs)  # epoch 2 has no OOD accuracy
+    assert repo.set_epoch_er([(row["trial_id"], row["epoch"], row["ood_acc"] - row["test_acc"]) for row in epochs]) == 5
     trials = repo.trial_accuracies("digits", "noise-2")
-    assert len(trials) == 4
+    assert len(trials) == 5
     repo.set_trial_er([(row["trial_id"], 0.05) for row in trials])
     assert repo.testbed_points(experiment_id, "digits", "noise-2") == [
         pytest.approx((0.4, 0.25)), pytest.approx((0.5, 0.35)), pytest.approx((0.6, 0.45))]
     stored = [row["er"] for row in repo.epoch_rows(experiment_id) if row["epoch"] == 1]
-    assert stored == [pytest.approx(-0.1)] * 4
+    assert stored == [pytest.approx(-0.1)] * 5
     assert {row["er"] for row in repo.trial_rows("e")} == {0.05}
     assert repo.epoch_accuracies("digits", "blur-1") == [] and repo.set_epoch_er([]) == 0
 

@@ -1,7 +1,7 @@
 """Alembic migrations on a real SQLite file and a real PostgreSQL database.
 
 Covers: empty -> head, head -> base -> head, previous revision -> head (with a throw-away
-revision 0002 written next to a copy of the real scripts), the schema check on open
+revision `test_next` written after a copy of the real scripts), the schema check on open
 (new, behind, unknown revision, unreachable), and that migrations and db/models.py agree.
 """
 
@@ -32,22 +32,24 @@ from db.session import (
     head_revision,
     make_engine,
     open_database,
+    open_readonly,
     upgrade,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RTGRID_TABLES = {"experiments", "trials", "experiment_trials", "epoch_metrics", "artifacts", "er_baselines"}
 
-REVISION_0002 = '''"""test only: trials.priority
+NEXT = "test_next"  # a throw-away revision after the real head: the real head becomes "the previous one"
+REVISION_NEXT = '''"""test only: trials.priority
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: test_next
+Revises: {head}
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "test_next"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -152,7 +154,7 @@ def _results_rows(url: str) -> int:
 
 @pytest.fixture()
 def scripts_with_0002(tmp_path: Path) -> str:
-    """A copy of the real migration scripts plus a revision 0002: 0001 becomes 'the previous one'."""
+    """A copy of the real migration scripts plus a revision after their head."""
     location = tmp_path / "migrations"
     (location / "versions").mkdir(parents=True)
     source = Path(SCRIPT_LOCATION)
@@ -160,12 +162,16 @@ def scripts_with_0002(tmp_path: Path) -> str:
         shutil.copy(source / name, location / name)
     for script in (source / "versions").glob("0*.py"):
         shutil.copy(script, location / "versions" / script.name)
-    (location / "versions" / "0002_test_priority.py").write_text(REVISION_0002)
+    (location / "versions" / "9999_test_priority.py").write_text(REVISION_NEXT.replace("{head}", head_revision()))
     return str(location)
 
 
-def test_head_is_the_initial_revision() -> None:
-    assert head_revision() == "0001"
+def test_revisions_form_one_chain_from_the_initial_one() -> None:
+    from db.session import _script
+
+    chain = [script.revision for script in _script(SCRIPT_LOCATION).walk_revisions()]  # head first
+    assert chain[0] == head_revision() and chain[-1] == "0001"
+    assert len(chain) == len(set(chain))
 
 
 def test_empty_to_head_matches_models(db_url: str, tmp_path: Path) -> None:
@@ -220,23 +226,24 @@ def test_downgrade_to_base_and_upgrade_again(db_url: str) -> None:
 
 
 def test_previous_revision_to_head(db_url: str, scripts_with_0002: str, tmp_path: Path) -> None:
-    upgrade(db_url)  # the real head, 0001: behind the copy's head 0002
+    head = head_revision()
+    upgrade(db_url)  # the real head: behind the copy's head
     _seed(db_url)
     with pytest.raises(SchemaOutOfDate) as info:
         open_database(db_url, create=True, script_location=scripts_with_0002)  # never migrates silently
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("database is at revision 0001 but rtgrid needs 0002: run `rtgrid db upgrade --db ")
-    assert current_revision(db_url) == "0001"
+    assert message.startswith(f"database is at revision {head} but rtgrid needs {NEXT}: run `rtgrid db upgrade --db ")
+    assert current_revision(db_url) == head
 
     upgrade(db_url, script_location=scripts_with_0002)
-    assert current_revision(db_url) == "0002"
+    assert current_revision(db_url) == NEXT
     engine = open_database(db_url, create=False, script_location=scripts_with_0002)
     engine.dispose()
     assert _counts(db_url) == (1, 2, 1)
 
-    downgrade(db_url, "0001", script_location=scripts_with_0002)  # rebuilds `trials` on SQLite
-    assert current_revision(db_url) == "0001"
+    downgrade(db_url, head, script_location=scripts_with_0002)  # rebuilds `trials` on SQLite
+    assert current_revision(db_url) == head
     assert _counts(db_url) == (1, 2, 1), "a table rebuild cascaded into the child tables"
     assert _results_rows(db_url) == 1
     assert _constraint_names(db_url) == _model_constraint_names(tmp_path), "the rebuild lost or renamed constraints"
@@ -278,6 +285,26 @@ def test_new_database_created_only_by_writers(db_url: str, db_backend: str) -> N
     engine.dispose()
     assert current_revision(db_url) == head_revision()
     open_database(db_url, create=False).dispose()
+
+
+def test_readers_check_the_revision_like_writers(db_url: str, db_backend: str, scripts_with_0002: str) -> None:
+    """open_readonly (query / export / report / plot): the writers' one-line errors, and never a new database."""
+    with pytest.raises(DatabaseError) as info:
+        open_readonly(db_url)
+    assert str(info.value).startswith("no rtgrid database at ") and "\n" not in str(info.value)
+    if db_backend == "sqlite":
+        assert not Path(db_url.removeprefix("sqlite:///")).exists(), "a reader must not create the file"
+    else:
+        assert _tables(db_url) == set() and current_revision(db_url) is None
+    upgrade(db_url)
+    open_readonly(db_url).dispose()  # at head: fine
+    with pytest.raises(SchemaOutOfDate) as info:
+        open_readonly(db_url, script_location=scripts_with_0002)  # the database is behind this head
+    with pytest.raises(SchemaOutOfDate) as writer:
+        open_database(db_url, create=False, script_location=scripts_with_0002)
+    assert str(info.value) == str(writer.value)
+    assert "run `rtgrid db upgrade --db " in str(info.value) and "\n" not in str(info.value)
+    assert current_revision(db_url) == head_revision()
 
 
 def test_foreign_tables_without_revision_are_refused(db_url: str) -> None:

@@ -64,7 +64,7 @@ def grid_file(tmp_path: Path) -> Path:
 
 def _options(tmp_path: Path, **extra) -> RunOptions:
     empty_root = tmp_path / "data"
-    empty_root.mkdir(exist_ok=True)
+    empty_root.mkdir(parents=True, exist_ok=True)
     return RunOptions(data_root=str(empty_root), artifacts=str(tmp_path / "artifacts"), quiet=True, **extra)
 
 
@@ -149,10 +149,14 @@ def test_interrupted_driver_then_resume(ray_local, db_url: str, grid_file: Path,
                     break
             assert driver.poll() is None, driver.stderr.read().decode() if driver.stderr else "driver exited"
             time.sleep(0.5)
+        # While the first driver lives, a second one (default stale limit) takes nothing from it.
+        second = submit(repo, grid_for_experiment(repo, "cut"), "cut", _options(tmp_path / "second"))
+        assert second.run.runnable == 0 and second.run.claimed_elsewhere > 0
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray instance it started
         driver.wait()
     assert len(done) >= 4, "driver did not complete trials in time"
+    assert not _kernel_starts(tmp_path / "second" / "artifacts")
 
     result = submit(repo, grid_for_experiment(repo, "cut"), "cut", _options(tmp_path, stale_after_s=0))
     assert result.run.failed == 0
@@ -160,3 +164,77 @@ def test_interrupted_driver_then_resume(ray_local, db_url: str, grid_file: Path,
     assert statuses == {"completed": 13}
     starts = _kernel_starts(artifacts)
     assert all(starts[h] == 1 for h in done), "a spec completed before the interruption ran again"
+
+
+NOOP_CELL = """
+name: noop-cell
+fixed: {arch: tiny_resnet, method: finetune, source: scratch, dataset: digits, epochs: 1, subset_size: 100}
+axes:
+  seed: SEEDS
+"""
+
+
+def test_lost_worker_strikes_only_its_own_spec(ray_local, db_url: str, tmp_path: Path) -> None:
+    """A worker process dies (os._exit) while running the second spec of a 4-spec pack: only that
+    spec is retried (resuming the rest of the pack untouched); dying past --max-failures fails it
+    alone, with the worker's error, while its pack-mates complete."""
+    repo = open_repository(db_url, write=True)
+    for seeds, deaths, experiment in (([0, 1, 2, 3], 1, "dies-once"), ([10, 11, 12, 13], 3, "dies-always")):
+        grid_file = tmp_path / f"{experiment}.yaml"
+        grid_file.write_text(NOOP_CELL.replace("SEEDS", str(seeds)))
+        grid = load_grid_file(grid_file)
+        victim = grid.specs[1].spec_hash
+        fault = {"spec_hash": victim, "marker_dir": str(tmp_path / f"deaths-{experiment}"), "times": deaths}
+        options = _options(tmp_path, kernel="noop", pack_size=4, max_failures=1,
+                           extra={"kill_worker": fault, "flush_interval_s": 0})
+        result = submit(repo, grid, experiment, options)
+        starts = _kernel_starts(tmp_path / "artifacts")
+        statuses = {h: repo.trial_by_hash(h)["status"] for h in (s.spec_hash for s in grid.specs)}
+        others = [s.spec_hash for s in grid.specs if s.spec_hash != victim]
+        assert all(statuses[h] == "completed" for h in others), statuses
+        assert all(starts[h] == 1 for h in others), "a pack-mate ran twice"
+        assert starts[victim] == 2  # the first run and one retry (--max-failures 1)
+        assert len(list(Path(fault["marker_dir"]).iterdir())) == min(deaths, 2), "the worker did not die"
+        if deaths == 1:
+            assert statuses[victim] == "completed" and result.run.failed == 0
+        else:
+            error = repo.trial_by_hash(victim)["error"]
+            assert statuses[victim] == "failed" and error.startswith("worker lost 2 times")
+            assert result.run.failed == 1 and result.run.failures == {victim: error}
+        assert all(repo.trial_by_hash(s.spec_hash)["claimed_by"] is None for s in grid.specs)
+
+
+def test_cancel_stops_a_running_driver(ray_local, db_url: str, grid_file: Path, tmp_path: Path) -> None:
+    grid_file.write_text(TINY_GRID.replace("seed: [0, 1]", "seed: [0, 1, 2, 3, 4, 5, 6, 7]")
+                         .replace("dataset: [digits, cifar10]", "dataset: [digits]")
+                         .replace("epochs: 2", "epochs: 6"))
+    (tmp_path / "data").mkdir()
+    env = {**os.environ, "RTGRID_DB": db_url}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "cli", "submit", str(grid_file), "--experiment", "stop-me", "--quiet",
+         "--artifacts", str(tmp_path / "artifacts"), "--data-root", str(tmp_path / "data"), "--pack-size", "1",
+         "--max-concurrent", "1"],
+        cwd=Path(__file__).resolve().parents[1], env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    repo = open_repository(db_url, write=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            started = _rows(repo, "SELECT count(*) FROM trials WHERE kind = 'transfer' AND status = 'running'")
+            if started and started[0][0]:
+                break
+            assert driver.poll() is None, driver.stderr.read() if driver.stderr else "driver exited"
+            time.sleep(0.5)
+        cancel = subprocess.run([sys.executable, "-m", "cli", "cancel", "stop-me"], env=env, text=True,
+                                capture_output=True, cwd=Path(__file__).resolve().parents[1])
+        assert cancel.returncode == 0 and "trials cancelled" in cancel.stdout
+        out, err = driver.communicate(timeout=120)  # the driver notices and stops by itself
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 0, err[-2000:]
+    statuses = Counter(r[0] for r in _rows(repo, "SELECT status FROM trials WHERE kind = 'transfer'"))
+    assert statuses["cancelled"] >= 6 and set(statuses) <= {"cancelled", "completed"}, statuses
+    assert _rows(repo, "SELECT count(*) FROM trials WHERE claimed_by IS NOT NULL")[0][0] == 0

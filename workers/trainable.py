@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -23,7 +22,11 @@ from workers.context import KernelContext, Report
 from workers.errors import KernelInputError
 from workers.sources import resolve_source_path, verify_checksum
 
-Emit = Callable[[dict[str, Any], str | None], None]
+# What the orchestrator may use besides the trainable (it reaches workers through this module only).
+__all__ = ["KernelContext", "KernelInputError", "PackRunner", "convert_trusted_checkpoint", "er_math", "execute",
+           "resume_checkpoint_path", "tune_entry"]
+
+Emit = Callable[[dict[str, Any]], None]
 
 # Kernels by spec kind; the "noop" override exists for scheduling benchmarks.
 NOOP_KERNEL = "noop"
@@ -47,12 +50,18 @@ def kernel_for(spec: Mapping[str, Any], override: str | None) -> Callable[..., d
     return run_transfer
 
 
-def execute(spec: dict[str, Any], ctx: KernelContext, report: Report, kernel: str | None = None) -> dict[str, Any]:
-    """Run one spec's kernel (resolving and checking its source first). Usable without Ray."""
+def execute(spec: dict[str, Any], ctx: KernelContext, report: Report, kernel: str | None = None,
+            source_checksum: str | None = None) -> dict[str, Any]:
+    """Run one spec's kernel (resolving and checking its source first). Usable without Ray.
+
+    `source_checksum` is the sha256 the driver recorded for a grid-trained source checkpoint; the
+    file is checked against it (and against the spec's own checksum for file sources).
+    """
     if spec["kind"] == "transfer" and kernel != NOOP_KERNEL:
         path = resolve_source_path(spec["source"], ctx.data_root, ctx.source_path)
         if path is not None:
             verify_checksum(path, spec.get("source_checksum"))
+            verify_checksum(path, source_checksum)
         ctx.source_path = path
     return kernel_for(spec, kernel)(spec, ctx, report)
 
@@ -72,10 +81,43 @@ def with_er(metrics: dict[str, Any], baseline: Mapping[str, Any] | None) -> dict
 def _node_id() -> str:
     try:
         import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - outside Ray there is no node id
+    except ImportError:  # the kernels run without Ray too
         return socket.gethostname()
+    # Asking a runtime context outside Ray would start a local Ray instance: ask only inside one.
+    if ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()
+
+
+def resume_checkpoint_path(artifacts_dir: str, spec_hash: str) -> Path:
+    """Where a spec's resume state lives: keyed by spec_hash on the shared artifacts directory, so
+    an in-process retry, a later round and a later driver all find the same file."""
+    return Path(artifacts_dir) / "checkpoints" / f"{spec_hash}.pt"
+
+
+def _load_resume_state(path: Path) -> dict[str, Any] | None:
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 - a torn or unreadable file: start the spec afresh
+        return None
+
+
+def _save_atomically(state: dict[str, Any], path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(state, temporary)
+        os.replace(temporary, path)  # readers see the old file or the new one, never half of one
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def _log_kernel_start(artifacts_dir: str, spec_hash: str, attempt: int, node: str) -> None:
@@ -86,101 +128,102 @@ def _log_kernel_start(artifacts_dir: str, spec_hash: str, attempt: int, node: st
         handle.write(f"{time.time():.3f}\t{spec_hash}\t{attempt}\t{node}\t{os.getpid()}\n")
 
 
+def _maybe_kill_worker(fault: Mapping[str, Any] | None, spec_hash: str) -> None:
+    """Fault injection for the lost-worker tests: the process dies as an OOM-killed worker does.
+
+    settings["kill_worker"] = {"spec_hash": H, "marker_dir": D, "times": N} kills the worker the
+    first N times spec H starts (one marker file per death, in a directory all nodes can see).
+    """
+    if not fault or fault.get("spec_hash") != spec_hash:
+        return
+    markers = Path(fault["marker_dir"])
+    markers.mkdir(parents=True, exist_ok=True)
+    if len(list(markers.iterdir())) < int(fault.get("times", 1)):
+        (markers / f"death-{time.time_ns()}").touch()
+        os._exit(70)  # no cleanup, no last report: a real crash
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
 class PackRunner:
-    """Runs the specs of one pack in order; `emit` sends a report (and optional checkpoint dir)."""
+    """Runs the specs of one pack in order; `emit` sends a batch of events to the driver.
 
-    def __init__(self, settings: Mapping[str, Any], emit: Emit, restored: Mapping[str, Any] | None) -> None:
+    A spec's failure is its own: a bad input fails it at once, any other exception retries it
+    in-process from its last resume checkpoint. A lost worker (the process dies) is handled by
+    the driver, which runs the pack's unfinished specs again in a later round.
+    """
+
+    def __init__(self, settings: Mapping[str, Any], emit: Emit) -> None:
         self.settings = settings
         self._emit = emit
         # Events of quick specs travel together: one Tune report per flush, not per event.
         self.flush_interval_s = float(settings.get("flush_interval_s", 0.25))
         self.buffer: list[dict[str, Any]] = []
         self.last_flush = float("-inf")  # the first event goes out at once
-        self.done: set[str] = set((restored or {}).get("done", []))
-        self.resume_hash: str | None = (restored or {}).get("current")
-        self.resume_state: dict[str, Any] | None = (restored or {}).get("state")
         self.node = _node_id()
 
-    def emit(self, payload: dict[str, Any], checkpoint_dir: str | None = None) -> None:
-        """Queue an event; send the queue now unless the last send was under flush_interval_s ago."""
+    def emit(self, payload: dict[str, Any], *, now: bool = False) -> None:
+        """Queue an event; send the queue if asked, or if the last send was flush_interval_s ago."""
         self.buffer.append(payload)
-        if checkpoint_dir is None and time.monotonic() - self.last_flush >= self.flush_interval_s:
+        if now or time.monotonic() - self.last_flush >= self.flush_interval_s:
             self.flush()
 
-    def flush(self, checkpoint_dir: str | None = None) -> None:
-        if self.buffer or checkpoint_dir is not None:
+    def flush(self) -> None:
+        if self.buffer:
             events, self.buffer = self.buffer, []
-            self._emit({"event": "batch", "events": events}, checkpoint_dir)
+            self._emit({"event": "batch", "events": events})
         self.last_flush = time.monotonic()
-
-    def _checkpoint(self, payload: dict[str, Any], state: dict[str, Any] | None, current: str | None) -> None:
-        import torch
-
-        directory = tempfile.mkdtemp(prefix="rtgrid-ckpt-")
-        try:
-            Path(directory, "progress.json").write_text(json.dumps({"done": sorted(self.done), "current": current}))
-            if state is not None:
-                torch.save(state, Path(directory, "state.pt"))
-            self.emit(payload, directory)
-            self.flush(directory)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
 
     def run(self, items: list[Mapping[str, Any]]) -> None:
         try:
-            self._run_all(items)
+            for item in items:
+                started = time.monotonic()
+                self._run_spec(item)
+                if time.monotonic() - started > self.flush_interval_s:
+                    # A slow spec: its end is news now, and so will be the next one's start.
+                    self.flush()
+                    self.last_flush = float("-inf")
         finally:
             self.flush()
-
-    def _run_all(self, items: list[Mapping[str, Any]]) -> None:
-        for position, item in enumerate(items):
-            spec_hash = item["spec_hash"]
-            if spec_hash in self.done:
-                continue
-            started = time.monotonic()
-            self._run_spec(item)
-            self.done.add(spec_hash)
-            elapsed = time.monotonic() - started
-            if elapsed > self.flush_interval_s:
-                # A slow spec: its end is news now, and so will be the next one's start.
-                self.flush()
-                self.last_flush = float("-inf")
-            long_enough = elapsed > float(self.settings.get("checkpoint_after_s", 30.0))
-            if long_enough and position + 1 < len(items):
-                self._checkpoint({"event": "progress", "spec_hash": spec_hash}, None, None)
 
     def _run_spec(self, item: Mapping[str, Any]) -> None:
         spec_hash = item["spec_hash"]
         spec = item["spec"]
+        artifacts = self.settings["artifacts_dir"]
         max_retries = int(self.settings.get("max_retries", 1))
         # Only long trials checkpoint: at an evaluation epoch once this much time has passed since
         # the last checkpoint (short trials simply run again after a crash).
         interval = float(self.settings.get("checkpoint_interval_s", 300.0))
-        last_checkpoint = [time.monotonic()]
-        state = self.resume_state if self.resume_hash == spec_hash else None
+        checkpoint = resume_checkpoint_path(artifacts, spec_hash)
         baseline = item.get("er_baseline")
         for attempt in range(1, max_retries + 2):
-            _log_kernel_start(self.settings["artifacts_dir"], spec_hash, attempt, self.node)
-            self.emit({"event": "started", "spec_hash": spec_hash, "attempt": attempt, "node": self.node}, None)
+            state = _load_resume_state(checkpoint)
+            resume_epoch = int(state.get("epoch", 0)) if state else None
+            _log_kernel_start(artifacts, spec_hash, attempt, self.node)
+            _maybe_kill_worker(self.settings.get("kill_worker"), spec_hash)
+            self.emit({"event": "started", "spec_hash": spec_hash, "attempt": attempt, "node": self.node,
+                       "resume_epoch": resume_epoch})
+            last_save = time.monotonic()
 
             def report(epoch: int, metrics: dict[str, float], _hash: str = spec_hash) -> None:
                 metrics = with_er(metrics, baseline)
-                self.emit({"event": "epoch", "spec_hash": _hash, "epoch": int(epoch), **metrics}, None)
+                self.emit({"event": "epoch", "spec_hash": _hash, "epoch": int(epoch), **metrics})
 
             def save_state(kernel_state: dict[str, Any], _hash: str = spec_hash) -> None:
-                if time.monotonic() - last_checkpoint[0] >= interval:
-                    last_checkpoint[0] = time.monotonic()
-                    epoch = int(kernel_state.get("epoch", 0))
-                    self._checkpoint({"event": "checkpoint", "spec_hash": _hash, "epoch": epoch}, kernel_state, _hash)
+                nonlocal last_save
+                if time.monotonic() - last_save < interval:
+                    return
+                last_save = time.monotonic()
+                _save_atomically(kernel_state, checkpoint)
+                self.emit({"event": "checkpoint", "spec_hash": _hash, "epoch": int(kernel_state.get("epoch", 0)),
+                           "uri": str(checkpoint)}, now=True)
 
             ctx = KernelContext(
                 data_root=self.settings.get("data_root"),
-                artifacts_dir=self.settings["artifacts_dir"],
+                artifacts_dir=artifacts,
                 device=self.settings.get("device", "cpu"),
                 download=bool(self.settings.get("download", False)),
                 source_path=item.get("source_path"),
@@ -189,58 +232,35 @@ class PackRunner:
             )
             started = time.time()
             try:
-                final = execute(dict(spec), ctx, report, self.settings.get("kernel"))
+                final = execute(dict(spec), ctx, report, self.settings.get("kernel"), item.get("source_checksum"))
             except KernelInputError as exc:  # bad input fails the same way every time: no retry
-                self.emit({"event": "failed", "spec_hash": spec_hash, "error": _one_line(exc)}, None)
+                self.emit({"event": "failed", "spec_hash": spec_hash, "error": _one_line(exc)}, now=True)
                 return
             except Exception as exc:  # noqa: BLE001 - any kernel failure is recorded on its spec
                 last = attempt == max_retries + 1
                 detail = traceback.format_exc(limit=3) if last else ""
                 event = "failed" if last else "retrying"
-                self.emit({"event": event, "spec_hash": spec_hash, "error": _one_line(exc), "detail": detail}, None)
-                state = None
+                self.emit({"event": event, "spec_hash": spec_hash, "error": _one_line(exc), "detail": detail},
+                          now=True)
                 if last:
                     return
                 continue
             final = with_er(dict(final), baseline)
-            artifacts = final.pop("artifacts", [])
-            self.emit(
-                {"event": "final", "spec_hash": spec_hash, "duration_s": time.time() - started,
-                 "artifacts_json": json.dumps(artifacts), **final},
-                None,
-            )
+            artifacts_made = final.pop("artifacts", [])
+            self.emit({"event": "final", "spec_hash": spec_hash, "duration_s": time.time() - started,
+                       "artifacts_json": json.dumps(artifacts_made), **final})
+            checkpoint.unlink(missing_ok=True)  # the result is recorded; the resume state is spent
             return
 
 
-def _restore() -> dict[str, Any] | None:
-    from ray import tune
-
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return None
-    import torch
-
-    with checkpoint.as_directory() as directory:
-        progress = json.loads(Path(directory, "progress.json").read_text())
-        state_path = Path(directory, "state.pt")
-        if state_path.exists():
-            progress["state"] = torch.load(state_path, weights_only=True)
-    return progress
-
-
 def tune_entry(config: dict[str, Any], packs: Mapping[str, list[dict[str, Any]]]) -> None:
-    """The Ray Tune function trainable."""
+    """The Ray Tune function trainable: one pack of specs, reported event batch by batch."""
     import torch
     from ray import tune
 
     settings = config["settings"]
     torch.set_num_threads(max(1, int(settings.get("threads", 1))))
-
-    def emit(payload: dict[str, Any], checkpoint_dir: str | None) -> None:
-        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(payload, checkpoint=checkpoint)
-
-    PackRunner(settings, emit, _restore()).run(packs[config["pack_id"]])
+    PackRunner(settings, tune.report).run(packs[config["pack_id"]])
 
 
 # --- the driver's other doors into workers (the orchestrator imports nothing else here) ---

@@ -1,0 +1,154 @@
+"""Trial lifecycle writes on one open transaction: a whole Tune report lands atomically.
+
+`Repository.transaction()` hands out a `TrialWriter`; the recorder applies every event of a
+report through it and the report commits (or rolls back) as one unit. Every write is keyed by
+spec_hash and idempotent, and a completed trial is immutable: neither its row nor its
+epoch rows change again, so a replayed or duplicated run cannot overwrite a recorded result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, case, func, select, update
+
+from db.models import EPOCH_METRICS, FINAL_METRICS, Artifact, EpochMetric, Trial
+
+TRIALS = Trial.__table__
+EPOCHS = EpochMetric.__table__
+ARTIFACTS = Artifact.__table__
+
+COMPLETE_FIELDS = frozenset({*FINAL_METRICS, "duration_s", "checkpoint_uri", "worker"})
+CHUNK = 1000  # rows per IN list: well under both backends' bound-parameter limits
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: they are UTC, say so."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class TrialWriter:
+    """The recorder's writes, all on `connection` (the caller commits)."""
+
+    def __init__(self, connection: Connection, insert: Callable[[Any], Any]) -> None:
+        self.connection = connection
+        self._insert = insert  # the dialect's INSERT (with ON CONFLICT)
+
+    def _trial(self, spec_hash: str) -> Any:
+        row = self.connection.execute(
+            select(TRIALS.c.id, TRIALS.c.status, TRIALS.c.started_at).where(TRIALS.c.spec_hash == spec_hash)
+        ).one_or_none()
+        if row is None:
+            raise LookupError(f"no trial with spec_hash {spec_hash}")
+        return row
+
+    def mark_started(self, spec_hash: str, worker: str | None = None) -> bool:
+        """pending/failed/running -> running (attempts + 1). Completed and cancelled stay put."""
+        now = utc_now()
+        values: dict[str, Any] = {"status": "running", "attempts": TRIALS.c.attempts + 1, "started_at": now,
+                                  "heartbeat_at": now, "finished_at": None, "error": None}
+        if worker:
+            values["worker"] = worker
+        stmt = (
+            update(TRIALS)
+            .where(TRIALS.c.spec_hash == spec_hash, TRIALS.c.status.in_(("pending", "running", "failed")))
+            .values(**values)
+        )
+        return self.connection.execute(stmt).rowcount > 0
+
+    def record_epoch(self, spec_hash: str, epoch: int, metrics: Mapping[str, float | None]) -> bool:
+        """Upsert the (trial, epoch) row and bump the heartbeat. False (nothing written) when the
+        trial is completed. A metric given as None does not erase a stored value."""
+        unknown = set(metrics) - set(EPOCH_METRICS)
+        if unknown:
+            raise ValueError(f"unknown epoch metric(s): {', '.join(sorted(unknown))}")
+        trial = self._trial(spec_hash)
+        if trial.status == "completed":
+            return False
+        now = utc_now()
+        values = {"trial_id": trial.id, "epoch": int(epoch), "recorded_at": now,
+                  **{name: metrics.get(name) for name in EPOCH_METRICS}}
+        stmt = self._insert(EPOCHS).values(values)
+        changes = {name: func.coalesce(stmt.excluded[name], EPOCHS.c[name]) for name in metrics}
+        changes["recorded_at"] = stmt.excluded.recorded_at
+        self.connection.execute(stmt.on_conflict_do_update(index_elements=["trial_id", "epoch"], set_=changes))
+        self.connection.execute(update(TRIALS).where(TRIALS.c.id == trial.id).values(heartbeat_at=now))
+        return True
+
+    def set_checkpoint(self, spec_hash: str, uri: str) -> bool:
+        """Where an unfinished trial's resume state lies (and the trial is alive)."""
+        stmt = (
+            update(TRIALS)
+            .where(TRIALS.c.spec_hash == spec_hash, TRIALS.c.status != "completed")
+            .values(checkpoint_uri=uri, heartbeat_at=utc_now())
+        )
+        return self.connection.execute(stmt).rowcount > 0
+
+    def complete(self, spec_hash: str, final: Mapping[str, Any]) -> bool:
+        """Final metrics + completed + finished_at + duration. A no-op when already completed.
+
+        `final` keys: the final metrics (FINAL_METRICS), duration_s (default: now - started_at),
+        checkpoint_uri, worker. None leaves a metric as it is; checkpoint_uri is always written
+        (None clears the resume checkpoint of a transfer that keeps no model).
+        """
+        unknown = set(final) - COMPLETE_FIELDS
+        if unknown:
+            raise ValueError(f"unknown final field(s): {', '.join(sorted(unknown))}")
+        trial = self._trial(spec_hash)
+        if trial.status == "completed":
+            return False
+        now = utc_now()
+        values = {name: value for name, value in final.items() if value is not None}
+        values["checkpoint_uri"] = final.get("checkpoint_uri")
+        if values.get("duration_s") is None and trial.started_at is not None:
+            started = aware(trial.started_at)
+            assert started is not None
+            values["duration_s"] = max(0.0, (now - started).total_seconds())
+        stmt = (
+            update(TRIALS)
+            .where(TRIALS.c.id == trial.id, TRIALS.c.status != "completed")
+            .values(status="completed", finished_at=now, heartbeat_at=now, error=None, **values)
+        )
+        return self.connection.execute(stmt).rowcount > 0
+
+    def fail(self, spec_hash: str, error: str) -> bool:
+        """Record a failure. A completed trial is untouched; a cancelled one keeps its status."""
+        stmt = (
+            update(TRIALS)
+            .where(TRIALS.c.spec_hash == spec_hash, TRIALS.c.status != "completed")
+            .values(status=case((TRIALS.c.status == "cancelled", "cancelled"), else_="failed"),
+                    error=str(error)[:20_000], finished_at=utc_now())
+        )
+        return self.connection.execute(stmt).rowcount > 0
+
+    def heartbeat(self, spec_hashes: Sequence[str]) -> int:
+        """These trials are still running."""
+        now = utc_now()
+        hashes = list(spec_hashes)
+        count = 0
+        for start in range(0, len(hashes), CHUNK):
+            stmt = (
+                update(TRIALS)
+                .where(TRIALS.c.spec_hash.in_(hashes[start : start + CHUNK]), TRIALS.c.status == "running")
+                .values(heartbeat_at=now)
+            )
+            count += self.connection.execute(stmt).rowcount
+        return count
+
+    def put_artifact(self, key_hash: str, kind: str, uri: str, meta: Mapping[str, Any] | None = None) -> bool:
+        """Record a shared artifact; the first record of a key wins. True when inserted."""
+        stmt = self._insert(ARTIFACTS).values(
+            key_hash=key_hash, kind=kind, uri=uri, meta_json=json.dumps(dict(meta or {}), sort_keys=True),
+            created_at=utc_now(),
+        )
+        stmt = stmt.on_conflict_do_nothing(index_elements=["key_hash"]).returning(ARTIFACTS.c.id)
+        return self.connection.execute(stmt).first() is not None
