@@ -113,6 +113,9 @@ def run_options(func: F) -> F:
         click.option("--pack-size", type=int, default=None, help="Specs per Tune trial (default: automatic)."),
         click.option("--download", is_flag=True, help="Allow torchvision to download missing datasets."),
         click.option("--quiet", is_flag=True, help="No progress bar; one summary line."),
+        click.option("--worker-logs", is_flag=True,
+                     help="Also print the workers' output here (it is always in Ray's log files; every "
+                          "failure is recorded on its trial and shown in the summary)."),
         click.option("--stale-after", "stale_after_s", type=float, default=120.0, show_default=True,
                      help="Seconds without a heartbeat after which a 'running' trial counts as interrupted "
                           "(0: every running trial; use when no other driver runs this experiment)."),

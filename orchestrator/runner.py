@@ -50,6 +50,7 @@ class RunOptions:
     pack_size: int | None = None  # None: chosen from the grid size and the cluster
     download: bool = False
     quiet: bool = False
+    worker_logs: bool = False  # forward workers' stdout/stderr to this console (always in Ray's log files)
     kernel: str | None = None  # "noop" for scheduling benchmarks
     checkpoint_interval_s: float = 300.0  # long trials checkpoint at eval epochs this often
     stale_after_s: float = 120.0  # a claim or running trial without a heartbeat this long is abandoned
@@ -101,11 +102,12 @@ def _start_ray(options: RunOptions) -> None:
     runtime_env = {"env_vars": {**TUNE_ENV, **forwarded}}
     try:
         if options.address:
-            ray.init(address=options.address, runtime_env=runtime_env, log_to_driver=not options.quiet,
+            ray.init(address=options.address, runtime_env=runtime_env, log_to_driver=options.worker_logs,
                      logging_level="ERROR")
         else:
-            ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=not options.quiet,
-                     logging_level="ERROR", num_cpus=os.cpu_count(), _node_ip_address=LOCAL_NODE_IP)
+            ray.init(address="local", include_dashboard=False, runtime_env=runtime_env,
+                     log_to_driver=options.worker_logs, logging_level="ERROR", num_cpus=os.cpu_count(),
+                     _node_ip_address=LOCAL_NODE_IP)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = options.address or "a local Ray instance"
         # Ray's messages span lines ("Initialization failure from server:\n<the reason>"): keep them all.
