@@ -427,7 +427,8 @@ _TRIAL_KEYS: dict[str, str] = {
     "kind": "source (trains a source model) | transfer (fine-tunes a source on a target)",
     "arch": "architecture, e.g. resnet50, tiny_resnet",
     "source": "pre-trained weights: torchvision:<arch> (natural), robustness:<name> (Madry robust), "
-              "spec:<spec_hash> (a source trial), file:<path>, scratch (random init); NULL for source trials. "
+              "spec:<spec_hash> (a source trial), file:<name> (its sha256 in spec_json), scratch (random init); "
+              "NULL for source trials. "
               "Random-init trials: method retrain/renofeation/delta-r (source kept for ASR) or source scratch",
     "dataset": "training / ID dataset (target of a transfer)",
     "ood": "OOD evaluation set (cifar10.1, noise-3, ...); NULL = none",
