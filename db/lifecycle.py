@@ -9,7 +9,7 @@ epoch rows change again, so a replayed or duplicated run cannot overwrite a reco
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +22,12 @@ EPOCHS = EpochMetric.__table__
 ARTIFACTS = Artifact.__table__
 
 COMPLETE_FIELDS = frozenset({*FINAL_METRICS, "duration_s", "checkpoint_uri", "worker"})
-CHUNK = 1000  # rows per IN list: well under both backends' bound-parameter limits
+CHUNK = 1000  # rows per statement / IN list: well under both backends' bound-parameter limits
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def utc_now() -> datetime:
@@ -133,12 +138,11 @@ class TrialWriter:
     def heartbeat(self, spec_hashes: Sequence[str]) -> int:
         """These trials are still running."""
         now = utc_now()
-        hashes = list(spec_hashes)
         count = 0
-        for start in range(0, len(hashes), CHUNK):
+        for chunk in chunks(list(spec_hashes)):
             stmt = (
                 update(TRIALS)
-                .where(TRIALS.c.spec_hash.in_(hashes[start : start + CHUNK]), TRIALS.c.status == "running")
+                .where(TRIALS.c.spec_hash.in_(chunk), TRIALS.c.status == "running")
                 .values(heartbeat_at=now)
             )
             count += self.connection.execute(stmt).rowcount

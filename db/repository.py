@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, Engine, and_, bindparam, func, literal, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from db.lifecycle import TrialWriter, aware, utc_now
+from db.lifecycle import TrialWriter, aware, chunks, utc_now
 from db.models import (
     EPOCH_METRICS,
     KEY_COLUMNS,
@@ -41,7 +41,6 @@ EPOCHS = EpochMetric.__table__
 ARTIFACTS = Artifact.__table__
 BASELINES = ErBaseline.__table__
 
-CHUNK = 1000  # rows per statement: well under SQLite's and PostgreSQL's bound-parameter limits
 RETRYABLE = frozenset({"failed", "cancelled", "running", "pending"})
 
 
@@ -85,9 +84,6 @@ def _row_dict(row: Any) -> dict[str, Any]:
     return {key: aware(value) if isinstance(value, datetime) else value for key, value in row._mapping.items()}
 
 
-def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class Repository:
@@ -208,7 +204,7 @@ class Repository:
             for spec_hash, row in unique.items()
         ]
         new = completed = other = linked = 0
-        for chunk in _chunks(values):
+        for chunk in chunks(values):
             hashes = [value["spec_hash"] for value in chunk]
             existing = dict(connection.execute(
                 select(TRIALS.c.spec_hash, TRIALS.c.status).where(TRIALS.c.spec_hash.in_(hashes))
@@ -311,7 +307,7 @@ class Repository:
         )
         got: list[str] = []
         with self._write() as connection:
-            for chunk in _chunks(list(spec_hashes)):
+            for chunk in chunks(list(spec_hashes)):
                 stmt = (
                     update(TRIALS)
                     .where(TRIALS.c.spec_hash.in_(chunk), claimable)
@@ -351,7 +347,7 @@ class Repository:
         """spec_hash -> status for the given trials."""
         found: dict[str, str] = {}
         with self._read() as connection:
-            for chunk in _chunks(list(spec_hashes)):
+            for chunk in chunks(list(spec_hashes)):
                 query = select(TRIALS.c.spec_hash, TRIALS.c.status).where(TRIALS.c.spec_hash.in_(chunk))
                 found.update(dict(connection.execute(query).all()))
         return found
@@ -360,7 +356,7 @@ class Repository:
         """spec_hash -> error of the given trials that are failed."""
         found: dict[str, str] = {}
         with self._read() as connection:
-            for chunk in _chunks(list(spec_hashes)):
+            for chunk in chunks(list(spec_hashes)):
                 query = select(TRIALS.c.spec_hash, TRIALS.c.error).where(
                     TRIALS.c.spec_hash.in_(chunk), TRIALS.c.status == "failed")
                 found.update({h: e or "failed" for h, e in connection.execute(query)})
@@ -405,14 +401,14 @@ class Repository:
 
     def status_counts_for(self, spec_hashes: Sequence[str]) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
-        for chunk in _chunks(list(spec_hashes)):
+        for chunk in chunks(list(spec_hashes)):
             for status, count in self._counts(TRIALS.c.spec_hash.in_(chunk)).items():
                 counts[status] += count
         return counts
 
     def any_cancelled(self, spec_hashes: Sequence[str]) -> bool:
         with self._read() as connection:
-            for chunk in _chunks(list(spec_hashes)):
+            for chunk in chunks(list(spec_hashes)):
                 query = select(TRIALS.c.id).where(TRIALS.c.spec_hash.in_(chunk), TRIALS.c.status == "cancelled")
                 if connection.execute(query.limit(1)).first() is not None:
                     return True
@@ -541,7 +537,7 @@ class Repository:
                 .values(er=bindparam("b_er"))
             )
             with self._write() as connection:
-                for chunk in _chunks(params):
+                for chunk in chunks(params):
                     connection.execute(stmt, list(chunk))
         return len(params)
 
@@ -551,7 +547,7 @@ class Repository:
         if params:
             stmt = update(TRIALS).where(TRIALS.c.id == bindparam("b_trial")).values(er=bindparam("b_er"))
             with self._write() as connection:
-                for chunk in _chunks(params):
+                for chunk in chunks(params):
                     connection.execute(stmt, list(chunk))
         return len(params)
 

@@ -35,19 +35,14 @@ def events_of(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [result] if result.get("event") else []
 
 
-class ReportRecorder:
-    """Turns trainable reports into repository writes. Independent of Ray (unit-testable)."""
-
-    def __init__(self, repo: Repository) -> None:
-        self.repo = repo
-
-    def handle(self, result: Mapping[str, Any]) -> None:
-        events = [e for e in events_of(result) if e.get("spec_hash")]
-        if not events:
-            return
-        with self.repo.transaction() as writer:
-            for event in events:
-                apply_event(writer, event)
+def record_report(repo: Repository, result: Mapping[str, Any]) -> None:
+    """Write one Tune report (a batch of events) in one transaction. Independent of Ray."""
+    events = [e for e in events_of(result) if e.get("spec_hash")]
+    if not events:
+        return
+    with repo.transaction() as writer:
+        for event in events:
+            apply_event(writer, event)
 
 
 def apply_event(writer: TrialWriter, event: Mapping[str, Any]) -> None:

@@ -209,11 +209,9 @@ def run_round(repo: Repository, packs: list[list[TrialSpec]], name: str, options
             os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
         else:
             os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = saved_pending
-    errors: dict[int, str] = {}
-    for result in results:
-        if result.error is not None and result.config:
-            errors[pack_ids.index(result.config["pack_id"])] = _one_line(result.error)
-    return errors
+    position = {pid: index for index, pid in enumerate(pack_ids)}
+    return {position[result.config["pack_id"]]: _one_line(result.error)
+            for result in results if result.error is not None and result.config}
 
 
 def _one_line(error: BaseException) -> str:

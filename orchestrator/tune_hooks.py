@@ -16,7 +16,7 @@ from typing import Any
 from ray import tune
 
 from db.repository import Repository
-from orchestrator.recorder import ReportRecorder
+from orchestrator.recorder import record_report
 
 LIVE: dict[str, Repository] = {}
 _OPENED: dict[str, Repository] = {}  # repositories opened from a URL in a process without the driver
@@ -51,7 +51,7 @@ class RecorderCallback(tune.Callback):
         self.db_url = db_url
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        ReportRecorder(_repository(self.token, self.db_url)).handle(result)
+        record_report(_repository(self.token, self.db_url), result)
 
 
 class CancelStopper(tune.Stopper):

@@ -232,7 +232,7 @@ def test_completed_trials_epochs_are_immutable(repo: Repository) -> None:
 
 def test_a_report_is_one_transaction(repo: Repository) -> None:
     """The recorder applies a Tune report's events together: a failing event undoes the batch."""
-    from orchestrator.recorder import ReportRecorder
+    from orchestrator.recorder import record_report
 
     _, _ = planned(repo, "e", [spec_row(1)])
     spec_hash = spec_row(1)["spec_hash"]
@@ -240,9 +240,9 @@ def test_a_report_is_one_transaction(repo: Repository) -> None:
             {"event": "epoch", "spec_hash": spec_hash, "epoch": 1, "test_acc": 0.4}]
     unknown = {"event": "epoch", "spec_hash": "f" * 64, "epoch": 1, "test_acc": 0.4}
     with pytest.raises(LookupError):
-        ReportRecorder(repo).handle({"event": "batch", "events": [*good, unknown]})
+        record_report(repo, {"event": "batch", "events": [*good, unknown]})
     assert repo.trial_by_hash(spec_hash)["status"] == "pending" and repo.epoch_rows("e") == []
-    ReportRecorder(repo).handle({"event": "batch", "events": good})
+    record_report(repo, {"event": "batch", "events": good})
     assert repo.trial_by_hash(spec_hash)["status"] == "running" and len(repo.epoch_rows("e")) == 1
 
 
