@@ -333,8 +333,15 @@ class Repository:
 
     def release_claims(self, driver: str, interrupted_error: str) -> int:
         """The driver is done: trials it left running failed with `interrupted_error` (they run
-        again on resume), and every claim of the driver is dropped. Returns the interrupted count."""
+        again on resume), failed trials it queued but never started are failed again (still with
+        their error: only a start clears it), and every claim of the driver is dropped. Returns
+        the interrupted count."""
         with self._write() as connection:
+            connection.execute(
+                update(TRIALS)
+                .where(TRIALS.c.claimed_by == driver, TRIALS.c.status == "pending", TRIALS.c.error.is_not(None))
+                .values(status="failed")
+            )
             interrupted = connection.execute(
                 update(TRIALS)
                 .where(TRIALS.c.claimed_by == driver, TRIALS.c.status == "running")

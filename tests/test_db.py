@@ -280,6 +280,22 @@ def test_claims_split_work_between_live_drivers(repo: Repository) -> None:
     assert all(row["claimed_by"] is None for row in after.values())
 
 
+def test_a_driver_that_stops_early_leaves_failed_trials_failed(repo: Repository) -> None:
+    """Claiming queues a failed trial as pending; if the driver stops before it starts (Ray would not
+    start, Ctrl-C), releasing the claim gives it back its failed status and error."""
+    experiment_id, _ = planned(repo, "e", [spec_row(i) for i in range(2)])
+    failed, pending = spec_row(0)["spec_hash"], spec_row(1)["spec_hash"]
+    repo.mark_started(failed)
+    repo.fail(failed, "KernelInputError: no dataset")
+    assert sorted(repo.claim("driver-a", [failed, pending], stale_after_s=120)) == sorted([failed, pending])
+    assert repo.trial_by_hash(failed)["status"] == "pending"
+    assert repo.release_claims("driver-a", "interrupted") == 0
+    assert (repo.trial_by_hash(failed)["status"], repo.trial_by_hash(failed)["error"]) == (
+        "failed", "KernelInputError: no dataset")
+    assert repo.trial_by_hash(pending)["status"] == "pending"
+    assert repo.reset_for_retry(experiment_id) == 1  # `rtgrid retry --failed` still finds it
+
+
 def test_failure_retry_and_cancel(repo: Repository) -> None:
     experiment_id, _ = planned(repo, "e", [spec_row(i) for i in range(4)])
     hashes = [spec_row(i)["spec_hash"] for i in range(4)]
