@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-
-from orchestrator.cli_errors import one_line_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -20,11 +20,50 @@ def db_option(func: F) -> F:
     return click.option("--db", "db_url", default=None, help=DB_HELP)(func)
 
 
+def readonly_db_option(func: F) -> F:
+    return click.option("--db", "db_url", default=None, help=f"{DB_HELP[:-1]}; opened read-only.")(func)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input or an unusable database, never a bug in rtgrid."""
+    from sqlalchemy.exc import DBAPIError
+
+    from db.session import DatabaseError
+    from orchestrator.errors import UserError
+    from orchestrator.plan.grids import GridError
+    from orchestrator.plan.spec import SpecError
+    from workers.trainable import KernelInputError
+
+    errors: list[type[BaseException]] = [DatabaseError, GridError, SpecError, KernelInputError, UserError,
+                                         sqlite3.Error, DBAPIError]
+    try:
+        import psycopg
+
+        errors.append(psycopg.Error)
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
+    return tuple(errors)
+
+
+def one_line_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except user_errors() as exc:
+            text = str(getattr(exc, "orig", None) or exc).strip()
+            message = text.splitlines()[0].strip() if text else type(exc).__name__
+            click.echo(f"rtgrid: error: {message}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """rtgrid: resumable, deduplicated transfer-learning robustness grids on Ray Tune."""
-    from orchestrator.store import close_all
+    from orchestrator.console.store import close_all
 
     ctx.call_on_close(close_all)
 
@@ -40,7 +79,7 @@ def grid() -> None:
 @grid.command("list")
 def grid_list() -> None:
     """The grid presets with their trial counts."""
-    from orchestrator.grids import iter_presets
+    from orchestrator.plan.grids import iter_presets
 
     for name, line in iter_presets():
         click.echo(f"{name:<20}{line}")
@@ -53,8 +92,8 @@ def grid_list() -> None:
 @one_line_errors
 def grid_show(name: str, count: bool, fmt: str) -> None:
     """Show a grid (preset NAME or YAML FILE): its size and a breakdown by axis."""
-    from orchestrator.grids import breakdown, load_grid
-    from orchestrator.views import format_breakdown
+    from orchestrator.console.views import format_breakdown
+    from orchestrator.plan.grids import breakdown, load_grid
 
     loaded = load_grid(name)
     if count:
@@ -80,7 +119,7 @@ def db() -> None:
 @one_line_errors
 def db_upgrade(db_url: str | None) -> None:
     """Migrate the database to the newest schema (creates it when new)."""
-    from orchestrator.store import upgrade_database
+    from orchestrator.console.store import upgrade_database
 
     click.echo(upgrade_database(db_url))
 
@@ -90,7 +129,7 @@ def db_upgrade(db_url: str | None) -> None:
 @one_line_errors
 def db_current(db_url: str | None) -> None:
     """Print the database's schema revision and the one rtgrid needs."""
-    from orchestrator.store import revision_line
+    from orchestrator.console.store import revision_line
 
     click.echo(revision_line(db_url))
 
@@ -126,15 +165,15 @@ def run_options(func: F) -> F:
 
 
 def _options(**kwargs: Any) -> Any:
-    from orchestrator.runner import RunOptions
+    from orchestrator.run.runner import RunOptions
 
     return RunOptions(**kwargs)
 
 
 def _run_and_print(repo: Any, loaded: Any, experiment: str, options: Any) -> None:
-    from orchestrator.progress import GridProgress
-    from orchestrator.submit import submit
-    from orchestrator.views import format_plan, format_run
+    from orchestrator.console.progress import GridProgress
+    from orchestrator.console.views import format_plan, format_run
+    from orchestrator.run.submit import submit
 
     result = submit(repo, loaded, experiment, options,
                     progress_factory=lambda total: GridProgress(total, quiet=options.quiet))
@@ -154,10 +193,10 @@ def _run_and_print(repo: Any, loaded: Any, experiment: str, options: Any) -> Non
 @one_line_errors
 def submit(grid_name: str, experiment: str | None, dry_run: bool, db_url: str | None, **run: Any) -> None:
     """Run a grid (preset NAME or YAML FILE): every spec not already completed."""
-    from orchestrator.grids import load_grid
-    from orchestrator.store import open_repository
-    from orchestrator.submit import plan_only
-    from orchestrator.views import format_plan
+    from orchestrator.console.store import open_repository
+    from orchestrator.console.views import format_plan
+    from orchestrator.plan.grids import load_grid
+    from orchestrator.run.submit import plan_only
 
     loaded = load_grid(grid_name)
     name = experiment or loaded.name
@@ -178,8 +217,8 @@ def submit(grid_name: str, experiment: str | None, dry_run: bool, db_url: str | 
 @one_line_errors
 def resume(experiment: str, db_url: str | None, **run: Any) -> None:
     """Run again what an experiment has not completed (failed, interrupted, pending)."""
-    from orchestrator.store import open_repository
-    from orchestrator.submit import grid_for_experiment
+    from orchestrator.console.store import open_repository
+    from orchestrator.run.submit import grid_for_experiment
 
     repo = open_repository(db_url, write=True)
     _run_and_print(repo, grid_for_experiment(repo, experiment), experiment, _options(**run))
@@ -194,8 +233,8 @@ def resume(experiment: str, db_url: str | None, **run: Any) -> None:
 @one_line_errors
 def retry(experiment: str, statuses: str, db_url: str | None, **run: Any) -> None:
     """Reset an experiment's failed (or cancelled) trials to pending and run them."""
-    from orchestrator.store import open_repository
-    from orchestrator.submit import grid_for_experiment
+    from orchestrator.console.store import open_repository
+    from orchestrator.run.submit import grid_for_experiment
 
     repo = open_repository(db_url, write=True)
     loaded = grid_for_experiment(repo, experiment)
@@ -210,8 +249,8 @@ def retry(experiment: str, statuses: str, db_url: str | None, **run: Any) -> Non
 @one_line_errors
 def cancel(experiment: str, db_url: str | None) -> None:
     """Mark an experiment's pending and running trials cancelled (a running driver stops)."""
+    from orchestrator.console.store import open_repository
     from orchestrator.errors import UserError
-    from orchestrator.store import open_repository
 
     repo = open_repository(db_url, write=True)
     experiment_id = repo.experiment_id(experiment)
@@ -226,8 +265,8 @@ def cancel(experiment: str, db_url: str | None) -> None:
 @one_line_errors
 def status(experiment: str | None, db_url: str | None) -> None:
     """Trial counts by status (one experiment or all), throughput and ETA."""
-    from orchestrator.status import status_report
-    from orchestrator.store import open_repository
+    from orchestrator.console.status import status_report
+    from orchestrator.console.store import open_repository
 
     click.echo(status_report(open_repository(db_url, write=False), experiment))
 
@@ -244,7 +283,7 @@ def status(experiment: str | None, db_url: str | None) -> None:
 def run_spec(grid_name: str, index: int, data_root: str | None, artifacts: str, source_path: str | None,
              threads: int | None, download: bool) -> None:
     """Run one spec's kernel here and print its per-epoch metrics (no Ray, no database)."""
-    from orchestrator.debug import run_one_spec
+    from orchestrator.console.debug import run_one_spec
 
     for line in run_one_spec(grid_name, index, data_root, artifacts, source_path, threads, download):
         click.echo(line)
@@ -264,7 +303,7 @@ def sources_convert(input_path: str, output_path: str) -> None:
 
     This unpickles INPUT with full pickle semantics: run it only on files you trust.
     """
-    from orchestrator.debug import convert_source
+    from orchestrator.console.debug import convert_source
 
     digest = convert_source(input_path, output_path)
     click.echo(f"wrote {output_path} (sha256 {digest})")
@@ -277,7 +316,7 @@ def sources_convert(input_path: str, output_path: str) -> None:
 @one_line_errors
 def demo(db_url: str | None, artifacts: str, quiet: bool) -> None:
     """Run the embedded smoke grid end to end (local Ray, SQLite) and print its results."""
-    from orchestrator.demo import run_demo
+    from orchestrator.console.demo import run_demo
 
     failed = run_demo(db_url, artifacts, quiet, click.echo)
     if failed:
@@ -302,9 +341,9 @@ def er() -> None:
 def er_fit(id_dataset: str, ood_dataset: str, experiment: str | None, csv_path: str | None, published: str | None,
            transform: str, db_url: str | None) -> None:
     """Fit an ER baseline, store it, and fill ER for every stored epoch of that (ID, OOD) pair."""
-    from orchestrator import er as er_fits
+    from orchestrator.console.store import open_repository
     from orchestrator.errors import UserError
-    from orchestrator.store import open_repository
+    from orchestrator.results import er as er_fits
 
     chosen = [x for x in (experiment, csv_path, published) if x]
     if len(chosen) != 1:
@@ -321,14 +360,123 @@ def er_fit(id_dataset: str, ood_dataset: str, experiment: str | None, csv_path: 
                f"and {fit.trials_filled} trials")
 
 
-def _add_result_commands() -> None:
-    from orchestrator.cli_results import export, plot, query, report
+# --- results (read-only) -----------------------------------------------------------------
+def _subset(value: str | None) -> int | str | None:
+    if value is None or value == "full":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        from orchestrator.errors import UserError
 
-    for command in (query, export, report, plot):
-        main.add_command(command)
+        raise UserError(f"--subset-size must be an integer or 'full', got {value!r}") from None
 
 
-_add_result_commands()
+@main.command()
+@click.argument("sql", required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--schema", is_flag=True, help="Print the tables, columns and the results view, with their meaning.")
+@readonly_db_option
+@one_line_errors
+def query(sql: str | None, fmt: str, schema: bool, db_url: str | None) -> None:
+    """Run one read-only SQL statement (SQL, or - to read it from stdin) and print the rows.
+
+    The database is opened read-only: a statement that writes is refused and changes nothing.
+    Start with the `results` view: rtgrid query --schema
+    """
+    from orchestrator.errors import UserError
+    from orchestrator.results.query import ReadOnlyDatabase, format_result, schema_text
+
+    if sql == "-":
+        sql = sys.stdin.read()
+    if not schema and not sql:
+        raise UserError('give a SQL statement, e.g. rtgrid query "SELECT * FROM results LIMIT 5", or --schema')
+    with ReadOnlyDatabase(db_url) as database:  # type: ignore[arg-type]
+        if schema:
+            click.echo(schema_text(database))
+        if sql:
+            click.echo(format_result(database.execute_user(sql), fmt))
+
+
+@main.command()
+@click.argument("experiment")
+@click.option("--table", type=click.Choice(["trials", "epochs"]), default="trials", show_default=True,
+              help="trials: one row per trial; epochs: one row per (trial, evaluation epoch).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="Output file (CSV goes to stdout without it).")
+@readonly_db_option
+@one_line_errors
+def export(experiment: str, table: str, fmt: str, output: str | None, db_url: str | None) -> None:
+    """Export an experiment's trials or per-epoch metrics (fractions) as CSV or Parquet."""
+    from orchestrator.results.export import export_frame, write_export
+
+    frame = export_frame(experiment, table, db_url)
+    text = write_export(frame, fmt, output)
+    if text is not None:
+        click.echo(text, nl=False)
+    else:
+        click.echo(f"wrote {len(frame)} rows to {output}", err=True)
+
+
+def _report_names() -> list[str]:
+    return ["utrera-table7", "utrera-blocks", "renofeation", "er", "demo"]
+
+
+@main.command()
+@click.argument("name", type=click.Choice(_report_names()))
+@click.option("--experiment", required=True, help="Experiment name.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table",
+              show_default=True, help="csv: the report's data in long form, accuracies as fractions.")
+@click.option("--blocks", type=int, default=None, help="Fine-tuned blocks (utrera-table7; default 3).")
+@readonly_db_option
+@one_line_errors
+def report(name: str, experiment: str, fmt: str, blocks: int | None, db_url: str | None) -> None:
+    """Print one of the papers' tables for an experiment (percentages; ER in pp).
+
+    \b
+    utrera-table7  mean test accuracy by target x subset size and source (± 95% CI, * = best)
+    utrera-blocks  test accuracy by number of fine-tuned blocks per target x source
+    renofeation    clean accuracy and ASR by method x dataset, with the average
+    er             per-epoch ER binned by ID accuracy, per architecture and init
+    demo           the demo's closing tables and the SQL behind the first
+    """
+    from orchestrator.results.reports import build_report, render
+
+    click.echo(render(build_report(name, experiment, db_url, blocks), fmt))
+
+
+def _plot_names() -> list[str]:
+    return ["accuracy-delta", "learning-curve", "blocks", "asr-vs-clean", "er"]
+
+
+@main.command()
+@click.argument("name", type=click.Choice(_plot_names()))
+@click.option("--experiment", required=True, help="Experiment name.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--blocks", type=int, default=None, help="Fine-tuned blocks (accuracy-delta, learning-curve; "
+                                                        "default 3).")
+@click.option("--subset-size", default=None, help="Training images (learning-curve, blocks; an integer or 'full'; "
+                                                  "default the smallest).")
+@readonly_db_option
+@one_line_errors
+def plot(name: str, experiment: str, output: str, blocks: int | None, subset_size: str | None,
+         db_url: str | None) -> None:
+    """Draw one of the papers' figures for an experiment as a PNG.
+
+    \b
+    accuracy-delta  robust − natural test accuracy vs training images (Utrera Fig. 2b)
+    learning-curve  test accuracy vs epoch (Utrera Fig. 3)
+    blocks          test accuracy vs fine-tuned blocks (Utrera Fig. 4)
+    asr-vs-clean    ASR vs clean accuracy (Renofeation)
+    er              ER vs ID accuracy over training (Andreassen Fig. 1c)
+    """
+    from orchestrator.results.plots import check_output, make_plot, save_plot
+
+    check_output(output)
+    figure = make_plot(name, experiment, db_url, blocks=blocks, subset_size=_subset(subset_size))
+    click.echo(f"wrote {save_plot(figure, output)}")
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 from db.models import Base  # noqa: E402
 from db.repository import Repository  # noqa: E402
 from db.session import open_database  # noqa: E402
-from orchestrator.grids import utrera2021  # noqa: E402
-from orchestrator.planner import record_plan  # noqa: E402
-from orchestrator.query import ReadOnlyDatabase  # noqa: E402
-from orchestrator.reports import build_report, render  # noqa: E402
+from orchestrator.plan.grids import utrera2021  # noqa: E402
+from orchestrator.plan.planner import record_plan  # noqa: E402
+from orchestrator.results.query import ReadOnlyDatabase  # noqa: E402
+from orchestrator.results.reports import build_report, render  # noqa: E402
 
 EXPERIMENT = "utrera2021"
 EPOCH_ROWS = 15
@@ -133,7 +133,7 @@ def main() -> None:
         assert len(check) == len(mine) == len(baseline), "report and naive baseline disagree on the cells"
         assert np.allclose(check["mean_x"], check["mean_y"]) and np.allclose(check["ci95_x"], check["ci95_y"])
 
-        command = [sys.executable, "-c", "import sys; from orchestrator.cli_results import report; "
+        command = [sys.executable, "-c", "import sys; from cli import report; "
                    "sys.argv[0] = 'rtgrid report'; report()", "utrera-table7", "--experiment", EXPERIMENT,
                    "--db", url]
         cli_s = timed(lambda: subprocess.run(command, cwd=ROOT, capture_output=True, check=True))[0]

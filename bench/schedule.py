@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.grids import Grid, load_grid
-from orchestrator.runner import TUNE_ENV, RunOptions, _start_ray
-from orchestrator.store import open_repository
-from orchestrator.submit import submit
+from orchestrator.console.store import open_repository
+from orchestrator.plan.grids import Grid, load_grid
+from orchestrator.run.runner import TUNE_ENV, RunOptions, _start_ray
+from orchestrator.run.submit import submit
 
 
 def plain_tune(n_specs: int, storage: str, tuned: bool) -> float:

@@ -27,9 +27,9 @@ from sqlalchemy import Engine, bindparam, update
 
 from db.models import Base
 from db.repository import Repository
-from orchestrator.grids import Grid
-from orchestrator.planner import record_plan
-from orchestrator.spec import TrialSpec
+from orchestrator.plan.grids import Grid
+from orchestrator.plan.planner import record_plan
+from orchestrator.plan.spec import TrialSpec
 
 EPOCHS = 4
 UTRERA_SOURCES = {"natural": "torchvision:resnet50", "l2-3": "robustness:imagenet_l2_3_0",
@@ -224,7 +224,7 @@ def results_url(request: pytest.FixtureRequest) -> str:
 
 
 def raw_frame(url: str, sql: str) -> pd.DataFrame:
-    """Plain DBAPI + pandas, independent of orchestrator.query (the tests' own reader)."""
+    """Plain DBAPI + pandas, independent of orchestrator.results.query (the tests' own reader)."""
     if url.startswith("sqlite"):
         import sqlite3
 
@@ -314,7 +314,7 @@ def t_ci(values: pd.Series) -> tuple[int, float, float]:
 
 # --- the demo's numbers, recomputed from the raw rows ---------------------------------------------------
 
-# Random-init trials, written out here (not imported) so the check stays independent of orchestrator.results.
+# Random-init trials, written out here (not imported) so the check stays independent of orchestrator.results.frames.
 RANDOM_INIT = ("retrain", "renofeation", "delta-r")
 PUBLISHED_ROBUST = {"imagenet_l2_3_0": "l2-3", "imagenet_linf_4": "linf-4", "imagenet_linf_8": "linf-8"}
 
@@ -368,7 +368,7 @@ def _summary(trials: pd.DataFrame, keys: list[str], column: str, prefix: str = "
 
 
 def independent_demo_frames(db_url: str, experiment: str) -> dict[str, pd.DataFrame]:
-    """The numbers of the demo's closing tables (orchestrator.reports.demo_frames), recomputed with
+    """The numbers of the demo's closing tables (orchestrator.results.reports.demo_frames), recomputed with
     pandas + scipy from raw `trials` / `epoch_metrics` rows, sharing no code with orchestrator.
 
     Demo trials: completed transfers of `experiment` that are not random-init (method retrain /

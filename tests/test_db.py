@@ -33,7 +33,7 @@ from db.session import (
 
 
 def spec_row(i: int, **overrides: Any) -> dict[str, Any]:
-    """A synthetic trials row shaped like orchestrator.planner.trial_row."""
+    """A synthetic trials row shaped like orchestrator.plan.planner.trial_row."""
     spec = {"kind": "transfer", "arch": "resnet50", "source": f"robustness:src{i % 4}", "dataset": "cifar10",
             "ood": "cifar10.1", "method": "finetune", "blocks": (0, 1, 3, 9)[i % 4],
             "subset_size": None if i % 10 == 0 else 100 * (1 + i % 9), "seed": i, "epochs": 10, **overrides}
@@ -232,7 +232,7 @@ def test_completed_trials_epochs_are_immutable(repo: Repository) -> None:
 
 def test_a_report_is_one_transaction(repo: Repository) -> None:
     """The recorder applies a Tune report's events together: a failing event undoes the batch."""
-    from orchestrator.recorder import record_report
+    from orchestrator.run.recorder import record_report
 
     _, _ = planned(repo, "e", [spec_row(1)])
     spec_hash = spec_row(1)["spec_hash"]

@@ -11,10 +11,10 @@ import pytest
 from results_data import assert_frames_agree, independent_demo_frames
 from sqlalchemy import create_engine, text
 
-from orchestrator.demo import DEMO_EXPERIMENT
-from orchestrator.grids import smoke
-from orchestrator.query import ReadOnlyDatabase
-from orchestrator.reports import demo_frames
+from orchestrator.console.demo import DEMO_EXPERIMENT
+from orchestrator.plan.grids import smoke
+from orchestrator.results.query import ReadOnlyDatabase
+from orchestrator.results.reports import demo_frames
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from orchestrator.grids import load_grid_file
-from orchestrator.runner import RunOptions, _start_ray
-from orchestrator.store import open_repository
-from orchestrator.submit import grid_for_experiment, submit
+from orchestrator.console.store import open_repository
+from orchestrator.plan.grids import load_grid_file
+from orchestrator.run.runner import RunOptions, _start_ray
+from orchestrator.run.submit import grid_for_experiment, submit
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

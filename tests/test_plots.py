@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from results_data import expected_label, raw_trials, results_postgres, results_sqlite, results_url, t_ci  # noqa: F401
 
-from orchestrator import cli_results
-from orchestrator.plots import PLOTS, accuracy_delta_frame, make_plot
-from orchestrator.query import ReadOnlyDatabase
+import cli as cli_results
+from orchestrator.results.plots import PLOTS, accuracy_delta_frame, make_plot
+from orchestrator.results.query import ReadOnlyDatabase
 
 EXPERIMENT = {"accuracy-delta": "utrera-mini", "learning-curve": "utrera-mini", "blocks": "utrera-mini",
               "asr-vs-clean": "reno-mini", "er": "utrera-mini"}

@@ -20,9 +20,10 @@ from results_data import (  # noqa: F401
     results_url,
 )
 
-from orchestrator import cli_results
-from orchestrator.export import export_frame
-from orchestrator.query import (
+import cli as cli_results
+from orchestrator.results.export import export_frame
+from orchestrator.results.frames import results_frame
+from orchestrator.results.query import (
     COLUMN_DOCS,
     TABLE_DOCS,
     QueryRefused,
@@ -31,7 +32,6 @@ from orchestrator.query import (
     live_schema,
     split_statements,
 )
-from orchestrator.results import results_frame
 
 WRITES = [
     "INSERT INTO experiments (name, grid) VALUES ('x', 'y')",
@@ -154,7 +154,7 @@ def test_side_effect_functions_are_refused_and_reads_still_work(results_url: str
 def test_sqlite_authorizer_denies_file_and_extension_functions(results_sqlite: str) -> None:  # noqa: F811
     import sqlite3
 
-    from orchestrator.query import SQLITE_DENIED_FUNCTIONS, _strict_authorizer
+    from orchestrator.results.query import SQLITE_DENIED_FUNCTIONS, _strict_authorizer
 
     for name in SQLITE_DENIED_FUNCTIONS:
         assert _strict_authorizer(sqlite3.SQLITE_FUNCTION, None, name) == sqlite3.SQLITE_DENY
@@ -214,7 +214,7 @@ def test_schema_describes_every_live_column(results_url: str) -> None:  # noqa: 
             "results"} <= set(schema)
     missing = [f"{table}.{column}" for table, columns in schema.items() for column, _ in columns
                if not COLUMN_DOCS.get(table, {}).get(column)]
-    assert not missing, f"columns without a description in orchestrator/query.py COLUMN_DOCS: {missing}"
+    assert not missing, f"columns without a description in orchestrator/results/query.py COLUMN_DOCS: {missing}"
     assert set(schema) <= set(TABLE_DOCS)
     stale = [f"{t}.{c}" for t, cols in COLUMN_DOCS.items() if t in schema for c in cols
              if c not in {name for name, _ in schema[t]}]

@@ -26,12 +26,14 @@ from results_data import (  # noqa: F401
     t_ci,
 )
 
+import cli as cli_results
 from db.repository import Repository
 from db.session import open_database
-from orchestrator import cli_results, stats
-from orchestrator.plots import PLOTS
-from orchestrator.query import ReadOnlyDatabase
-from orchestrator.reports import (
+from orchestrator.results import stats
+from orchestrator.results.frames import source_label
+from orchestrator.results.plots import PLOTS
+from orchestrator.results.query import ReadOnlyDatabase
+from orchestrator.results.reports import (
     REPORTS,
     blocks_frame,
     build_report,
@@ -42,7 +44,6 @@ from orchestrator.reports import (
     renofeation_frame,
     table7_frame,
 )
-from orchestrator.results import source_label
 
 
 def _completed_transfers(url: str, experiment: str) -> pd.DataFrame:
@@ -167,7 +168,7 @@ def test_demo_tables_and_their_sql_agree(results_url: str) -> None:  # noqa: F81
     independent = independent_demo_frames(results_url, "smoke-mini")
     assert_frames_agree(accuracy, independent["accuracy"], ["dataset", "source_label", "subset_size"])
     assert_frames_agree(robustness, independent["robustness"], ["dataset", "source_label"])
-    repo = Repository(open_database(results_url, create=False))  # what orchestrator.demo passes
+    repo = Repository(open_database(results_url, create=False))  # what orchestrator.console.demo passes
     lines = list(demo_report(repo, "smoke-mini"))
     repo.close()
     text = "\n".join(lines)
@@ -248,8 +249,8 @@ def test_table7_is_one_query_not_per_trial(results_sqlite: str) -> None:  # noqa
 
 
 def test_result_modules_import_neither_torch_nor_matplotlib() -> None:
-    code = ("import sys, orchestrator.cli_results, orchestrator.query, orchestrator.results, orchestrator.export, "
-            "orchestrator.reports, orchestrator.plots, orchestrator.stats; "
+    code = ("import sys, orchestrator.results.query, orchestrator.results.frames, orchestrator.results.export, "
+            "orchestrator.results.reports, orchestrator.results.plots, orchestrator.results.stats; "
             "print(sorted(m for m in ('torch', 'matplotlib', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -262,7 +263,7 @@ DUP_BASE = dict(kind="transfer", arch="resnet50", dataset="cifar10", ood="cifar1
 
 
 def _dup_specs() -> list:
-    from orchestrator.spec import TrialSpec
+    from orchestrator.plan.spec import TrialSpec
 
     specs = [TrialSpec(**DUP_BASE, source=source, seed=seed)
              for seed in (0, 1) for source in ("torchvision:resnet50", "robustness:imagenet_l2_3_0")]
@@ -278,8 +279,8 @@ def dup_url(db_url: str) -> str:
     from sqlalchemy import bindparam, update
 
     from db.models import Base
-    from orchestrator.grids import Grid
-    from orchestrator.planner import record_plan
+    from orchestrator.plan.grids import Grid
+    from orchestrator.plan.planner import record_plan
 
     engine = open_database(db_url, create=True)
     specs = _dup_specs()
@@ -298,7 +299,7 @@ def dup_url(db_url: str) -> str:
 
 def test_every_report_and_plot_refuses_two_trials_of_one_seed_in_a_cell(dup_url: str) -> None:
     from orchestrator.errors import UserError
-    from orchestrator.plots import make_plot
+    from orchestrator.results.plots import make_plot
 
     natural0 = "cell dataset=cifar10, subset_size=100, source=torchvision:resnet50 holds 2 trials for seed 0"
     expected = {  # report or plot -> what the one-line error must say
@@ -334,7 +335,7 @@ def test_paired_deltas_never_average_duplicates() -> None:
 
 def test_pooled_fields_are_allowed_to_differ() -> None:
     from orchestrator.errors import UserError
-    from orchestrator.results import require_one_trial_per_seed
+    from orchestrator.results.frames import require_one_trial_per_seed
 
     specs = _dup_specs()
     frame = pd.DataFrame({"dataset": "cifar10", "seed": [s.seed for s in specs],

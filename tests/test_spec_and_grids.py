@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from orchestrator.grids import PRESETS, GridError, breakdown, load_grid, load_grid_file, utrera_seed
-from orchestrator.results import RANDOM_INIT_METHODS
-from orchestrator.spec import _SPEC_FIELDS, PARAM_TYPES, SpecError, TrialSpec
+from orchestrator.plan.grids import PRESETS, GridError, breakdown, load_grid, load_grid_file, utrera_seed
+from orchestrator.plan.spec import _SPEC_FIELDS, PARAM_TYPES, SpecError, TrialSpec
+from orchestrator.results.frames import RANDOM_INIT_METHODS
 
 BASE = dict(
     kind="transfer", arch="resnet50", source="torchvision:resnet50", dataset="cifar10", method="finetune",

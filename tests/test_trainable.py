@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.spec import TrialSpec
+from orchestrator.plan.spec import TrialSpec
 from workers.trainable import PackRunner, resume_checkpoint_path
 
 SPEC = TrialSpec(kind="transfer", arch="tiny_resnet", source="scratch", dataset="digits", ood="noise-2",

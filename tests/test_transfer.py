@@ -203,8 +203,8 @@ def _changed(full: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("dataset", ["flower", "indoor", "action", "bird", "dog"])
 def test_renofeation2021_ablations_differ_from_the_full_method_only_in_the_ablated_part(dataset: str) -> None:
-    from orchestrator.grids import reno_variants, renofeation2021
-    from orchestrator.spec import normalise_params
+    from orchestrator.plan.grids import reno_variants, renofeation2021
+    from orchestrator.plan.spec import normalise_params
 
     specs = [s.to_dict() for s in renofeation2021().specs if s.arch == "resnet18" and s.dataset == dataset]
     common = set.intersection(*(set(s["params"]) for s in specs))  # input size, batch, attack, ...

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 
-from orchestrator.er import fit_from_experiment
-from orchestrator.grids import SMOKE_TARGETS, smoke
-from orchestrator.progress import GridProgress
-from orchestrator.runner import RunOptions
-from orchestrator.store import open_repository
-from orchestrator.submit import submit
-from orchestrator.views import format_plan, format_run
+from orchestrator.console.progress import GridProgress
+from orchestrator.console.store import open_repository
+from orchestrator.console.views import format_plan, format_run
+from orchestrator.plan.grids import SMOKE_TARGETS, smoke
+from orchestrator.results.er import fit_from_experiment
+from orchestrator.run.runner import RunOptions
+from orchestrator.run.submit import submit
 
 DEMO_DB = "sqlite:///rtgrid-demo.sqlite"
 DEMO_EXPERIMENT = "smoke-demo"
@@ -37,6 +37,6 @@ def run_demo(db_url: str | None, artifacts: str, quiet: bool, echo: Callable[[st
 
 
 def closing_tables(repo: object) -> Iterator[str]:
-    from orchestrator.reports import demo_report
+    from orchestrator.results.reports import demo_report
 
     yield from demo_report(repo, DEMO_EXPERIMENT)

@@ -2,7 +2,7 @@
 units: fractions) plus a renderer (display tables in %, pp for ER).
 
 Every report reads the database read-only, aggregates with one SQL query per table plus pandas
-(never one query per trial), and takes its CIs from orchestrator.stats.
+(never one query per trial), and takes its CIs from orchestrator.results.stats.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator import stats
 from orchestrator.errors import UserError
-from orchestrator.query import Database, ReadOnlyDatabase, reading, text_table
-from orchestrator.results import (
+from orchestrator.results import stats
+from orchestrator.results.frames import (
     experiment_trials_sql,
     is_random_init,
     label_sources,
@@ -32,6 +31,7 @@ from orchestrator.results import (
     source_order,
     trial_specs,
 )
+from orchestrator.results.query import Database, ReadOnlyDatabase, reading, text_table
 
 FORMATS = ("table", "markdown", "csv")
 DEFAULT_BLOCKS = 3
@@ -282,7 +282,7 @@ def er_frame(db: ReadOnlyDatabase, experiment: str, bins: int = ER_BINS, caller:
     """Andreassen et al. Fig. 1 / 3: per-epoch ER against ID accuracy, binned into `bins`
     equal-width bins of ID accuracy over [0, 1] (workers.metrics.binned_er), the mean over every
     checkpoint (epoch) of every run in the bin, per (dataset, ood, arch, init); init = random for
-    random-init trials (orchestrator.results.RANDOM_INIT_METHODS or source scratch), else pretrained.
+    random-init trials (orchestrator.results.frames.RANDOM_INIT_METHODS or source scratch), else pretrained.
     Columns: dataset, ood, arch, init, runs (of the group), id_low, id_high, mean_er, checkpoints
     (epochs in the bin)."""
     from workers.trainable import er_math

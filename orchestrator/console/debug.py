@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.grids import load_grid
+from orchestrator.plan.grids import load_grid
 
 
 def _format_metrics(epoch: int, metrics: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.grids import Grid
+from orchestrator.plan.grids import Grid
 
 
 def format_breakdown(grid: Grid, info: Mapping[str, Any]) -> str:

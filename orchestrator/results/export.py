@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 
 from orchestrator.errors import UserError
-from orchestrator.query import Database, reading
-from orchestrator.results import add_source_labels, experiment_trials_sql, nullable_ints, require_experiment
+from orchestrator.results.frames import add_source_labels, experiment_trials_sql, nullable_ints, require_experiment
+from orchestrator.results.query import Database, reading
 
 TABLES = ("trials", "epochs")
 FORMATS = ("csv", "parquet")

@@ -13,8 +13,8 @@ from typing import Any
 
 from db.repository import GridConflict, PlanResult, Repository
 from orchestrator.errors import UserError
-from orchestrator.grids import Grid
-from orchestrator.spec import TrialSpec
+from orchestrator.plan.grids import Grid
+from orchestrator.plan.spec import TrialSpec
 
 KEY_COLUMNS = ("kind", "arch", "source", "dataset", "ood", "method", "blocks", "subset_size", "seed", "epochs")
 

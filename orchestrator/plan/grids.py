@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec import SpecError, TrialSpec
+from orchestrator.plan.spec import SpecError, TrialSpec
 
 FULL = None  # subset_size of the whole training split
 
@@ -400,7 +400,7 @@ def _resolve_source(value: Any, named_sources: Mapping[str, TrialSpec], base_dir
         path = path if path.is_absolute() else base_dir / path
         if not path.is_file():
             raise GridError(f"source file not found: {path}")
-        from orchestrator.checksums import sha256_file
+        from orchestrator.plan.checksums import sha256_file
 
         # Identity by name and content, never by location: the path travels beside the spec.
         return f"file:{path.name}", sha256_file(path), str(path.resolve())

@@ -16,7 +16,7 @@ from typing import Any
 from ray import tune
 
 from db.repository import Repository
-from orchestrator.recorder import record_report
+from orchestrator.run.recorder import record_report
 
 LIVE: dict[str, Repository] = {}
 _OPENED: dict[str, Repository] = {}  # repositories opened from a URL in a process without the driver

@@ -20,8 +20,8 @@ from typing import Any
 
 from db.repository import Repository
 from orchestrator.errors import UserError
-from orchestrator.planner import Stage, pack
-from orchestrator.spec import TrialSpec
+from orchestrator.plan.planner import Stage, pack
+from orchestrator.plan.spec import TrialSpec
 
 # Tune's own CSV/JSON/TensorBoard loggers are off: the database is the record.
 TUNE_ENV = {
@@ -168,7 +168,7 @@ def run_round(repo: Repository, packs: list[list[TrialSpec]], name: str, options
     """One Tuner.fit over `packs`; returns {pack index: error} for the packs whose trial errored."""
     from ray import tune
 
-    from orchestrator.tune_hooks import CancelStopper, RecorderCallback, register, release
+    from orchestrator.run.tune_hooks import CancelStopper, RecorderCallback, register, release
     from workers.trainable import tune_entry
 
     artifacts = check_artifacts_location(options.artifacts)

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from db.repository import PlanResult, Repository
-from orchestrator.driver import DriverLoop, new_driver_id
 from orchestrator.errors import UserError
-from orchestrator.grids import Grid
-from orchestrator.planner import Stage, record_plan, stages
-from orchestrator.runner import (
+from orchestrator.plan.grids import Grid
+from orchestrator.plan.planner import Stage, record_plan, stages
+from orchestrator.plan.spec import TrialSpec
+from orchestrator.run.driver import DriverLoop, new_driver_id
+from orchestrator.run.runner import (
     RunOptions,
     RunSummary,
     StageInputs,
@@ -22,7 +23,6 @@ from orchestrator.runner import (
     is_client_address,
     run_stage,
 )
-from orchestrator.spec import TrialSpec
 
 ProgressFactory = Callable[[int], Any]  # total -> object with .set_counts(counts) and .close()
 INTERRUPTED = "interrupted: the driver stopped before this trial finished (rtgrid resume runs it again)"

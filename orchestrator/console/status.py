@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from db.repository import Repository
+from orchestrator.console.views import format_status
 from orchestrator.errors import UserError
-from orchestrator.views import format_status
 
 
 def _eta(remaining: int, per_hour: float) -> str:

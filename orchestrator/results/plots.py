@@ -1,5 +1,5 @@
 """The papers' figures as PNGs (matplotlib, Agg; no pyplot global state). Each plot function
-returns its Figure; `save_plot` writes it. Numbers come from orchestrator.reports / stats.
+returns its Figure; `save_plot` writes it. Numbers come from orchestrator.results.reports / stats.
 
 accuracy-delta  Utrera Fig. 2b: robust − natural test accuracy vs training images, per target,
                 mean ± 95% CI over seed-paired runs (x log scale)
@@ -19,10 +19,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator import stats
 from orchestrator.errors import UserError
-from orchestrator.query import Database, ReadOnlyDatabase, reading
-from orchestrator.reports import (
+from orchestrator.results import stats
+from orchestrator.results.frames import (
+    NATURAL,
+    nullable_ints,
+    require_experiment,
+    require_one_trial_per_seed,
+    source_order,
+    trial_specs,
+)
+from orchestrator.results.query import Database, ReadOnlyDatabase, reading
+from orchestrator.results.reports import (
     DEFAULT_BLOCKS,
     _labels,
     _require_rows,
@@ -31,14 +39,6 @@ from orchestrator.reports import (
     er_frame,
     renofeation_frame,
     subset_label,
-)
-from orchestrator.results import (
-    NATURAL,
-    nullable_ints,
-    require_experiment,
-    require_one_trial_per_seed,
-    source_order,
-    trial_specs,
 )
 
 Figure = Any  # matplotlib.figure.Figure (imported lazily: plotting is the only user of matplotlib)

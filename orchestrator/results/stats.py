@@ -82,7 +82,7 @@ def paired_deltas(frame: pd.DataFrame, cell: Sequence[str], arm: str, treated: s
     keep = frame[frame[arm].isin([treated, control])].dropna(subset=[value])
     if keep.duplicated([*cell, pair_on, arm]).any():
         # averaging them would pair a mean with a single run: callers check with
-        # orchestrator.results.require_one_trial_per_seed first
+        # orchestrator.results.frames.require_one_trial_per_seed first
         raise ValueError("paired_deltas: more than one row per (cell, pair, arm)")
     wide = keep.pivot_table(index=[*cell, pair_on], columns=arm, values=value, aggfunc="first", dropna=False)
     if treated not in wide or control not in wide:

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator.errors import UserError
-from orchestrator.query import Database, ReadOnlyDatabase, reading
+from orchestrator.results.query import Database, ReadOnlyDatabase, reading
 
 # Labels of the published sources (Utrera et al.'s four ResNet-50s); other robustness:<name>
 # files get their name.
@@ -125,7 +125,7 @@ def results_frame(experiment: str, db: Database | Any = None) -> pd.DataFrame:
     db:
         A database URL (``"sqlite:///utrera.db"``, ``"postgresql://user@host/db"``); ``None``
         means ``$RTGRID_DB``, else ``sqlite:///rtgrid.sqlite``. An open
-        ``orchestrator.query.ReadOnlyDatabase`` or a ``db.repository.Repository`` works too.
+        ``orchestrator.results.query.ReadOnlyDatabase`` or a ``db.repository.Repository`` works too.
         The database is opened read-only: this function never writes.
 
     Returns

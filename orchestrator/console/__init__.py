@@ -1,0 +1,1 @@
+"""What the CLI shows that is not Click code: stores, status, progress, views, demo, debug."""

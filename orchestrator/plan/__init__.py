@@ -1,0 +1,1 @@
+"""What to run: specs, source references, grids, the planner (no torch at import)."""
