@@ -7,6 +7,7 @@ silently. Errors are one-line `DatabaseError`s that never show a password.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
@@ -23,6 +24,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 import migrations
+from db.errors import DatabaseError, SchemaOutOfDate, one_line
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///rtgrid.sqlite"
 SCRIPT_LOCATION = str(Path(migrations.__file__).resolve().parent)
@@ -31,14 +35,6 @@ RTGRID_TABLES = frozenset({"experiments", "trials", "experiment_trials", "epoch_
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
 _MIGRATION_LOCK_ID = 0x72746772  # "rtgr": one rtgrid migration at a time per PostgreSQL server
-
-
-class DatabaseError(Exception):
-    """The database cannot be used as asked (unreachable, missing, not rtgrid's). One-line message."""
-
-
-class SchemaOutOfDate(DatabaseError):
-    """The database's schema revision is not the one this rtgrid needs."""
 
 
 # --- URLs -------------------------------------------------------------------------------------
@@ -69,6 +65,7 @@ def safe_url(url: str | URL) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # unparsable: mask anything between ':' and '@' of the netloc
+        logger.debug("unparsable database URL; its password is masked by pattern")  # no exc_info: it holds the URL
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
 
 
@@ -82,11 +79,6 @@ def _sqlite_path(url: URL) -> str | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return database
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
 # --- engines ----------------------------------------------------------------------------------
@@ -139,7 +131,7 @@ def make_engine(url: str | URL) -> Engine:
         connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT_S} if parsed.get_backend_name() == "postgresql" else {}
         return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-        raise DatabaseError(f"unsupported database URL {safe_url(parsed)}: {_first_line(exc)}") from None
+        raise DatabaseError(f"unsupported database URL {safe_url(parsed)}: {one_line(exc)}") from None
 
 
 def _readonly_authorizer(action: int, *_args: Any) -> int:
@@ -239,7 +231,7 @@ def current_revision(engine: Engine | str) -> str | None:
         with bound.connect() as connection:
             return _revision_of(connection)
     except DBAPIError as exc:
-        raise DatabaseError(f"cannot open database {safe_url(url)}: {_first_line(exc)}") from None
+        raise DatabaseError(f"cannot open database {safe_url(url)}: {one_line(exc)}") from None
     finally:
         if owned:
             bound.dispose()
@@ -291,9 +283,9 @@ def _migrate(url_or_engine: str | Engine, revision: str, script_location: str, d
             config.attributes["connection"] = connection
             getattr(command, direction)(config, revision)
     except CommandError as exc:
-        raise DatabaseError(f"cannot {direction} {safe}: {_first_line(exc)}") from None
+        raise DatabaseError(f"cannot {direction} {safe}: {one_line(exc)}") from None
     except DBAPIError as exc:
-        raise DatabaseError(f"cannot {direction} {safe}: {_first_line(exc)}") from None
+        raise DatabaseError(f"cannot {direction} {safe}: {one_line(exc)}") from None
     finally:
         if owned:
             engine.dispose()
@@ -326,7 +318,7 @@ def _schema_at_head(engine: Engine, safe: str, script_location: str) -> bool:
             current = _revision_of(connection)
             tables = set(inspect(connection).get_table_names())
     except DBAPIError as exc:
-        raise DatabaseError(f"cannot open database {safe}: {_first_line(exc)}") from None
+        raise DatabaseError(f"cannot open database {safe}: {one_line(exc)}") from None
     head = head_revision(script_location)
     if current == head:
         return True
@@ -367,5 +359,6 @@ def open_database(url: str, *, create: bool, script_location: str = SCRIPT_LOCAT
     if not create:
         engine.dispose()
         raise DatabaseError(_missing(safe))
+    logger.info("new database %s: creating the schema at revision %s", safe, head_revision(script_location))
     upgrade(engine, "head", script_location=script_location)
     return engine

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import UserError
 from orchestrator.plan.spec import SpecError, TrialSpec
 
 FULL = None  # subset_size of the whole training split
 
 
-class GridError(ValueError):
+class GridError(UserError):
     """A grid name or grid file is invalid (one-line message)."""
 
 

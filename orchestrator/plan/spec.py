@@ -16,6 +16,8 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Literal
 
+from orchestrator.errors import UserError
+
 # Bump when a kernel changes numerically: old results stay in the DB, new specs hash anew.
 # 2: cifar_resnet has ResNet-50's tail (1,1,6,3); sources report robust accuracy by default;
 #    OOD corruptions of on-disk images are built image by image.
@@ -90,7 +92,7 @@ _SPEC_FIELDS = (
 )
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A spec field is missing, unknown or of the wrong type (one-line message)."""
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.errors import UserError
+from orchestrator.errors import UserError, one_line
 
 READING_KEYWORDS = frozenset({"SELECT", "WITH", "VALUES", "EXPLAIN", "TABLE", "SHOW", "PRAGMA"})
 # Anywhere outside strings, quoted names and comments, these words mean a write (or a way to one).
@@ -255,11 +255,6 @@ def _is_write_refusal(message: str) -> bool:
                                    "multiple commands", "one statement at a time"))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
-
-
 def _named_to_pyformat(sql: str) -> str:
     """`:name` placeholders (the form used here) -> psycopg's `%(name)s`, outside strings."""
     parts = []
@@ -350,7 +345,7 @@ class ReadOnlyDatabase:
         except QueryRefused:
             raise
         except Exception as exc:
-            message = _one_line(exc)
+            message = one_line(exc)
             if _is_write_refusal(message):
                 raise QueryRefused(f"query refused: rtgrid query is read-only ({message})") from None
             if _is_driver_error(exc):

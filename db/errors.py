@@ -1,0 +1,42 @@
+"""The database package's errors and the one formatter of an error as one line.
+
+Lives in `db` (the bottom of `cli -> orchestrator -> db`) so that the orchestrator and the CLI
+use the same formatter; `workers` may not import `db` and keeps its own.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+
+class DatabaseError(Exception):
+    """The database cannot be used as asked (unreachable, missing, not rtgrid's). One-line message."""
+
+
+class SchemaOutOfDate(DatabaseError):
+    """The database's schema revision is not the one this rtgrid needs."""
+
+
+def one_line(exc: BaseException, *, last: bool = False, typed: bool = False) -> str:
+    """An error as one line: its message's first non-empty line (`last`: the last one, where Ray puts
+    the original error), SQLAlchemy's wrapper unwrapped to the driver's error; `typed` prefixes the
+    type name. A message without text is its type name."""
+    inner = getattr(exc, "orig", None) or exc  # sqlalchemy.exc.DBAPIError wraps the driver's error
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    if not lines:
+        return type(inner).__name__
+    text = lines[-1] if last else lines[0]
+    return f"{type(inner).__name__}: {text}" if typed else text
+
+
+def driver_errors() -> tuple[type[BaseException], ...]:
+    """The database drivers' own error classes (raw connections raise them unwrapped) and SQLAlchemy's wrapper."""
+    from sqlalchemy.exc import DBAPIError
+
+    errors: list[type[BaseException]] = [sqlite3.Error, DBAPIError]
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return tuple(errors)
+    errors.append(psycopg.Error)
+    return tuple(errors)
