@@ -110,6 +110,20 @@ def nullable_ints(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
     return frame
 
 
+def require_rows(frame: pd.DataFrame, what: str, experiment: str) -> None:
+    """A report or plot with nothing to show is a user error that says what is missing."""
+    if frame.empty:
+        raise UserError(f"experiment {experiment!r} has no {what}")
+
+
+def trial_frame(db: ReadOnlyDatabase, experiment: str, columns: str, where: str = "",
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+    """`columns` of the experiment's trials (alias `t`) matching `where`; unknown experiment: UserError."""
+    require_experiment(db, experiment)
+    frame = db.frame(experiment_trials_sql(columns, where), {"experiment": experiment, **(params or {})})
+    return nullable_ints(frame, ("blocks", "subset_size", "seed", "epoch"))
+
+
 FLOAT_COLUMNS = ("test_acc", "ood_acc", "asr", "adv_acc", "clean_acc", "er", "robust_acc", "duration_s")
 INT_COLUMNS = ("trial_id", "blocks", "subset_size", "seed", "epochs", "last_epoch")
 

@@ -23,18 +23,18 @@ from orchestrator.errors import UserError
 from orchestrator.results import stats
 from orchestrator.results.frames import (
     NATURAL,
+    add_source_labels,
     nullable_ints,
     require_experiment,
     require_one_trial_per_seed,
+    require_rows,
     source_order,
+    trial_frame,
     trial_specs,
 )
 from orchestrator.results.query import Database, ReadOnlyDatabase, reading
 from orchestrator.results.reports import (
     DEFAULT_BLOCKS,
-    _labels,
-    _require_rows,
-    _trial_frame,
     blocks_frame,
     er_frame,
     renofeation_frame,
@@ -85,12 +85,12 @@ def _subset_axis(ax: Any, sizes: Sequence[Any]) -> dict[Any, float]:
 def accuracy_delta_frame(db: ReadOnlyDatabase, experiment: str, blocks: int = DEFAULT_BLOCKS) -> pd.DataFrame:
     """Per (robust source, target, subset size): pairs, mean and CI of robust − natural final test
     accuracy, paired by seed. Columns: source_label, dataset, subset_size, n, mean, sd, ci95."""
-    frame = _trial_frame(db, experiment, "t.dataset, t.subset_size, t.source, t.seed, t.test_acc, t.spec_json",
+    frame = trial_frame(db, experiment, "t.dataset, t.subset_size, t.source, t.seed, t.test_acc, t.spec_json",
                          "AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks = :blocks "
                          "AND t.test_acc IS NOT NULL", {"blocks": int(blocks)})
-    _require_rows(frame, f"completed transfer trials with blocks = {blocks}", experiment)
+    require_rows(frame, f"completed transfer trials with blocks = {blocks}", experiment)
     require_one_trial_per_seed(frame, ("dataset", "subset_size", "source"), "plot accuracy-delta")
-    frame = _labels(db, frame)
+    frame = add_source_labels(frame, db)
     if NATURAL not in set(frame["source_label"]):
         raise UserError(f"experiment {experiment!r} has no natural source at blocks = {blocks} to compare with")
     parts = []
@@ -162,14 +162,14 @@ def learning_curve_frame(db: ReadOnlyDatabase, experiment: str, blocks: int = DE
            "JOIN experiments e ON e.id = et.experiment_id WHERE e.name = :experiment AND t.kind = 'transfer' "
            "AND t.status = 'completed' AND t.blocks = :blocks AND m.test_acc IS NOT NULL")
     frame = nullable_ints(db.frame(sql, {"experiment": experiment, "blocks": int(blocks)}), ("subset_size", "epoch"))
-    _require_rows(frame, f"epoch metrics of completed transfers with blocks = {blocks}", experiment)
+    require_rows(frame, f"epoch metrics of completed transfers with blocks = {blocks}", experiment)
     size = _default_subset(frame, subset_size)
     frame = _at_subset(frame, size).copy()
     runs = frame.drop_duplicates("trial_id").merge(trial_specs(
         db, experiment, "AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks = :blocks",
         {"blocks": int(blocks)}), on="trial_id")
     require_one_trial_per_seed(runs, ("dataset", "source", "subset_size"), "plot learning-curve")
-    frame = _labels(db, frame)
+    frame = add_source_labels(frame, db)
     return stats.summarize(frame, ["dataset", "source_label", "epoch"], "test_acc"), size
 
 

@@ -20,15 +20,16 @@ import pandas as pd
 from orchestrator.errors import UserError
 from orchestrator.results import stats
 from orchestrator.results.frames import (
+    add_source_labels,
     experiment_trials_sql,
     is_random_init,
-    label_sources,
     nullable_ints,
     random_init_sql,
     require_experiment,
     require_one_trial_per_seed,
-    source_methods,
+    require_rows,
     source_order,
+    trial_frame,
     trial_specs,
 )
 from orchestrator.results.query import Database, ReadOnlyDatabase, reading, text_table
@@ -75,26 +76,8 @@ def pct(mean: float, ci: float | None = None, digits: int = 1, best: bool = Fals
     return text + (" *" if best else "")
 
 
-def _trial_frame(db: ReadOnlyDatabase, experiment: str, columns: str, where: str = "",
-                 params: dict[str, Any] | None = None) -> pd.DataFrame:
-    require_experiment(db, experiment)
-    frame = db.frame(experiment_trials_sql(columns, where), {"experiment": experiment, **(params or {})})
-    return nullable_ints(frame, ("blocks", "subset_size", "seed", "epoch"))
-
-
-def _labels(db: ReadOnlyDatabase, frame: pd.DataFrame) -> pd.DataFrame:
-    labels = label_sources(frame["source"].tolist(), source_methods(db)) if not frame.empty else {}
-    frame["source_label"] = frame["source"].map(labels)
-    return frame
-
-
 def _sorted_labels(labels: Sequence[str]) -> list[str]:
     return sorted(dict.fromkeys(labels), key=source_order)
-
-
-def _require_rows(frame: pd.DataFrame, what: str, experiment: str) -> None:
-    if frame.empty:
-        raise UserError(f"experiment {experiment!r} has no {what}")
 
 
 # --- utrera-table7 -----------------------------------------------------------------------------
@@ -120,12 +103,12 @@ def table7_frame(db: ReadOnlyDatabase, experiment: str, blocks: int = DEFAULT_BL
     require_experiment(db, experiment)
     frame = db.frame(TABLE7_SQL, {"experiment": experiment, "blocks": int(blocks)})
     frame = nullable_ints(frame, ("subset_size",))
-    _require_rows(frame, f"completed transfer trials with blocks = {blocks}", experiment)
+    require_rows(frame, f"completed transfer trials with blocks = {blocks}", experiment)
     if (frame["n"] != frame["seeds"]).any():
-        trials = _trial_frame(db, experiment, "t.dataset, t.subset_size, t.source, t.seed, t.spec_json",
+        trials = trial_frame(db, experiment, "t.dataset, t.subset_size, t.source, t.seed, t.spec_json",
                               TABLE7_WHERE, {"blocks": int(blocks)})
         require_one_trial_per_seed(trials, TABLE7_CELL, "report utrera-table7")
-    frame = stats.from_moments(_labels(db, frame))
+    frame = stats.from_moments(add_source_labels(frame, db))
     row_best = frame.groupby(["dataset", frame["subset_size"].fillna(-1)])["mean"].transform("max")
     frame["best"] = np.isclose(frame["mean"], row_best, rtol=0, atol=1e-12)
     frame = frame.sort_values(["dataset", "subset_size", "source_label"], na_position="last",
@@ -175,13 +158,13 @@ def utrera_table7(db: ReadOnlyDatabase, experiment: str, blocks: int | None = No
 def blocks_frame(db: ReadOnlyDatabase, experiment: str, caller: str = "report utrera-blocks") -> pd.DataFrame:
     """Utrera et al. Fig. 4 / 11: final test accuracy by fine-tuned blocks per target, subset size
     and source. Columns: dataset, subset_size, source_label, blocks, n, mean, sd, ci95."""
-    frame = _trial_frame(db, experiment,
+    frame = trial_frame(db, experiment,
                          "t.dataset, t.subset_size, t.source, t.blocks, t.seed, t.test_acc, t.spec_json",
                          "AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks IS NOT NULL "
                          "AND t.test_acc IS NOT NULL")
-    _require_rows(frame, "completed transfer trials with a block setting", experiment)
+    require_rows(frame, "completed transfer trials with a block setting", experiment)
     require_one_trial_per_seed(frame, ("dataset", "subset_size", "source", "blocks"), caller)
-    frame = _labels(db, frame)
+    frame = add_source_labels(frame, db)
     summary = stats.summarize(frame, ["dataset", "subset_size", "source_label", "blocks"], "test_acc")
     summary = nullable_ints(summary, ("subset_size", "blocks"))
     summary = summary.sort_values(["dataset", "subset_size", "source_label", "blocks"], na_position="last",
@@ -225,9 +208,9 @@ def renofeation_frame(db: ReadOnlyDatabase, experiment: str, caller: str = "repo
     """Renofeation Tables 2 and 4: clean test accuracy and ASR by (arch, method variant) × dataset,
     plus an `avg` pseudo-dataset (mean of the per-dataset means of that row).
     Columns: arch, method, dataset, metric (clean_acc | asr), n, mean, sd, ci95."""
-    frame = _trial_frame(db, experiment, "t.arch, t.dataset, t.method, t.seed, t.test_acc, t.asr, t.spec_json",
+    frame = trial_frame(db, experiment, "t.arch, t.dataset, t.method, t.seed, t.test_acc, t.asr, t.spec_json",
                          "AND t.kind = 'transfer' AND t.status = 'completed'")
-    _require_rows(frame, "completed transfer trials", experiment)
+    require_rows(frame, "completed transfer trials", experiment)
     frame["method"] = [method_variant(m, json.loads(s).get("params") or {})
                        for m, s in zip(frame["method"], frame["spec_json"], strict=True)]
     require_one_trial_per_seed(frame, ("arch", "method", "dataset"), caller)
@@ -289,7 +272,7 @@ def er_frame(db: ReadOnlyDatabase, experiment: str, bins: int = ER_BINS, caller:
 
     require_experiment(db, experiment)
     frame = db.frame(ER_SQL, {"experiment": experiment})
-    _require_rows(frame, "epochs with an ER value (fit a baseline: rtgrid er fit)", experiment)
+    require_rows(frame, "epochs with an ER value (fit a baseline: rtgrid er fit)", experiment)
     frame["init"] = np.where(is_random_init(frame["method"], frame["source"]), "random", "pretrained")
     runs = frame.drop_duplicates("trial_id").merge(
         trial_specs(db, experiment, "AND t.kind = 'transfer' AND t.status = 'completed'"), on="trial_id")
@@ -346,16 +329,16 @@ def demo_frames(db: ReadOnlyDatabase, experiment: str) -> tuple[pd.DataFrame, pd
     robustness: dataset, source_label, and per metric (test_acc, asr, er) its n / mean / ci95
     columns (`asr_mean`, `er_mean`, …) — mean over every transfer of that source.
     """
-    frame = _trial_frame(db, experiment,
+    frame = trial_frame(db, experiment,
                          "t.dataset, t.source, t.subset_size, t.blocks, t.seed, t.test_acc, t.asr, t.er, t.spec_json",
                          f"AND t.kind = 'transfer' AND t.status = 'completed' AND NOT {random_init_sql()}")
-    _require_rows(frame, "completed transfer trials", experiment)
+    require_rows(frame, "completed transfer trials", experiment)
     # table 1 pools block settings, table 2 block settings and subset sizes (their captions say so), with
     # what a subset size sets in the presets (Utrera: 100 or 150 epochs, evaluated every 20 or 10)
     require_one_trial_per_seed(frame, ("dataset", "source", "subset_size"), "report demo", pooled=("blocks",))
     require_one_trial_per_seed(frame, ("dataset", "source"), "report demo",
                                pooled=("blocks", "subset_size", "epochs", "params.eval_epochs"))
-    frame = _labels(db, frame)
+    frame = add_source_labels(frame, db)
     accuracy = stats.summarize(frame, ["dataset", "source_label", "subset_size"], "test_acc")
     accuracy = nullable_ints(accuracy, ("subset_size",)).sort_values(
         ["dataset", "source_label", "subset_size"], na_position="last",
