@@ -18,7 +18,7 @@ from pathlib import Path
 
 from orchestrator.console.store import open_repository
 from orchestrator.plan.grids import Grid, load_grid
-from orchestrator.run.runner import TUNE_ENV, RunOptions, _start_ray
+from orchestrator.run.runner import TUNE_ENV, RunOptions, start_ray
 from orchestrator.run.submit import submit
 
 
@@ -68,7 +68,7 @@ def main() -> None:
     subset = Grid("bench", "first specs of utrera2021", full.specs[: args.specs])
     with tempfile.TemporaryDirectory(prefix="rtgrid-bench-") as tmp:
         workdir = Path(tmp)
-        _start_ray(RunOptions(quiet=True))
+        start_ray(RunOptions(quiet=True))
         ours = through_rtgrid(subset, workdir, "bench")
         print(f"{args.specs} no-op specs through rtgrid (packed, with the database): {ours:.1f}s", flush=True)
         for tuned in (False, True):

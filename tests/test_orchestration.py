@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from orchestrator.console.store import open_repository
 from orchestrator.plan.grids import load_grid_file
-from orchestrator.run.runner import RunOptions, _start_ray
+from orchestrator.run.runner import RunOptions, start_ray
 from orchestrator.run.submit import grid_for_experiment, submit
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -50,7 +50,7 @@ axes:
 def ray_local():
     import ray
 
-    _start_ray(RunOptions(quiet=True))
+    start_ray(RunOptions(quiet=True))
     yield
     ray.shutdown()
 

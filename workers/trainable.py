@@ -9,6 +9,7 @@ them into database rows. Nothing here touches the database.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -25,6 +26,8 @@ from workers.sources import resolve_source_path, verify_checksum
 # What the orchestrator may use besides the trainable (it reaches workers through this module only).
 __all__ = ["KernelContext", "KernelInputError", "PackRunner", "convert_trusted_checkpoint", "er_math", "execute",
            "resume_checkpoint_path", "tune_entry"]
+
+logger = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -103,6 +106,7 @@ def _load_resume_state(path: Path) -> dict[str, Any] | None:
     try:
         return torch.load(path, weights_only=True)
     except Exception:  # noqa: BLE001 - a torn or unreadable file: start the spec afresh
+        logger.warning("unreadable resume checkpoint %s: the spec starts afresh", path, exc_info=True)
         return None
 
 

@@ -7,13 +7,17 @@ progress bar reads the database, so it shows the same truth as `rtgrid status`.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from types import TracebackType
 from typing import Protocol
 
+from db.errors import one_line
 from db.repository import Repository
+
+logger = logging.getLogger(__name__)
 
 
 class Progress(Protocol):
@@ -62,7 +66,9 @@ class DriverLoop:
                     self.repo.heartbeat_claims(self.driver)
                     last_beat = time.monotonic()
                 self._refresh()
-            except Exception:  # noqa: BLE001 - a lost connection must not kill the run; retry next tick
+            except Exception as exc:  # noqa: BLE001 - a lost connection must not kill the run; retry next tick
                 self.errors += 1
+                logger.warning("driver heartbeat/progress failed, retrying next tick: %s", one_line(exc))
+                logger.debug("driver tick failure", exc_info=True)
 
 

@@ -8,11 +8,14 @@ report is harmless, and a completed trial is never downgraded nor its epochs rew
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from db.lifecycle import TrialWriter
 from db.repository import Repository
+
+logger = logging.getLogger(__name__)
 
 EPOCH_FIELDS = ("train_loss", "train_acc", "test_acc", "ood_acc", "er", "lr", "seconds", "robust_acc")
 FINAL_FIELDS = ("test_acc", "ood_acc", "asr", "adv_acc", "clean_acc", "er", "robust_acc", "duration_s")
@@ -24,6 +27,7 @@ def _number(value: Any) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
+        logger.debug("a reported value that is not a number is not recorded: %r", value)
         return None
     return number if number == number else None  # NaN is not a result
 

@@ -9,6 +9,7 @@ one bad spec cannot take its pack-mates down with it again.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import uuid
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from db.repository import Repository
-from orchestrator.errors import UserError
+from orchestrator.errors import UserError, one_line
 from orchestrator.plan.planner import Stage, pack
 from orchestrator.plan.spec import TrialSpec
 
@@ -36,6 +37,8 @@ MAX_PACK_SIZE = 64
 # but not another loopback address.
 LOCAL_NODE_IP = "127.0.0.2"
 FINISHED = frozenset({"completed", "failed", "cancelled"})
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,7 +93,8 @@ def check_artifacts_location(artifacts: str) -> str:
     return str(Path(artifacts).resolve())
 
 
-def _start_ray(options: RunOptions) -> None:
+def start_ray(options: RunOptions) -> None:
+    """Start a local Ray instance or connect to options.address (once per process)."""
     import ray
 
     os.environ.update(TUNE_ENV)
@@ -100,6 +104,7 @@ def _start_ray(options: RunOptions) -> None:
     # Settings for the workers, never credentials: the database stays with the driver.
     forwarded = {k: v for k, v in os.environ.items() if k.startswith("RTGRID_") and k != "RTGRID_DB"}
     runtime_env = {"env_vars": {**TUNE_ENV, **forwarded}}
+    logger.info("connecting to Ray at %s", options.address or "a new local instance")
     try:
         if options.address:
             ray.init(address=options.address, runtime_env=runtime_env, log_to_driver=options.worker_logs,
@@ -210,14 +215,12 @@ def run_round(repo: Repository, packs: list[list[TrialSpec]], name: str, options
         else:
             os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = saved_pending
     position = {pid: index for index, pid in enumerate(pack_ids)}
-    return {position[result.config["pack_id"]]: _one_line(result.error)
-            for result in results if result.error is not None and result.config}
-
-
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else type(error).__name__
-    return f"{type(error).__name__}: {text}"[:500]
+    # Ray's message ends with the worker's original error: keep that line
+    errors = {position[result.config["pack_id"]]: one_line(result.error, last=True, typed=True)[:500]
+              for result in results if result.error is not None and result.config}
+    for index, error in errors.items():
+        logger.warning("pack %s of %s ended with an error: %s", pack_ids[index], name, error)
+    return errors
 
 
 def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptions, inputs: StageInputs) -> None:
@@ -234,6 +237,7 @@ def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptio
         slots = cluster_slots(options)
         size = choose_pack_size(len(todo), min(slots, options.max_concurrent or slots), options.pack_size)
         packs = pack(todo, size, alone=set(strikes))
+        logger.info("stage %s: %d specs in %d packs on %d slots", stage.name, len(todo), len(packs), slots)
         errors = run_round(repo, packs, f"{experiment}-{stage.name}", options, inputs)
         statuses = repo.statuses_of([spec.spec_hash for spec in todo])
         left: list[TrialSpec] = []
@@ -243,6 +247,7 @@ def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptio
                 continue
             culprit = unfinished[0].spec_hash  # specs run in pack order: this one was running
             strikes[culprit] += 1
+            logger.info("spec %s was running when its worker was lost (strike %d)", culprit[:12], strikes[culprit])
             if strikes[culprit] > options.max_failures:
                 reason = errors.get(index) or "its Tune trial ended before the spec finished"
                 repo.fail(culprit, f"worker lost {strikes[culprit]} times; last: {reason}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,11 +19,13 @@ from orchestrator.run.runner import (
     RunOptions,
     RunSummary,
     StageInputs,
-    _start_ray,
     check_artifacts_location,
     is_client_address,
     run_stage,
+    start_ray,
 )
+
+logger = logging.getLogger(__name__)
 
 ProgressFactory = Callable[[int], Any]  # total -> object with .set_counts(counts) and .close()
 INTERRUPTED = "interrupted: the driver stopped before this trial finished (rtgrid resume runs it again)"
@@ -80,7 +83,7 @@ def _check_options(repo: Repository, options: RunOptions) -> None:
 
 
 def _run_stages(repo: Repository, grid: Grid, todo: list[TrialSpec], experiment: str, options: RunOptions) -> None:
-    _start_ray(options)
+    start_ray(options)
     for stage in stages(todo):
         specs = stage.specs
         inputs = StageInputs(baselines=_baselines(repo, specs), source_files=grid.source_files)
@@ -89,6 +92,7 @@ def _run_stages(repo: Repository, grid: Grid, todo: list[TrialSpec], experiment:
             for spec in specs:
                 reason = missing.get((spec.source or "").removeprefix("spec:"))
                 if reason is not None:
+                    logger.warning("transfer %s not run: %s", spec.spec_hash[:12], reason)
                     repo.fail(spec.spec_hash, reason)
             specs = [s for s in specs if (s.source or "").removeprefix("spec:") not in missing]
             inputs = StageInputs(paths, checksums, inputs.baselines, grid.source_files)
@@ -110,6 +114,7 @@ def submit(repo: Repository, grid: Grid, experiment: str, options: RunOptions,
     claimed = set(repo.claim(driver, [s.spec_hash for s in candidates], options.stale_after_s))
     todo = [s for s in candidates if s.spec_hash in claimed]
     summary.runnable, summary.claimed_elsewhere = len(todo), len(candidates) - len(todo)
+    logger.info("experiment %s: %d specs to run, %d claimed by this driver", experiment, len(candidates), len(todo))
     if todo:
         progress = progress_factory(len(todo)) if progress_factory else None
         try:
