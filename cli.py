@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import sqlite3
+import logging
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+logger = logging.getLogger("rtgrid")
 
 DB_HELP = "Database URL (default: $RTGRID_DB or sqlite:///rtgrid.sqlite)."
 
@@ -24,47 +26,68 @@ def readonly_db_option(func: F) -> F:
     return click.option("--db", "db_url", default=None, help=f"{DB_HELP[:-1]}; opened read-only.")(func)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input or an unusable database, never a bug in rtgrid."""
-    from sqlalchemy.exc import DBAPIError
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    from db.session import DatabaseError
-    from orchestrator.errors import UserError
-    from orchestrator.plan.grids import GridError
-    from orchestrator.plan.spec import SpecError
-    from workers.trainable import KernelInputError
-
-    errors: list[type[BaseException]] = [DatabaseError, GridError, SpecError, KernelInputError, UserError,
-                                         sqlite3.Error, DBAPIError]
     try:
-        import psycopg
-
-        errors.append(psycopg.Error)
-    except ImportError:  # pragma: no cover - psycopg is a dependency
-        pass
-    return tuple(errors)
+        return version("rtgrid")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
 
 
-def one_line_errors(func: F) -> F:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+class RtgridGroup(click.Group):
+    """A command group with rtgrid's one error handler; its subgroups get it too.
+
+    user errors (bad input, refused query, unusable database)  -> "rtgrid: error: <line>", exit 2
+    RuntimeFailure (the work ran, some of it failed)           -> "rtgrid: error: <line>", exit 1
+    Click's own exceptions, SystemExit, KeyboardInterrupt      -> as Click handles them
+    anything else is a bug -> one line naming a crash log that holds the traceback, exit 1
+    """
+
+    group_class = type  # `@group.group()` makes an RtgridGroup
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return func(*args, **kwargs)
-        except user_errors() as exc:
-            text = str(getattr(exc, "orig", None) or exc).strip()
-            message = text.splitlines()[0].strip() if text else type(exc).__name__
-            click.echo(f"rtgrid: error: {message}", err=True)
-            sys.exit(2)
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # Exit and Abort subclass RuntimeError: let them through before anything else
+        except Exception as exc:
+            from orchestrator.errors import USER_ERRORS, RuntimeFailure, one_line
 
-    return wrapper  # type: ignore[return-value]
+            if isinstance(exc, USER_ERRORS):
+                logger.debug("user error", exc_info=exc)
+                click.echo(f"rtgrid: error: {one_line(exc)}", err=True)
+                ctx.exit(2)
+            if isinstance(exc, RuntimeFailure):
+                click.echo(f"rtgrid: error: {one_line(exc)}", err=True)
+                ctx.exit(1)
+            from orchestrator.console.logs import write_crash_log
+
+            logger.debug("internal error", exc_info=exc)
+            where = write_crash_log(exc, ctx.command_path, _version())
+            click.echo(f"rtgrid: internal error: {one_line(exc, typed=True)} (traceback in {where}); "
+                       "please report it", err=True)
+            ctx.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _group_quiet() -> bool:
+    """The group's -q, which also quiets the commands that have their own --quiet."""
+    obj = click.get_current_context().obj
+    return bool(obj and obj.get("quiet"))
+
+
+@click.group(cls=RtgridGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-v: info, -vv: debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress bars.")
+@click.version_option(package_name="rtgrid", prog_name="rtgrid", message="%(prog)s %(version)s")
 @click.pass_context
-def main(ctx: click.Context) -> None:
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """rtgrid: resumable, deduplicated transfer-learning robustness grids on Ray Tune."""
+    from orchestrator.console.logs import configure
     from orchestrator.console.store import close_all
 
+    configure(-1 if quiet else verbose)
+    ctx.ensure_object(dict)["quiet"] = quiet
     ctx.call_on_close(close_all)
 
 
@@ -89,7 +112,6 @@ def grid_list() -> None:
 @click.argument("name")
 @click.option("--count", is_flag=True, help="Print only the number of trials.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-@one_line_errors
 def grid_show(name: str, count: bool, fmt: str) -> None:
     """Show a grid (preset NAME or YAML FILE): its size and a breakdown by axis."""
     from orchestrator.console.views import format_breakdown
@@ -116,7 +138,6 @@ def db() -> None:
 
 @db.command("upgrade")
 @db_option
-@one_line_errors
 def db_upgrade(db_url: str | None) -> None:
     """Migrate the database to the newest schema (creates it when new)."""
     from orchestrator.console.store import upgrade_database
@@ -126,7 +147,6 @@ def db_upgrade(db_url: str | None) -> None:
 
 @db.command("current")
 @db_option
-@one_line_errors
 def db_current(db_url: str | None) -> None:
     """Print the database's schema revision and the one rtgrid needs."""
     from orchestrator.console.store import revision_line
@@ -167,6 +187,7 @@ def run_options(func: F) -> F:
 def _options(**kwargs: Any) -> Any:
     from orchestrator.run.runner import RunOptions
 
+    kwargs["quiet"] = kwargs.get("quiet", False) or _group_quiet()
     return RunOptions(**kwargs)
 
 
@@ -181,7 +202,10 @@ def _run_and_print(repo: Any, loaded: Any, experiment: str, options: Any) -> Non
         click.echo(format_plan(experiment, result.plan))
     click.echo(format_run(result.run))
     if result.run.failed:
-        sys.exit(1)
+        from orchestrator.errors import RuntimeFailure
+
+        raise RuntimeFailure(f"{result.run.failed} of {result.run.runnable} trials failed "
+                             f"(rtgrid retry {shlex.quote(experiment)} runs them again)")
 
 
 @main.command()
@@ -190,7 +214,6 @@ def _run_and_print(repo: Any, loaded: Any, experiment: str, options: Any) -> Non
 @click.option("--dry-run", is_flag=True, help="Record the experiment and its pending trials; run nothing.")
 @db_option
 @run_options
-@one_line_errors
 def submit(grid_name: str, experiment: str | None, dry_run: bool, db_url: str | None, **run: Any) -> None:
     """Run a grid (preset NAME or YAML FILE): every spec not already completed."""
     from orchestrator.console.store import open_repository
@@ -214,7 +237,6 @@ def submit(grid_name: str, experiment: str | None, dry_run: bool, db_url: str | 
 @click.argument("experiment")
 @db_option
 @run_options
-@one_line_errors
 def resume(experiment: str, db_url: str | None, **run: Any) -> None:
     """Run again what an experiment has not completed (failed, interrupted, pending)."""
     from orchestrator.console.store import open_repository
@@ -230,7 +252,6 @@ def resume(experiment: str, db_url: str | None, **run: Any) -> None:
 @click.option("--cancelled", "statuses", flag_value="cancelled", help="Retry cancelled trials.")
 @db_option
 @run_options
-@one_line_errors
 def retry(experiment: str, statuses: str, db_url: str | None, **run: Any) -> None:
     """Reset an experiment's failed (or cancelled) trials to pending and run them."""
     from orchestrator.console.store import open_repository
@@ -246,7 +267,6 @@ def retry(experiment: str, statuses: str, db_url: str | None, **run: Any) -> Non
 @main.command()
 @click.argument("experiment")
 @db_option
-@one_line_errors
 def cancel(experiment: str, db_url: str | None) -> None:
     """Mark an experiment's pending and running trials cancelled (a running driver stops)."""
     from orchestrator.console.store import open_repository
@@ -262,7 +282,6 @@ def cancel(experiment: str, db_url: str | None) -> None:
 @main.command()
 @click.argument("experiment", required=False)
 @db_option
-@one_line_errors
 def status(experiment: str | None, db_url: str | None) -> None:
     """Trial counts by status (one experiment or all), throughput and ETA."""
     from orchestrator.console.status import status_report
@@ -279,7 +298,6 @@ def status(experiment: str | None, db_url: str | None) -> None:
 @click.option("--source-path", default=None, help="Checkpoint file for the spec's source.")
 @click.option("--threads", type=int, default=None, help="torch threads (default: all cores).")
 @click.option("--download", is_flag=True, help="Allow torchvision to download missing datasets.")
-@one_line_errors
 def run_spec(grid_name: str, index: int, data_root: str | None, artifacts: str, source_path: str | None,
              threads: int | None, download: bool) -> None:
     """Run one spec's kernel here and print its per-epoch metrics (no Ray, no database)."""
@@ -297,7 +315,6 @@ def sources() -> None:
 @sources.command("convert")
 @click.argument("input_path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("output_path", type=click.Path(dir_okay=False))
-@one_line_errors
 def sources_convert(input_path: str, output_path: str) -> None:
     """One-time conversion of a TRUSTED pickled checkpoint (e.g. MadryLab's) to a safe state dict.
 
@@ -313,14 +330,15 @@ def sources_convert(input_path: str, output_path: str) -> None:
 @click.option("--db", "db_url", default=None, help="Database URL (default: sqlite:///rtgrid-demo.sqlite).")
 @click.option("--artifacts", default="rtgrid_artifacts", show_default=True)
 @click.option("--quiet", is_flag=True)
-@one_line_errors
 def demo(db_url: str | None, artifacts: str, quiet: bool) -> None:
     """Run the embedded smoke grid end to end (local Ray, SQLite) and print its results."""
     from orchestrator.console.demo import run_demo
 
-    failed = run_demo(db_url, artifacts, quiet, click.echo)
+    failed = run_demo(db_url, artifacts, quiet or _group_quiet(), click.echo)
     if failed:
-        sys.exit(1)
+        from orchestrator.errors import RuntimeFailure
+
+        raise RuntimeFailure(f"{failed} demo trials failed")
 
 
 @main.group()
@@ -337,7 +355,6 @@ def er() -> None:
 @click.option("--published", default=None, help="Use published coefficients, e.g. imagenet-v2.")
 @click.option("--transform", type=click.Choice(["logit", "probit"]), default="logit", show_default=True)
 @db_option
-@one_line_errors
 def er_fit(id_dataset: str, ood_dataset: str, experiment: str | None, csv_path: str | None, published: str | None,
            transform: str, db_url: str | None) -> None:
     """Fit an ER baseline, store it, and fill ER for every stored epoch of that (ID, OOD) pair."""
@@ -377,7 +394,6 @@ def _subset(value: str | None) -> int | str | None:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--schema", is_flag=True, help="Print the tables, columns and the results view, with their meaning.")
 @readonly_db_option
-@one_line_errors
 def query(sql: str | None, fmt: str, schema: bool, db_url: str | None) -> None:
     """Run one read-only SQL statement (SQL, or - to read it from stdin) and print the rows.
 
@@ -406,7 +422,6 @@ def query(sql: str | None, fmt: str, schema: bool, db_url: str | None) -> None:
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Output file (CSV goes to stdout without it).")
 @readonly_db_option
-@one_line_errors
 def export(experiment: str, table: str, fmt: str, output: str | None, db_url: str | None) -> None:
     """Export an experiment's trials or per-epoch metrics (fractions) as CSV or Parquet."""
     from orchestrator.results.export import export_frame, write_export
@@ -430,7 +445,6 @@ def _report_names() -> list[str]:
               show_default=True, help="csv: the report's data in long form, accuracies as fractions.")
 @click.option("--blocks", type=int, default=None, help="Fine-tuned blocks (utrera-table7; default 3).")
 @readonly_db_option
-@one_line_errors
 def report(name: str, experiment: str, fmt: str, blocks: int | None, db_url: str | None) -> None:
     """Print one of the papers' tables for an experiment (percentages; ER in pp).
 
@@ -459,7 +473,6 @@ def _plot_names() -> list[str]:
 @click.option("--subset-size", default=None, help="Training images (learning-curve, blocks; an integer or 'full'; "
                                                   "default the smallest).")
 @readonly_db_option
-@one_line_errors
 def plot(name: str, experiment: str, output: str, blocks: int | None, subset_size: str | None,
          db_url: str | None) -> None:
     """Draw one of the papers' figures for an experiment as a PNG.

@@ -32,7 +32,7 @@ def test_every_plot_writes_a_readable_png(results_sqlite: str, tmp_path: Path) -
     runner = CliRunner()
     for name in PLOTS:
         target = tmp_path / f"{name}.png"
-        result = runner.invoke(cli_results.plot, [name, "--experiment", EXPERIMENT[name], "-o", str(target),
+        result = runner.invoke(cli_results.main, ["plot", name, "--experiment", EXPERIMENT[name], "-o", str(target),
                                                   "--db", results_sqlite])
         assert result.exit_code == 0, (name, result.output)
         image = matplotlib.image.imread(target)
@@ -76,7 +76,7 @@ def test_plot_errors_are_one_line(results_sqlite: str, tmp_path: Path) -> None: 
         ["blocks", "--experiment", "utrera-mini", "--subset-size", "lots", "-o", str(tmp_path / "f.png")],
     ]
     for args in cases:
-        result = runner.invoke(cli_results.plot, [*args, "--db", results_sqlite])
+        result = runner.invoke(cli_results.main, ["plot", *args, "--db", results_sqlite])
         assert result.exit_code == 2, (args, result.output)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("rtgrid: error: "), result.stderr

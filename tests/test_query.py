@@ -107,7 +107,7 @@ def _fingerprint(url: str) -> object:
 
 
 def _invoke(*args: str) -> object:
-    return CliRunner().invoke(cli_results.query, list(args))
+    return CliRunner().invoke(cli_results.main, ["query", *args])
 
 
 def _one_error_line(result: object) -> str:
@@ -236,21 +236,22 @@ def test_bad_input_is_one_line(tmp_path: Path, results_sqlite: str) -> None:  # 
 def test_export_trials_and_epochs(results_url: str, tmp_path: Path) -> None:  # noqa: F811
     runner = CliRunner()
     trials = raw_trials(results_url, "smoke-mini")
-    result = runner.invoke(cli_results.export, ["smoke-mini", "--db", results_url])
+    result = runner.invoke(cli_results.main, ["export", "smoke-mini", "--db", results_url])
     assert result.exit_code == 0, result.output
     exported = pd.read_csv(io.StringIO(result.stdout))
     assert sorted(exported["spec_hash"]) == sorted(trials["spec_hash"])
     assert {"test_acc", "spec_json", "source_label"} <= set(exported.columns)
     target = tmp_path / "epochs.parquet"
-    result = runner.invoke(cli_results.export, ["smoke-mini", "--table", "epochs", "--format", "parquet", "-o",
-                                                str(target), "--db", results_url])
+    result = runner.invoke(cli_results.main, ["export", "smoke-mini", "--table", "epochs", "--format", "parquet", "-o",
+                                              str(target), "--db", results_url])
     assert result.exit_code == 0, result.output
     epochs = pd.read_parquet(target)
     raw_epochs = raw_frame(results_url, "SELECT * FROM epoch_metrics")
     assert len(epochs) == raw_epochs["trial_id"].isin(trials["id"]).sum()
     assert epochs.groupby("trial_id")["epoch"].max().max() == 3
-    _one_error_line(runner.invoke(cli_results.export, ["smoke-mini", "--format", "parquet", "--db", results_url]))
-    _one_error_line(runner.invoke(cli_results.export, ["no-such-experiment", "--db", results_url]))
+    _one_error_line(runner.invoke(cli_results.main, ["export", "smoke-mini", "--format", "parquet",
+                                                     "--db", results_url]))
+    _one_error_line(runner.invoke(cli_results.main, ["export", "no-such-experiment", "--db", results_url]))
 
 
 def test_results_frame(results_url: str) -> None:  # noqa: F811

@@ -181,19 +181,19 @@ def test_report_command_formats_and_errors(results_sqlite: str) -> None:  # noqa
              "er": "utrera-mini", "demo": "smoke-mini"}
     for name, experiment in cases.items():
         for fmt in ("table", "markdown", "csv"):
-            result = runner.invoke(cli_results.report, [name, "--experiment", experiment, "--format", fmt,
-                                                        "--db", results_sqlite])
+            result = runner.invoke(cli_results.main, ["report", name, "--experiment", experiment, "--format", fmt,
+                                                      "--db", results_sqlite])
             assert result.exit_code == 0, (name, fmt, result.output)
             if fmt == "csv":
                 assert len(pd.read_csv(io.StringIO(result.stdout))) > 0
             if fmt == "markdown":
                 assert "|---|" in result.stdout
-    blocks0 = runner.invoke(cli_results.report, ["utrera-table7", "--experiment", "utrera-mini", "--blocks", "0",
-                                                 "--db", results_sqlite])
+    blocks0 = runner.invoke(cli_results.main, ["report", "utrera-table7", "--experiment", "utrera-mini",
+                                               "--blocks", "0", "--db", results_sqlite])
     assert "0 fine-tuned blocks" in blocks0.stdout
     for args in (["utrera-table7", "--experiment", "nope"], ["utrera-table7", "--experiment", "utrera-mini",
                                                             "--blocks", "7"], ["er", "--experiment", "reno-mini"]):
-        result = runner.invoke(cli_results.report, [*args, "--db", results_sqlite])
+        result = runner.invoke(cli_results.main, ["report", *args, "--db", results_sqlite])
         assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
         assert result.stderr.startswith("rtgrid: error: ")
 
@@ -322,7 +322,7 @@ def test_every_report_and_plot_refuses_two_trials_of_one_seed_in_a_cell(dup_url:
         message = str(info.value)
         assert "\n" not in message and message.startswith(f"{kind} {name}: cell "), message
         assert all(part in message for part in parts), (name, message)
-    result = CliRunner().invoke(cli_results.report, ["utrera-table7", "--experiment", "dup", "--db", dup_url])
+    result = CliRunner().invoke(cli_results.main, ["report", "utrera-table7", "--experiment", "dup", "--db", dup_url])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
     assert natural0 in result.stderr
 
