@@ -7,6 +7,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from workers.catalog import SCRATCH, SOURCE_SCHEMES
 from workers.errors import KernelInputError
 
 SOURCE_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -43,7 +44,7 @@ def resolve_source_path(source: str, data_root: str | None, given: str | None = 
         if not Path(given).is_file():
             raise KernelInputError(f"source checkpoint {given} is not readable from this worker")
         return given
-    if source == "scratch":
+    if source == SCRATCH:
         return None
     scheme, _, name = source.partition(":")
     if scheme == "file":
@@ -57,8 +58,9 @@ def resolve_source_path(source: str, data_root: str | None, given: str | None = 
                                f"{' or '.join(str(c) for c in candidates)}")
     if scheme == "spec":
         raise KernelInputError(f"source trial {name[:12]} has no checkpoint yet (run its source trial first)")
-    if scheme not in ("torchvision", "robustness"):
-        raise KernelInputError(f"unknown source {source!r} (use scratch, file:, torchvision:, robustness:, spec:)")
+    if scheme not in SOURCE_SCHEMES:
+        known = ", ".join([SCRATCH, *(f"{s}:" for s in SOURCE_SCHEMES)])
+        raise KernelInputError(f"unknown source {source!r} (use {known})")
     directories = []
     if data_root:
         directories.append(Path(data_root) / "sources")

@@ -19,13 +19,27 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from workers import catalog
+from workers.catalog import (
+    EVENT_KINDS,
+    KERNEL_VERSION,
+    METHODS,
+    PARAMS,
+    SCRATCH,
+    SOURCE_SCHEMES,
+    CatalogError,
+    MethodTraits,
+    Param,
+)
 from workers.context import KernelContext, Report
 from workers.errors import KernelInputError
 from workers.sources import resolve_source_path, verify_checksum
 
 # What the orchestrator may use besides the trainable (it reaches workers through this module only).
-__all__ = ["KernelContext", "KernelInputError", "PackRunner", "convert_trusted_checkpoint", "er_math", "execute",
-           "resume_checkpoint_path", "tune_entry"]
+# The catalog (names, method traits, the parameter schema) is torch-free, like this module at import.
+__all__ = ["EVENT_KINDS", "KERNEL_VERSION", "METHODS", "PARAMS", "SCRATCH", "SOURCE_SCHEMES", "CatalogError",
+           "KernelContext", "KernelInputError", "MethodTraits", "PackRunner", "Param", "catalog",
+           "convert_trusted_checkpoint", "er_math", "execute", "resume_checkpoint_path", "tune_entry"]
 
 logger = logging.getLogger(__name__)
 
