@@ -15,6 +15,7 @@ from cli import main
 from orchestrator.plan.grids import PRESETS, GridError, breakdown, load_grid, load_grid_file, utrera_seed
 from orchestrator.plan.spec import _SPEC_FIELDS, PARAM_TYPES, SpecError, TrialSpec
 from orchestrator.results.frames import RANDOM_INIT_METHODS
+from workers.catalog import PARAMS
 
 BASE = dict(
     kind="transfer", arch="resnet50", source="torchvision:resnet50", dataset="cifar10", method="finetune",
@@ -81,7 +82,8 @@ def test_spec_hashes_of_all_changes_and_params_are_distinct() -> None:
     """Every field change and every known param (added with a typical value) gives its own hash."""
     hashes = [TrialSpec(**{**BASE, **change}).spec_hash for change in HASH_CHANGES]
     for name, kind in PARAM_TYPES.items():
-        hashes.append(TrialSpec(**{**BASE, "params": {**BASE["params"], name: _TYPICAL[kind]}}).spec_hash)
+        value = PARAMS[name].choices[-1] if PARAMS[name].choices else _TYPICAL[kind]  # a string param's choice
+        hashes.append(TrialSpec(**{**BASE, "params": {**BASE["params"], name: value}}).spec_hash)
     hashes.append(GOLDEN["transfer"])
     assert len(set(hashes)) == len(hashes)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
+from orchestrator.plan.sources import SourceRef
 from orchestrator.plan.spec import SpecError, TrialSpec
 
 FULL = None  # subset_size of the whole training split
@@ -393,19 +394,23 @@ def _resolve_source(value: Any, named_sources: Mapping[str, TrialSpec], base_dir
         if name not in named_sources:
             raise GridError(f"source {value!r} names no entry of 'sources:' (have: {', '.join(named_sources)})")
         return f"spec:{named_sources[name].spec_hash}", None, None
-    if value.startswith("file:"):
+    try:
+        ref = SourceRef.parse(value)
+    except ValueError as exc:
+        raise GridError(f"{exc} (or grid:<name> of 'sources:')") from None
+    if ref.scheme == "file":
         try:
-            path = Path(value.removeprefix("file:")).expanduser()
+            path = Path(ref.name).expanduser()
         except RuntimeError:  # ~user that does not exist
-            raise GridError(f"source file not found: {value.removeprefix('file:')}") from None
+            raise GridError(f"source file not found: {ref.name}") from None
         path = path if path.is_absolute() else base_dir / path
         if not path.is_file():
             raise GridError(f"source file not found: {path}")
         from orchestrator.plan.checksums import sha256_file
 
         # Identity by name and content, never by location: the path travels beside the spec.
-        return f"file:{path.name}", sha256_file(path), str(path.resolve())
-    return value, None, None
+        return str(SourceRef("file", path.name)), sha256_file(path), str(path.resolve())
+    return str(ref), None, None
 
 
 def _read_yaml(path: Path) -> Any:
@@ -426,8 +431,8 @@ def _read_yaml(path: Path) -> Any:
         raise GridError(f"malformed YAML in {path}{where}") from None
     except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         # PyYAML's constructors raise these for bad scalars (`2020-13-01`, `!!int x`)
-        text = str(exc).strip().splitlines()
-        raise GridError(f"malformed YAML in {path}: {text[0] if text else type(exc).__name__}") from None
+        lines = str(exc).strip().splitlines()
+        raise GridError(f"malformed YAML in {path}: {lines[0] if lines else type(exc).__name__}") from None
 
 
 def _check_top_level(data: Any, path: Path) -> None:
@@ -473,7 +478,10 @@ def load_grid_file(path: str | Path) -> Grid:
         fields = {"kind": "transfer", **fixed, **dict(zip(names, combo, strict=True))}
         checksum = file_path = None
         if fields.get("source") is not None:
-            fields["source"], checksum, file_path = _resolve_source(fields["source"], named_sources, path.parent)
+            try:
+                fields["source"], checksum, file_path = _resolve_source(fields["source"], named_sources, path.parent)
+            except GridError as exc:
+                raise GridError(f"{path}: {exc}") from None
         spec = _spec_from_fields(fields, str(path))
         if checksum is not None:
             spec = TrialSpec.from_dict({**spec.to_dict(), "source_checksum": checksum})

@@ -7,6 +7,7 @@ result (experiment name, resources, data root, paths) belongs here.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -17,63 +18,22 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from orchestrator.errors import UserError
+from orchestrator.plan.sources import SourceRef
+from workers.trainable import catalog
 
-# Bump when a kernel changes numerically: old results stay in the DB, new specs hash anew.
-# 2: cifar_resnet has ResNet-50's tail (1,1,6,3); sources report robust accuracy by default;
-#    OOD corruptions of on-disk images are built image by image.
-KERNEL_VERSION = "2"
+# The kernel version, the names and the parameter schema are the catalog's (workers.catalog): written
+# down once, derived here.
+KERNEL_VERSION: str = catalog.KERNEL_VERSION
 
 Kind = Literal["source", "transfer"]
-KINDS: tuple[str, ...] = ("source", "transfer")
+KINDS: tuple[str, ...] = tuple(catalog.KINDS)
 
-SOURCE_METHODS = ("natural", "pgd-l2", "pgd-linf", "pgd1", "gaussian")
-TRANSFER_METHODS = (
-    "finetune",
-    "linear",
-    "l2sp",
-    "delta",
-    "delta-r",
-    "retrain",
-    "renofeation",
-)
+SOURCE_METHODS: tuple[str, ...] = catalog.methods("source")
+TRANSFER_METHODS: tuple[str, ...] = catalog.methods("transfer")
 
 # Hyper-parameters a spec may carry in `params`, with their types. Values are coerced to
 # these types before hashing so that `lr: 1` and `lr: 1.0` are the same trial.
-PARAM_TYPES: dict[str, type] = {
-    "input_size": int,  # model input side in pixels
-    "augment": str,  # training/test transforms: utrera (default) | renofeation | none
-    "batch_size": int,
-    "lr": float,
-    "momentum": float,
-    "weight_decay": float,
-    "schedule": str,  # thirds | step-every-third | cosine | constant
-    "iterations_per_epoch": int,  # 0 = one pass over the (subset) training data
-    "eval_epochs": list,  # 1-based epochs at which ID/OOD accuracy is evaluated and reported
-    "eval_images": int,  # cap on test / OOD images per evaluation (0 = all)
-    "head_init": str,  # normal (paper: N(0,1)) | default (PyTorch)
-    "bn_mode": str,  # train (paper) | eval (frozen BN layers use running stats)
-    "lambda_feat": float,  # DELTA / Renofeation feature-distillation weight
-    "lambda_sp": float,  # L2SP weight
-    "beta_fc": float,  # Renofeation's always-on fc weight penalty
-    "dropout": float,  # spatial dropout after each stage
-    "swa_epochs": int,  # SWA stage length in epochs (0 = no SWA)
-    "swa_lr": float,  # constant LR of the SWA stage
-    "swa_every": int,  # fold the weights into the SWA mean every this many steps
-    "adv_norm": str,  # l2 | linf: adversarial training threat model
-    "adv_eps": float,  # in [0,1] pixel units
-    "adv_step": float,
-    "adv_steps": int,  # 0 = no adversarial training
-    "noise_sigma": float,  # Gaussian-noise training
-    "robust_eval_steps": int,  # PGD steps for the robust test accuracy of source models
-    "attack_eps": float,  # penultimate attack budget, normalised units
-    "attack_step": float,
-    "attack_steps": int,  # 0 = no ASR attack
-    "attack_m": float,
-    "attack_clamp": float,
-    "attack_images": int,
-    "num_classes": int,  # synthetic datasets: classes to generate
-    "train_images": int,  # synthetic datasets: training images to generate
-}
+PARAM_TYPES: dict[str, type] = catalog.param_types()
 
 _SPEC_FIELDS = (
     "kind",
@@ -134,12 +94,22 @@ def normalise_params(params: Mapping[str, Any]) -> dict[str, Any]:
         raise SpecError(f"field 'params' must be a mapping of name: value, got {params!r}")
     out: dict[str, Any] = {}
     for name, value in params.items():
-        if name not in PARAM_TYPES:
-            raise SpecError(f"unknown param {name!r}")
+        try:
+            schema = catalog.check_param(name)
+        except catalog.CatalogError as exc:
+            raise SpecError(str(exc)) from None
         if value is None:
             continue  # None means "not set": it must hash like an absent key
-        out[name] = _coerce(name, value, PARAM_TYPES[name])
+        out[name] = _coerce(name, value, schema.type)
+        if schema.choices and out[name] not in schema.choices:
+            raise SpecError(_unknown_choice(name, out[name], schema.choices))
     return out
+
+
+def _unknown_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {name} {value!r}{hint} (known: {', '.join(choices)})"
 
 
 # The DB columns: seed is BIGINT, blocks / subset_size / epochs are INTEGER. Checking the ranges
@@ -187,10 +157,7 @@ class TrialSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise SpecError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        allowed = SOURCE_METHODS if self.kind == "source" else TRANSFER_METHODS
-        if self.method not in allowed:
-            raise SpecError(f"unknown {self.kind} method {self.method!r} (known: {', '.join(allowed)})")
-        for name in ("arch", "dataset"):
+        for name in ("method", "arch", "dataset"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise SpecError(f"field {name!r} must be a non-empty string")
         for name in ("source", "source_checksum", "ood"):
@@ -208,6 +175,23 @@ class TrialSpec:
             raise SpecError("a transfer spec needs a 'source'")
         # Frozen all the way down: params cannot change after hashing.
         object.__setattr__(self, "params", MappingProxyType(normalise_params(self.params)))
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """Every name the spec uses is one the catalog knows: a typo fails at plan time, in one line.
+        Validation only: nothing is rewritten, so the canonical JSON (and the hash) stays as given."""
+        try:
+            catalog.method(self.method, self.kind)
+            catalog.check_arch(self.arch)
+            catalog.check_dataset(self.dataset)
+            if self.ood is not None:
+                catalog.check_ood(self.ood, self.dataset)
+            if self.source is not None:
+                ref = SourceRef.parse(self.source)
+                if ref.scheme == "torchvision":
+                    catalog.check_arch(ref.name)
+        except catalog.CatalogError as exc:
+            raise SpecError(str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in _SPEC_FIELDS}
