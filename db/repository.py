@@ -520,9 +520,10 @@ class Repository:
             return [dict(row._mapping) for row in connection.execute(query)]
 
     def testbed_points(self, experiment_id: int, id_dataset: str, ood_dataset: str,
-                       methods: Sequence[str] = ("retrain",)) -> list[tuple[float, float]]:
+                       methods: Sequence[str]) -> list[tuple[float, float]]:
         """(test_acc, ood_acc) of the experiment's completed testbed transfers: trained on the ID
-        data alone, from random weights (a `methods` method, or any method from source 'scratch')."""
+        data alone, from random weights (a `methods` method, or any method from source 'scratch').
+        `methods` is the orchestrator's (the catalog's testbed trait): the db layer knows no methods."""
         query = (
             select(TRIALS.c.test_acc, TRIALS.c.ood_acc)
             .where(self._experiment_filter(experiment_id), TRIALS.c.kind == "transfer",

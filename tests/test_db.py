@@ -408,7 +408,7 @@ def test_er_backfill(repo: Repository) -> None:
     trials = repo.trial_accuracies("digits", "noise-2")
     assert len(trials) == 5
     repo.set_trial_er([(row["trial_id"], 0.05) for row in trials])
-    assert repo.testbed_points(experiment_id, "digits", "noise-2") == [
+    assert repo.testbed_points(experiment_id, "digits", "noise-2", ("retrain",)) == [
         pytest.approx((0.4, 0.25)), pytest.approx((0.5, 0.35)), pytest.approx((0.6, 0.45))]
     stored = [row["er"] for row in repo.epoch_rows(experiment_id) if row["epoch"] == 1]
     assert stored == [pytest.approx(-0.1)] * 5

@@ -8,7 +8,7 @@ from typing import Any
 
 from db.repository import Repository
 from orchestrator.errors import UserError
-from workers.trainable import er_math
+from workers.trainable import METHODS, er_math
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,9 @@ def _store_and_fill(repo: Repository, id_dataset: str, ood_dataset: str, fit: An
 
 
 # The ER testbed: models trained on the ID data alone from random weights. Renofeation and
-# DELTA-R start from random weights too, but learn from a pre-trained teacher: not in the testbed.
-TESTBED_METHODS = ("retrain",)
+# DELTA-R start from random weights too, but learn from a pre-trained teacher: not in the testbed
+# (the catalog's MethodTraits.testbed rule: random_init and not distils).
+TESTBED_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.testbed)
 
 
 def fit_from_experiment(repo: Repository, experiment: str, id_dataset: str, ood_dataset: str,

@@ -11,7 +11,9 @@ from typing import Any
 import pandas as pd
 
 from orchestrator.errors import UserError
+from orchestrator.plan.sources import SCRATCH, SourceRef
 from orchestrator.results.query import Database, ReadOnlyDatabase, reading
+from workers.trainable import METHODS
 
 # Labels of the published sources (Utrera et al.'s four ResNet-50s); other robustness:<name>
 # files get their name.
@@ -21,11 +23,11 @@ PUBLISHED_LABELS = {
     "robustness:imagenet_linf_8": "linf-8",
 }
 NATURAL = "natural"
-SCRATCH = "scratch"
 # Random-init trials (the ER testbed, Andreassen's init=random, Renofeation's re-training family):
 # these methods start from random weights whatever `source` names (the source is kept so that ASR
-# can be crafted on it); source "scratch" is the older way to say the same. Defined here only.
-RANDOM_INIT_METHODS = ("retrain", "renofeation", "delta-r")
+# can be crafted on it); source "scratch" is the older way to say the same. The catalog's
+# `random_init` trait decides.
+RANDOM_INIT_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.random_init)
 
 Lookup = Mapping[str, str] | Callable[[str], str | None]
 
@@ -41,20 +43,20 @@ def source_label(source: str | None, lookup: Lookup | None = None) -> str:
     """
     if source is None or (isinstance(source, float) and source != source):
         return "-"
-    if source.startswith("torchvision:"):
+    ref = SourceRef.maybe(source)
+    if ref is None or ref.is_scratch:
+        return source
+    if ref.scheme == "torchvision":
         return NATURAL
-    if source in PUBLISHED_LABELS:
-        return PUBLISHED_LABELS[source]
-    if source.startswith("robustness:"):
-        return source.removeprefix("robustness:")
-    if source.startswith("spec:"):
-        spec_hash = source.removeprefix("spec:")
+    if ref.scheme == "robustness":
+        return PUBLISHED_LABELS.get(source, ref.name)
+    if ref.scheme == "spec":
         method = None
         if lookup is not None:
-            method = lookup(spec_hash) if callable(lookup) else lookup.get(spec_hash)
-        return method or f"spec:{spec_hash[:12]}"
-    if source.startswith("file:"):
-        return "file:" + PurePath(source.removeprefix("file:")).name
+            method = lookup(ref.name) if callable(lookup) else lookup.get(ref.name)
+        return method or f"spec:{ref.name[:12]}"
+    if ref.scheme == "file":
+        return "file:" + PurePath(ref.name).name
     return source
 
 
@@ -77,8 +79,9 @@ def label_sources(sources: Iterable[str | None], lookup: Lookup | None) -> dict[
     for label in labels.values():
         counts[label] = counts.get(label, 0) + 1
     for source, label in labels.items():
-        if counts[label] > 1 and source is not None and source.startswith("spec:"):
-            labels[source] = f"{label}@{source.removeprefix('spec:')[:8]}"
+        ref = SourceRef.maybe(source)
+        if counts[label] > 1 and ref is not None and ref.scheme == "spec":
+            labels[source] = f"{label}@{ref.name[:8]}"
     return labels
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator.errors import UserError, one_line
+from workers.trainable import METHODS
 
 READING_KEYWORDS = frozenset({"SELECT", "WITH", "VALUES", "EXPLAIN", "TABLE", "SHOW", "PRAGMA"})
 # Anywhere outside strings, quoted names and comments, these words mean a write (or a way to one).
@@ -424,11 +425,12 @@ _TRIAL_KEYS: dict[str, str] = {
     "source": "pre-trained weights: torchvision:<arch> (natural), robustness:<name> (Madry robust), "
               "spec:<spec_hash> (a source trial), file:<name> (its sha256 in spec_json), scratch (random init); "
               "NULL for source trials. "
-              "Random-init trials: method retrain/renofeation/delta-r (source kept for ASR) or source scratch",
+              f"Random-init trials: method {'/'.join(n for n, m in METHODS.items() if m.random_init)} "
+              "(source kept for ASR) or source scratch",
     "dataset": "training / ID dataset (target of a transfer)",
     "ood": "OOD evaluation set (cifar10.1, noise-3, ...); NULL = none",
-    "method": "training method: natural/pgd-l2/pgd-linf/... (source), finetune/linear/l2sp/delta/retrain/"
-              "renofeation (transfer)",
+    "method": f"training method: {'/'.join(n for n, m in METHODS.items() if m.kind == 'source')} (source), "
+              f"{'/'.join(n for n, m in METHODS.items() if m.kind == 'transfer')} (transfer)",
     "blocks": "residual blocks fine-tuned besides the head (Utrera: 0/1/3/9); NULL = all",
     "subset_size": "training images used (random class-covering subset); NULL = the full training set",
     "seed": "random seed (also fixes the training subset: runs pair by seed)",

@@ -33,13 +33,15 @@ from orchestrator.results.frames import (
     trial_specs,
 )
 from orchestrator.results.query import Database, ReadOnlyDatabase, reading, text_table
+from workers.trainable import METHODS
 
 FORMATS = ("table", "markdown", "csv")
 DEFAULT_BLOCKS = 3
 FULL_LABEL = "full"
-# Renofeation's table order (grids.renofeation2021 variant names), then anything else alphabetically.
-METHOD_ORDER = ("linear", "finetune", "l2sp", "delta", "retrain", "renofeation", "delta-r",
-                "renofeation-no-dropout", "renofeation-no-swa", "delta-adv")
+# Renofeation's table order: the catalog's transfer methods in its order, then the ablation variants
+# (grids.reno_variants names, labelled by _variant), then anything else alphabetically.
+ABLATION_ORDER = ("renofeation-no-dropout", "renofeation-no-swa", "delta-adv")
+METHOD_ORDER: tuple[str, ...] = (*(name for name, m in METHODS.items() if m.kind == "transfer"), *ABLATION_ORDER)
 
 
 @dataclass
@@ -188,7 +190,8 @@ def utrera_blocks(db: ReadOnlyDatabase, experiment: str, blocks: int | None = No
 
 def method_variant(method: str, params: dict[str, Any]) -> str:
     """The Renofeation grid's variant name of a trial (ablations share a method, differ in params)."""
-    if method == "renofeation":
+    traits = METHODS.get(method)
+    if traits is not None and traits.swa:  # renofeation: its dropout and SWA stage default on; 0 = the ablation
         parts = [method]
         if not params.get("dropout"):
             parts.append("no-dropout")
