@@ -29,10 +29,11 @@ def run_one_spec(grid_name: str, index: int, data_root: str | None, artifacts: s
         raise UserError(f"--index {index} is outside the grid ({len(grid.specs)} specs)")
     spec = grid.specs[index]
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    if source_path is None and spec.source and spec.source.startswith("file:"):
-        source_path = grid.source_files.get((spec.source, spec.source_checksum or ""))
-    if spec.source and spec.source.startswith("spec:") and source_path is None:
-        raise UserError(f"spec {index} needs the checkpoint of source trial {spec.source[5:17]}: pass --source-path")
+    ref = spec.source_ref
+    if source_path is None and ref is not None and ref.scheme == "file":
+        source_path = grid.source_files.get((str(ref), spec.source_checksum or ""))
+    if ref is not None and ref.scheme == "spec" and source_path is None:
+        raise UserError(f"spec {index} needs the checkpoint of source trial {ref.name[:12]}: pass --source-path")
     yield f"spec {index} of {grid.name}: {spec.spec_hash}"
     yield spec.canonical_json()
     lines: queue.Queue[str | BaseException | None] = queue.Queue()

@@ -211,6 +211,16 @@ class TrialSpec:
     def __hash__(self) -> int:
         return hash(self.spec_hash)
 
+    @property
+    def source_ref(self) -> SourceRef | None:
+        """The parsed `source` (None for source trials)."""
+        return None if self.source is None else SourceRef.parse(self.source)
+
+    def source_hash(self) -> str | None:
+        """The spec_hash of the grid-trained source trial this transfer needs (source spec:<hash>), else None."""
+        ref = self.source_ref
+        return ref.name if ref is not None and ref.scheme == "spec" else None
+
     def param(self, name: str, default: Any = None) -> Any:
         return self.params.get(name, default)
 

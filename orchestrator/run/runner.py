@@ -141,11 +141,11 @@ def _pack_items(specs: Sequence[TrialSpec], inputs: StageInputs) -> list[dict[st
     items = []
     for spec in specs:
         item: dict[str, Any] = {"spec_hash": spec.spec_hash, "spec": spec.to_dict()}
-        if spec.source and spec.source.startswith("spec:"):
-            source_hash = spec.source.removeprefix("spec:")
+        source_hash = spec.source_hash()
+        if source_hash is not None:
             item["source_path"] = inputs.source_paths.get(source_hash)
             item["source_checksum"] = inputs.source_checksums.get(source_hash)
-        elif spec.source and spec.source.startswith("file:"):
+        elif spec.source_ref is not None and spec.source_ref.scheme == "file":
             item["source_path"] = inputs.source_files.get((spec.source, spec.source_checksum or ""))
         baseline = inputs.baselines.get((spec.dataset, spec.ood))
         if baseline is not None:

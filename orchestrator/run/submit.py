@@ -47,7 +47,7 @@ def runnable_specs(repo: Repository, experiment_id: int, grid: Grid, stale_after
 
 def _source_inputs(repo: Repository, specs: list[TrialSpec]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """Checkpoint and sha256 of every grid-trained source the transfers need; why others are missing."""
-    needed = {s.source.removeprefix("spec:") for s in specs if s.source and s.source.startswith("spec:")}
+    needed = {h for h in (s.source_hash() for s in specs) if h is not None}
     paths: dict[str, str] = {}
     checksums: dict[str, str] = {}
     missing: dict[str, str] = {}
@@ -90,11 +90,11 @@ def _run_stages(repo: Repository, grid: Grid, todo: list[TrialSpec], experiment:
         if stage.name == "transfers":
             paths, checksums, missing = _source_inputs(repo, specs)
             for spec in specs:
-                reason = missing.get((spec.source or "").removeprefix("spec:"))
+                reason = missing.get(spec.source_hash() or "")
                 if reason is not None:
                     logger.warning("transfer %s not run: %s", spec.spec_hash[:12], reason)
                     repo.fail(spec.spec_hash, reason)
-            specs = [s for s in specs if (s.source or "").removeprefix("spec:") not in missing]
+            specs = [s for s in specs if (s.source_hash() or "") not in missing]
             inputs = StageInputs(paths, checksums, inputs.baselines, grid.source_files)
         if specs:
             run_stage(repo, Stage(stage.name, specs), experiment, options, inputs)
