@@ -39,9 +39,9 @@ class SourceRef:
         return cls(scheme, name)
 
     @classmethod
-    def maybe(cls, text: str | None) -> SourceRef | None:
-        """parse(text), or None for None (source trials) and for text that does not parse (older rows)."""
-        if text is None:
+    def maybe(cls, text: object) -> SourceRef | None:
+        """parse(text), or None for None / NaN (source trials' rows) and for text that does not parse."""
+        if not isinstance(text, str):
             return None
         try:
             return cls.parse(text)
