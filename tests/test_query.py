@@ -140,11 +140,11 @@ def test_side_effect_functions_are_refused_and_reads_still_work(results_url: str
 def test_sqlite_authorizer_denies_file_and_extension_functions(results_sqlite: str) -> None:
     import sqlite3
 
-    from orchestrator.results.query import SQLITE_DENIED_FUNCTIONS, _strict_authorizer
+    from db.readonly import SQLITE_DENIED_FUNCTIONS, strict_authorizer
 
     for name in SQLITE_DENIED_FUNCTIONS:
-        assert _strict_authorizer(sqlite3.SQLITE_FUNCTION, None, name) == sqlite3.SQLITE_DENY
-    assert _strict_authorizer(sqlite3.SQLITE_FUNCTION, None, "count") == sqlite3.SQLITE_OK
+        assert strict_authorizer(sqlite3.SQLITE_FUNCTION, None, name) == sqlite3.SQLITE_DENY
+    assert strict_authorizer(sqlite3.SQLITE_FUNCTION, None, "count") == sqlite3.SQLITE_OK
     with ReadOnlyDatabase(results_sqlite) as database:
         for sql in ("SELECT fts3_tokenizer('simple')", "SELECT load_extension('x')"):  # past the lexical check
             with pytest.raises(QueryRefused):
