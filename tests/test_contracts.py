@@ -187,7 +187,7 @@ def _modules_loaded_by(code: str) -> list[str]:
 
 
 def test_the_torch_probe_sees_torch() -> None:
-    assert _modules_loaded_by("import workers.models") == ["torch", "torchvision"]
+    assert "torch" in _modules_loaded_by("import workers.models")
 
 
 def test_orchestrator_plan_imports_no_torch() -> None:
