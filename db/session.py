@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
@@ -28,6 +28,10 @@ import migrations
 from db.errors import DatabaseError, SchemaOutOfDate, one_line
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # alembic is imported when first needed
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 DEFAULT_URL = "sqlite:///rtgrid.sqlite"
 SCRIPT_LOCATION = str(Path(migrations.__file__).resolve().parent)
@@ -138,7 +142,7 @@ def make_engine(url: str | URL) -> Engine:
 # --- Alembic ----------------------------------------------------------------------------------
 
 
-def alembic_config(script_location: str = SCRIPT_LOCATION, url: str | None = None) -> Any:
+def alembic_config(script_location: str = SCRIPT_LOCATION, url: str | None = None) -> Config:
     """Alembic configuration built in code: no alembic.ini is needed at run time."""
     from alembic.config import Config
 
@@ -150,7 +154,7 @@ def alembic_config(script_location: str = SCRIPT_LOCATION, url: str | None = Non
 
 
 @lru_cache(maxsize=8)
-def _script(script_location: str) -> Any:
+def _script(script_location: str) -> ScriptDirectory:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config(script_location))

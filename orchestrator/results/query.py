@@ -31,6 +31,7 @@ from decimal import Decimal
 from typing import Any
 
 import pandas as pd
+from sqlalchemy.engine import URL
 
 from db import readonly
 from db.readonly import ReadOnlyViolation
@@ -192,7 +193,7 @@ def reading(db: Database | Any) -> Iterator[ReadOnlyDatabase]:
 def _url_of(thing: Any) -> str:
     engine = getattr(thing, "engine", thing)
     url = getattr(engine, "url", None)
-    if url is None:
+    if not isinstance(url, URL):
         raise TypeError(f"cannot read a database from {type(thing).__name__}")
     return url.render_as_string(hide_password=False)
 
