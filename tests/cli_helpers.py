@@ -6,6 +6,8 @@ setup and the one error handler are part of what is tested.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import click
 from click.testing import CliRunner, Result
 
@@ -14,10 +16,12 @@ from cli import main
 __all__ = ["Result", "command", "error_line", "run_cli"]
 
 
-def run_cli(*args: str, expect: int | None = 0) -> Result:
-    """`rtgrid ARGS…`; asserts the exit code is `expect` (None: any). Exceptions other than the
-    CLI's own exits propagate (a traceback is a bug, never an expected outcome)."""
-    result = CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
+def run_cli(*args: str, expect: int | None = 0, group: click.Group = main,
+            env: Mapping[str, str] | None = None) -> Result:
+    """`rtgrid ARGS…`; asserts the exit code is `expect` (None: any). catch_exceptions=False: the CLI's
+    own handler, not Click's test runner, must turn errors into exit codes. `group`: a copy of `main`
+    with test-only commands; `env`: extra environment variables."""
+    result = CliRunner().invoke(group, [str(arg) for arg in args], catch_exceptions=False, env=env)
     if expect is not None:
         assert result.exit_code == expect, (args, result.exit_code, result.stdout, result.stderr)
     return result

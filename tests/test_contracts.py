@@ -306,12 +306,7 @@ def test_the_private_name_check_sees_every_form() -> None:
 # Sites that still existed when this check was written; their owners are removing them. A site not
 # listed here fails at once (test_no_new_private_name_crossings); the list may only shrink.
 KNOWN_PRIVATE_CROSSINGS: frozenset[str] = frozenset({
-    "orchestrator/results/plots.py imports orchestrator.results.reports._labels",
-    "orchestrator/results/plots.py imports orchestrator.results.reports._require_rows",
-    "orchestrator/results/plots.py imports orchestrator.results.reports._trial_frame",
-    "orchestrator/run/submit.py imports orchestrator.run.runner._start_ray",
     "bench/gpu_step.py imports workers.training._autocast",
-    "bench/schedule.py imports orchestrator.run.runner._start_ray",
 })
 
 

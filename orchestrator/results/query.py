@@ -66,8 +66,6 @@ def check_read_only(sql: str) -> str:
 # --- the read-only connection ----------------------------------------------------------------
 
 
-
-
 @dataclass
 class QueryResult:
     columns: list[str]
