@@ -1,5 +1,7 @@
 """Engines from URLs, SQLite/PostgreSQL settings, and the schema check on open.
 
+Read-only engines (`rtgrid query`, `export`, `report`, `plot`) are db/readonly.py's.
+
 A database is migrated only on request (`rtgrid db upgrade`) or when it is brand new and the
 command writes; an existing database behind the code's schema is an error, never migrated
 silently. Errors are one-line `DatabaseError`s that never show a password.
@@ -16,8 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
@@ -27,6 +28,10 @@ import migrations
 from db.errors import DatabaseError, SchemaOutOfDate, one_line
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # alembic is imported when first needed
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 DEFAULT_URL = "sqlite:///rtgrid.sqlite"
 SCRIPT_LOCATION = str(Path(migrations.__file__).resolve().parent)
@@ -45,7 +50,7 @@ def resolve_url(url: str | None = None) -> str:
     return url or os.environ.get("RTGRID_DB") or DEFAULT_URL
 
 
-def _parse(url: str | URL) -> URL:
+def parse_url(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -57,7 +62,7 @@ def _parse(url: str | URL) -> URL:
 
 def normalise_url(url: str) -> str:
     """`postgresql://` and `postgres://` mean psycopg 3 (the driver rtgrid ships with)."""
-    return _parse(url).render_as_string(hide_password=False)
+    return parse_url(url).render_as_string(hide_password=False)
 
 
 def safe_url(url: str | URL) -> str:
@@ -69,11 +74,11 @@ def safe_url(url: str | URL) -> str:
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
 
 
-def _is_sqlite(url: URL) -> bool:
+def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def _sqlite_path(url: URL) -> str | None:
+def sqlite_path(url: URL) -> str | None:
     """The file of a SQLite URL; None for an in-memory database."""
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
@@ -120,9 +125,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_engine(url: str | URL) -> Engine:
     """Engine for a rtgrid database URL (SQLite file or PostgreSQL via psycopg 3)."""
-    parsed = _parse(url)
+    parsed = parse_url(url)
     try:
-        if _is_sqlite(parsed):
+        if is_sqlite(parsed):
             engine = create_engine(
                 parsed, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             )
@@ -134,57 +139,10 @@ def make_engine(url: str | URL) -> Engine:
         raise DatabaseError(f"unsupported database URL {safe_url(parsed)}: {one_line(exc)}") from None
 
 
-def _readonly_authorizer(action: int, *_args: Any) -> int:
-    # mode=ro protects the database file; ATTACH (and VACUUM INTO, which attaches) could write other files.
-    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
-        return sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
-
-
-def open_readonly(url: str, *, script_location: str = SCRIPT_LOCATION) -> Engine:
-    """An engine that can read and never write (for `rtgrid query`, `export`, `report`, `plot`).
-
-    SQLite: the file is opened with `mode=ro` (the database refuses writes). PostgreSQL: every
-    transaction of the session is READ ONLY (`default_transaction_read_only`). The schema is
-    checked as for writers: a database behind head is refused, an empty one is "no rtgrid database".
-    """
-    parsed = _parse(url)
-    safe = safe_url(parsed)
-    if _is_sqlite(parsed):
-        path = _sqlite_path(parsed)
-        if path is None or not Path(path).is_file():
-            raise DatabaseError(_missing(safe))
-        uri = "file:" + quote(str(Path(path).resolve())) + "?mode=ro"
-
-        def connect() -> sqlite3.Connection:
-            connection = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
-            connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            connection.execute("PRAGMA query_only = ON")
-            connection.set_authorizer(_readonly_authorizer)
-            return connection
-
-        engine = create_engine(parsed, creator=connect)
-    else:
-        # prepare_threshold=0: every statement goes through the extended protocol, which refuses
-        # "SET TRANSACTION READ WRITE; DELETE …" (several statements in one string).
-        connect_args = {"options": "-c default_transaction_read_only=on", "prepare_threshold": 0,
-                        "connect_timeout": PG_CONNECT_TIMEOUT_S}
-        engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
-    try:
-        at_head = _schema_at_head(engine, safe, script_location)
-    except BaseException:
-        engine.dispose()
-        raise
-    if not at_head:  # a reader never creates the schema
-        engine.dispose()
-        raise DatabaseError(_missing(safe))
-    return engine
-
-
 # --- Alembic ----------------------------------------------------------------------------------
 
 
-def alembic_config(script_location: str = SCRIPT_LOCATION, url: str | None = None) -> Any:
+def alembic_config(script_location: str = SCRIPT_LOCATION, url: str | None = None) -> Config:
     """Alembic configuration built in code: no alembic.ini is needed at run time."""
     from alembic.config import Config
 
@@ -196,7 +154,7 @@ def alembic_config(script_location: str = SCRIPT_LOCATION, url: str | None = Non
 
 
 @lru_cache(maxsize=8)
-def _script(script_location: str) -> Any:
+def _script(script_location: str) -> ScriptDirectory:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config(script_location))
@@ -222,8 +180,8 @@ def _revision_of(connection: Connection) -> str | None:
 def current_revision(engine: Engine | str) -> str | None:
     """The database's schema revision; None for a new (or missing SQLite) database."""
     owned = not isinstance(engine, Engine)
-    url = _parse(engine) if not isinstance(engine, Engine) else engine.url
-    path = _sqlite_path(url) if _is_sqlite(url) else None
+    url = parse_url(engine) if not isinstance(engine, Engine) else engine.url
+    path = sqlite_path(url) if is_sqlite(url) else None
     if path is not None and not Path(path).exists():
         return None  # do not create the file just to look
     bound = make_engine(url) if not isinstance(engine, Engine) else engine
@@ -241,7 +199,7 @@ def current_revision(engine: Engine | str) -> str | None:
 def _migration_transaction(engine: Engine) -> Iterator[Connection]:
     """One transaction for a whole migration run, serialised against other rtgrid processes."""
     with engine.connect() as connection:
-        sqlite = _is_sqlite(engine.url)
+        sqlite = is_sqlite(engine.url)
         if sqlite:
             # A table rebuild (batch migration) must not fire ON DELETE CASCADE; the pragma is a
             # no-op inside a transaction, so it is switched before BEGIN and checked after.
@@ -304,11 +262,11 @@ def downgrade(url_or_engine: str | Engine, revision: str, *, script_location: st
 # --- opening ----------------------------------------------------------------------------------
 
 
-def _missing(safe: str) -> str:
+def missing_database_message(safe: str) -> str:
     return f"no rtgrid database at {safe} (run a command that writes, or `rtgrid db upgrade`)"
 
 
-def _schema_at_head(engine: Engine, safe: str, script_location: str) -> bool:
+def schema_at_head(engine: Engine, safe: str, script_location: str) -> bool:
     """True at head, False for a new (empty) database; DatabaseError / SchemaOutOfDate otherwise.
 
     The one schema check of every opener (writers and read-only readers alike).
@@ -342,15 +300,15 @@ def open_database(url: str, *, create: bool, script_location: str = SCRIPT_LOCAT
     A new (empty) database is created at head when `create`; otherwise, and for a database at
     another revision, a one-line DatabaseError / SchemaOutOfDate says what to run.
     """
-    parsed = _parse(url)
+    parsed = parse_url(url)
     safe = safe_url(parsed)
-    if _is_sqlite(parsed):
-        path = _sqlite_path(parsed)
+    if is_sqlite(parsed):
+        path = sqlite_path(parsed)
         if path is not None and not create and not Path(path).exists():
-            raise DatabaseError(_missing(safe))
+            raise DatabaseError(missing_database_message(safe))
     engine = make_engine(parsed)
     try:
-        at_head = _schema_at_head(engine, safe, script_location)
+        at_head = schema_at_head(engine, safe, script_location)
     except BaseException:
         engine.dispose()
         raise
@@ -358,7 +316,7 @@ def open_database(url: str, *, create: bool, script_location: str = SCRIPT_LOCAT
         return engine
     if not create:
         engine.dispose()
-        raise DatabaseError(_missing(safe))
+        raise DatabaseError(missing_database_message(safe))
     logger.info("new database %s: creating the schema at revision %s", safe, head_revision(script_location))
     upgrade(engine, "head", script_location=script_location)
     return engine

@@ -1,10 +1,12 @@
 """Database fixtures: every DB test runs on a real SQLite file and on the real PostgreSQL server.
 
-PostgreSQL: each test gets a fresh database `rtgrid_t_<random>` on the server named by
-$RTGRID_TEST_PG (default postgresql+psycopg://postgres@127.0.0.1:5432/test), created over an
-autocommit connection to that database and dropped when the test ends. When the server is
-unreachable the PostgreSQL variants are skipped, saying why, unless $RTGRID_REQUIRE_PG is set
-(CI sets it), in which case they fail.
+PostgreSQL is reached in ONE place, `pg_admin_engine()` (behind the session fixture `pg_server`):
+every test that needs the server — `db_url`, `repo`, the results databases of results_data.py,
+the cluster test — goes through it. The server is named by $RTGRID_TEST_PG (default
+postgresql+psycopg://postgres@127.0.0.1:5432/test); each test gets a throw-away database
+`rtgrid_t_<random>`, created over an autocommit connection and dropped afterwards. When the server
+is unreachable the PostgreSQL variants are skipped, saying why, unless $RTGRID_REQUIRE_PG=1 (CI
+sets it), in which case they fail.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from db.session import RTGRID_TABLES, open_database, safe_url
 
 __all__ = ["db_backend", "db_url", "pg_server", "repo", "sqlite_at_head"]  # the fixtures conftest.py imports
 
-PG_ADMIN_URL = os.environ.get("RTGRID_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+DEFAULT_TEST_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PG_ADMIN_URL = os.environ.get("RTGRID_TEST_PG", DEFAULT_TEST_PG)
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
@@ -77,20 +80,35 @@ class PgServer:
             self.drop(make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False))
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
+def pg_required() -> bool:
+    """$RTGRID_REQUIRE_PG=1 (CI): an unreachable server fails the PostgreSQL tests instead of skipping them."""
+    return os.environ.get("RTGRID_REQUIRE_PG", "").strip() not in ("", "0")
+
+
+def pg_admin_engine() -> Engine:
+    """An AUTOCOMMIT engine on $RTGRID_TEST_PG that has connected once: the one way tests reach PostgreSQL.
+
+    Unreachable server: pytest.skip saying why, or pytest.fail under $RTGRID_REQUIRE_PG=1.
+    """
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool,
                           connect_args={"connect_timeout": 3})
     try:
         with admin.connect():
             pass
     except DBAPIError as exc:
+        admin.dispose()
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         message = f"PostgreSQL server unreachable at {safe_url(PG_ADMIN_URL)}: {reason}"
-        if os.environ.get("RTGRID_REQUIRE_PG"):  # CI: half the suite must not vanish as skips
+        if pg_required():  # CI: half the suite must not vanish as skips
             pytest.fail(message)
         pytest.skip(message)
-    server = PgServer(admin)
+    return admin
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    server = PgServer(pg_admin_engine())
+    admin = server.admin
     yield server
     server.drop_all()
     admin.dispose()

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from db_fixtures import PgServer
 from sqlalchemy import Engine, bindparam, update
 
 from db.models import Base
@@ -171,20 +170,7 @@ def build_database(engine: Engine) -> dict[str, list[TrialSpec]]:
     return experiments
 
 
-# --- pytest fixtures (imported by the test modules) ---------------------------------------------
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-PG_BASE = "postgresql+psycopg://postgres@127.0.0.1:5432/"
-
-
-def _pg_admin() -> Any:
-    import psycopg
-
-    try:
-        return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.Error as exc:
-        pytest.skip(f"PostgreSQL not reachable: {str(exc).strip().splitlines()[0]}")
-
+# --- pytest fixtures (registered by conftest.py) -------------------------------------------------
 
 @pytest.fixture(scope="module")
 def results_sqlite(tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -199,22 +185,19 @@ def results_sqlite(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def results_postgres() -> Iterator[str]:
-    """A fresh PostgreSQL database for this module, dropped afterwards."""
+def results_postgres(pg_server: PgServer) -> Iterator[str]:
+    """A fresh database on the tests' PostgreSQL server (db_fixtures.pg_server) for this module, dropped
+    afterwards; skipped, or failed under $RTGRID_REQUIRE_PG=1, when the server is unreachable."""
     from db.session import open_database
 
-    admin = _pg_admin()
-    name = f"rtgrid_results_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    url = PG_BASE + name
+    url = pg_server.new_database()
     try:
         engine = open_database(url, create=True)
         build_database(engine)
         engine.dispose()
         yield url
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        pg_server.drop(url)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -6,17 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from cli_helpers import error_line, run_cli
 from results_data import db_fingerprint
 from sqlalchemy import create_engine, text
 
-from cli import main
 from db.session import head_revision, normalise_url
-
-
-def _invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def _count(db_url: str, sql: str) -> int:
@@ -29,34 +23,33 @@ def _count(db_url: str, sql: str) -> int:
 
 
 def test_grid_show_count_and_breakdown() -> None:
-    assert _invoke("grid", "show", "utrera2021", "--count")[1].strip() == "14400"
-    code, out, _ = _invoke("grid", "show", "utrera2021")
-    assert code == 0
+    assert run_cli("grid", "show", "utrera2021", "--count").stdout.strip() == "14400"
+    out = run_cli("grid", "show", "utrera2021").stdout
     assert "4 source x 6 dataset x 4 blocks" in out and "150 (subset, seed) pairs per cell" in out
-    code, out, _ = _invoke("grid", "list")
-    assert code == 0 and "utrera2021" in out and "14400" in out and "smoke" in out
+    out = run_cli("grid", "list").stdout
+    assert "utrera2021" in out and "14400" in out and "smoke" in out
 
 
 @pytest.mark.slow
 def test_dry_run_of_14400_specs_twice(db_url: str) -> None:
     started = time.perf_counter()
-    code, out, _ = _invoke("submit", "utrera2021", "--dry-run", "--db", db_url)
+    out = run_cli("submit", "utrera2021", "--dry-run", "--db", db_url).stdout
     seconds = time.perf_counter() - started
     print(f"dry-run of 14,400 specs: {seconds:.1f}s")
-    assert code == 0 and "14400 new" in out
+    assert "14400 new" in out
     assert _count(db_url, "SELECT count(*) FROM trials") == 14400
     assert _count(db_url, "SELECT count(*) FROM trials WHERE status = 'pending'") == 14400
-    code, out, _ = _invoke("submit", "utrera2021", "--dry-run", "--db", db_url)
-    assert code == 0 and "0 new" in out and "nothing new to record" in out
+    out = run_cli("submit", "utrera2021", "--dry-run", "--db", db_url).stdout
+    assert "0 new" in out and "nothing new to record" in out
     assert _count(db_url, "SELECT count(*) FROM trials") == 14400
     # A second experiment over a subset of the same specs (Table 4's seeds) links, never duplicates.
-    code, out, _ = _invoke("submit", "utrera2021-table4", "--dry-run", "--db", db_url)
-    assert code == 0 and "12576 trials — 0 new" in out and "12576 already pending" in out
+    out = run_cli("submit", "utrera2021-table4", "--dry-run", "--db", db_url).stdout
+    assert "12576 trials — 0 new" in out and "12576 already pending" in out
     assert _count(db_url, "SELECT count(*) FROM experiments") == 2
     assert _count(db_url, "SELECT count(*) FROM trials") == 14400
     assert _count(db_url, "SELECT count(*) FROM experiment_trials") == 14400 + 12576
-    code, out, _ = _invoke("status", "--db", db_url)
-    assert code == 0 and "pending" in out
+    out = run_cli("status", "--db", db_url).stdout
+    assert "pending" in out
 
 
 GRID_A = """
@@ -75,14 +68,14 @@ def test_second_experiment_links_the_specs_it_shares(db_url: str, tmp_path: Path
     """B shares 4 of its 6 specs with A: those are linked (A's trial rows, still completed), 2 are new."""
     (tmp_path / "a.yaml").write_text(GRID_A)
     (tmp_path / "b.yaml").write_text(GRID_B)
-    code, out, _ = _invoke("submit", str(tmp_path / "a.yaml"), "--dry-run", "--db", db_url)
-    assert code == 0 and "8 new" in out
+    out = run_cli("submit", str(tmp_path / "a.yaml"), "--dry-run", "--db", db_url).stdout
+    assert "8 new" in out
     engine = create_engine(normalise_url(db_url))
     with engine.begin() as connection:  # as if A had run
         connection.execute(text("UPDATE trials SET status = 'completed', attempts = 1, test_acc = 0.5"))
     engine.dispose()
-    code, out, _ = _invoke("submit", str(tmp_path / "b.yaml"), "--dry-run", "--db", db_url)
-    assert code == 0 and "6 trials — 2 new, 4 already completed" in out, out
+    out = run_cli("submit", str(tmp_path / "b.yaml"), "--dry-run", "--db", db_url).stdout
+    assert "6 trials — 2 new, 4 already completed" in out, out
     assert _count(db_url, "SELECT count(*) FROM trials") == 10
     links = ("SELECT count(*) FROM experiment_trials et JOIN experiments e ON e.id = et.experiment_id "
              "JOIN trials t ON t.id = et.trial_id WHERE e.name = '{}' AND t.status = '{}'")
@@ -111,8 +104,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_db_unchanged(db_url: str, tmp_p
         "{type}": "fixed: {arch: x, method: finetune, epochs: one, source: scratch, dataset: d}\naxes: {seed: [0]}\n",
     }
     # a database that already holds an experiment with trials, one of them completed with epochs
-    code, _, _ = _invoke("submit", "smoke", "--dry-run", "--db", db_url)
-    assert code == 0
+    run_cli("submit", "smoke", "--dry-run", "--db", db_url)
     _complete_one_trial(db_url)
     before = db_fingerprint(db_url)
     resolved = []
@@ -124,9 +116,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_db_unchanged(db_url: str, tmp_p
         resolved.append(arg)
     if resolved[0] != "grid":  # grid commands never open the database
         resolved += ["--db", db_url]
-    code, out, err = _invoke(*resolved)
-    assert code == 2
-    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    line = error_line(run_cli(*resolved, expect=2))  # exit 2, one line, no traceback
+    assert message in line
     assert db_fingerprint(db_url) == before
 
 
@@ -143,7 +134,7 @@ def _complete_one_trial(db_url: str) -> None:
 
 def test_the_unchanged_check_can_fail(db_url: str) -> None:
     """The fingerprint sees a single changed value (not only row counts or file sizes)."""
-    assert _invoke("submit", "smoke", "--dry-run", "--db", db_url)[0] == 0
+    run_cli("submit", "smoke", "--dry-run", "--db", db_url)
     before = db_fingerprint(db_url)
     engine = create_engine(normalise_url(db_url))
     with engine.begin() as connection:
@@ -154,7 +145,7 @@ def test_the_unchanged_check_can_fail(db_url: str) -> None:
 
 def test_readers_refuse_a_database_at_another_revision(db_url: str, tmp_path: Path) -> None:
     """query / export / report / plot check the schema revision as writers do (one line, exit 2)."""
-    assert _invoke("submit", "smoke", "--dry-run", "--experiment", "s", "--db", db_url)[0] == 0
+    run_cli("submit", "smoke", "--dry-run", "--experiment", "s", "--db", db_url)
     engine = create_engine(normalise_url(db_url))
     with engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = 'ffffeeee0000'"))
@@ -162,34 +153,32 @@ def test_readers_refuse_a_database_at_another_revision(db_url: str, tmp_path: Pa
     commands = [["query", "SELECT 1"], ["export", "s"], ["report", "demo", "--experiment", "s"],
                 ["plot", "er", "--experiment", "s", "-o", str(tmp_path / "er.png")]]
     for command in commands:
-        code, _, err = _invoke(*command, "--db", db_url)
-        assert code == 2 and len(err.strip().splitlines()) == 1, (command, err)
-        assert "revision ffffeeee0000" in err and head_revision() in err, (command, err)
+        line = error_line(run_cli(*command, "--db", db_url, expect=2))
+        assert "revision ffffeeee0000" in line and head_revision() in line, (command, line)
 
 
 def test_readers_do_not_create_a_database(db_url: str, db_backend: str) -> None:
-    code, _, err = _invoke("query", "SELECT 1", "--db", db_url)
-    assert code == 2 and err.startswith("rtgrid: error: no rtgrid database at ") and len(err.strip().splitlines()) == 1
+    line = error_line(run_cli("query", "SELECT 1", "--db", db_url, expect=2))
+    assert line.startswith("rtgrid: error: no rtgrid database at ")
     if db_backend == "sqlite":
         path = Path(db_url.removeprefix("sqlite:///"))
         assert not path.exists()
         path.touch()  # an empty file is no rtgrid database either, and stays empty
-        code, _, err = _invoke("report", "demo", "--experiment", "s", "--db", db_url)
-        assert code == 2 and "no rtgrid database at " in err and path.stat().st_size == 0
+        line = error_line(run_cli("report", "demo", "--experiment", "s", "--db", db_url, expect=2))
+        assert "no rtgrid database at " in line and path.stat().st_size == 0
     else:
         assert _count(db_url, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'") == 0
 
 
 def test_unreachable_database_is_one_line() -> None:
-    code, _, err = _invoke("status", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    error_line(run_cli("status", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none", expect=2))
 
 
 def test_cancel_marks_pending_trials_and_status_counts_them(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'c.db'}"
-    assert _invoke("submit", "smoke", "--dry-run", "--experiment", "s", "--db", db)[0] == 0
-    code, out, _ = _invoke("cancel", "s", "--db", db)
-    assert code == 0 and out.strip() == "61 trials cancelled"
-    code, out, _ = _invoke("status", "s", "--db", db)
-    assert code == 0 and "cancelled 61" in out and "pending 0" in out and "eta: done" in out
-    assert _invoke("cancel", "nope", "--db", db)[0] == 2
+    run_cli("submit", "smoke", "--dry-run", "--experiment", "s", "--db", db)
+    out = run_cli("cancel", "s", "--db", db).stdout
+    assert out.strip() == "61 trials cancelled"
+    out = run_cli("status", "s", "--db", db).stdout
+    assert "cancelled 61" in out and "pending 0" in out and "eta: done" in out
+    run_cli("cancel", "nope", "--db", db, expect=2)

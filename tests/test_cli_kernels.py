@@ -6,15 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import error_line, run_cli
 
-from cli import main
 from workers import models
-
-
-def _invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def _grid(tmp_path: Path, fixed: str, axes: str = "seed: [0]") -> str:
@@ -28,9 +22,8 @@ TINY = "arch: tiny_resnet, method: finetune, epochs: 2, source: scratch, params:
 
 def test_run_spec_prints_per_epoch_metrics(tmp_path: Path) -> None:
     grid = _grid(tmp_path, f"{TINY}, dataset: digits, subset_size: 100, ood: noise-2")
-    code, out, err = _invoke("run-spec", "--preset", grid, "--index", "0", "--threads", "1",
-                             "--artifacts", str(tmp_path / "art"))
-    assert code == 0, err
+    out = run_cli("run-spec", "--preset", grid, "--index", "0", "--threads", "1",
+                  "--artifacts", str(tmp_path / "art")).stdout  # exit 0, else the message shows stderr
     lines = out.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1", "2"]
     assert "test_acc=" in out and "ood_acc=" in out and lines[-1].startswith("final")
@@ -57,10 +50,9 @@ def test_run_spec_bad_input_is_one_line_exit_2(tmp_path: Path, fixed: str, messa
     grid = _grid(tmp_path, fixed.replace("{ckpt}", str(ckpt)).replace("{bad_ckpt}", str(bad_ckpt)))
     data_root = tmp_path / "data"
     data_root.mkdir()
-    code, _, err = _invoke("run-spec", "--preset", grid, "--data-root", str(data_root), "--threads", "1",
-                           "--artifacts", str(tmp_path / "art"))
-    assert code == 2
-    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    line = error_line(run_cli("run-spec", "--preset", grid, "--data-root", str(data_root), "--threads", "1",
+                              "--artifacts", str(tmp_path / "art"), expect=2))
+    assert message in line
 
 
 def test_sources_convert_writes_a_weights_only_file(tmp_path: Path) -> None:
@@ -69,8 +61,7 @@ def test_sources_convert_writes_a_weights_only_file(tmp_path: Path) -> None:
     source = tmp_path / "robust.ckpt"
     torch.save({"model": robust, "epoch": 3}, source)
     out_path = tmp_path / "converted.pt"
-    code, out, err = _invoke("sources", "convert", str(source), str(out_path))
-    assert code == 0, err
+    out = run_cli("sources", "convert", str(source), str(out_path)).stdout
     assert "sha256" in out
     loaded = models.load_source_model("tiny_resnet", str(out_path))
     assert torch.equal(loaded.net.conv1.weight, state["conv1.weight"])
@@ -83,19 +74,17 @@ def test_sources_convert_writes_a_weights_only_file(tmp_path: Path) -> None:
 def test_er_fit_bad_testbed_csv(tmp_path: Path, rows: str, message: str) -> None:
     csv = tmp_path / "testbed.csv"
     csv.write_text(rows)
-    code, _, err = _invoke("er", "fit", "--id", "cifar10", "--ood", "cifar10.1", "--csv", str(csv),
-                           "--db", f"sqlite:///{tmp_path / 'x.db'}")
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    line = error_line(run_cli("er", "fit", "--id", "cifar10", "--ood", "cifar10.1", "--csv", str(csv),
+                              "--db", f"sqlite:///{tmp_path / 'x.db'}", expect=2))
+    assert message in line
 
 
 def test_er_fit_published_and_csv(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'x.db'}"
-    code, out, err = _invoke("er", "fit", "--id", "imagenet", "--ood", "imagenet-v2", "--published", "imagenet-v2",
-                             "--db", db)
-    assert code == 0, err
+    out = run_cli("er", "fit", "--id", "imagenet", "--ood", "imagenet-v2", "--published", "imagenet-v2",
+                  "--db", db).stdout
     assert "slope 0.9232" in out and "intercept -0.4977" in out
     csv = tmp_path / "testbed.csv"
     csv.write_text("id_acc,ood_acc\n0.5,0.4\n0.6,0.5\n0.7,0.62\n0.8,0.71\n")
-    code, out, err = _invoke("er", "fit", "--id", "cifar10", "--ood", "cifar10.1", "--csv", str(csv), "--db", db)
-    assert code == 0, err
+    out = run_cli("er", "fit", "--id", "cifar10", "--ood", "cifar10.1", "--csv", str(csv), "--db", db).stdout
     assert "n=4" in out

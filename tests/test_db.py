@@ -20,13 +20,13 @@ from sqlalchemy.exc import DatabaseError as SQLDatabaseError
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from db.models import KEY_COLUMNS
+from db.readonly import open_readonly
 from db.repository import PlanResult, Repository, utc_now
 from db.session import (
     DEFAULT_URL,
     DatabaseError,
     normalise_url,
     open_database,
-    open_readonly,
     resolve_url,
     safe_url,
 )

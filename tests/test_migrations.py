@@ -21,6 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
 from db.models import Base
+from db.readonly import open_readonly
 from db.repository import Repository
 from db.session import (
     SCRIPT_LOCATION,
@@ -32,7 +33,6 @@ from db.session import (
     head_revision,
     make_engine,
     open_database,
-    open_readonly,
     upgrade,
 )
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import matplotlib.image
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from results_data import expected_label, raw_trials, results_postgres, results_sqlite, results_url, t_ci  # noqa: F401
+from cli_helpers import error_line, run_cli
+from results_data import expected_label, raw_trials, t_ci
 
-import cli as cli_results
 from orchestrator.results.plots import PLOTS, accuracy_delta_frame, make_plot
 from orchestrator.results.query import ReadOnlyDatabase
 
@@ -28,13 +27,10 @@ EXPECTED = {  # first axes: (title contains, x label, y label)
 }
 
 
-def test_every_plot_writes_a_readable_png(results_sqlite: str, tmp_path: Path) -> None:  # noqa: F811
-    runner = CliRunner()
+def test_every_plot_writes_a_readable_png(results_sqlite: str, tmp_path: Path) -> None:
     for name in PLOTS:
         target = tmp_path / f"{name}.png"
-        result = runner.invoke(cli_results.main, ["plot", name, "--experiment", EXPERIMENT[name], "-o", str(target),
-                                                  "--db", results_sqlite])
-        assert result.exit_code == 0, (name, result.output)
+        run_cli("plot", name, "--experiment", EXPERIMENT[name], "-o", str(target), "--db", results_sqlite)  # exit 0
         image = matplotlib.image.imread(target)
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
         assert image.std() > 0.01  # not blank
@@ -45,7 +41,7 @@ def test_every_plot_writes_a_readable_png(results_sqlite: str, tmp_path: Path) -
         assert ax.get_legend() is not None and ax.get_legend().get_texts()
 
 
-def test_accuracy_delta_pairs_by_seed(results_url: str) -> None:  # noqa: F811
+def test_accuracy_delta_pairs_by_seed(results_url: str) -> None:
     trials = raw_trials(results_url, "utrera-mini")
     trials = trials[(trials["status"] == "completed") & (trials["kind"] == "transfer") & (trials["blocks"] == 3)]
     trials = trials.assign(label=[expected_label(s, results_url) for s in trials["source"]])
@@ -65,8 +61,7 @@ def test_accuracy_delta_pairs_by_seed(results_url: str) -> None:  # noqa: F811
     assert frame["n"].min() < frame["n"].max()
 
 
-def test_plot_errors_are_one_line(results_sqlite: str, tmp_path: Path) -> None:  # noqa: F811
-    runner = CliRunner()
+def test_plot_errors_are_one_line(results_sqlite: str, tmp_path: Path) -> None:
     cases = [
         ["accuracy-delta", "--experiment", "reno-mini", "-o", str(tmp_path / "a.png")],  # no natural at 3 blocks
         ["er", "--experiment", "nope", "-o", str(tmp_path / "b.png")],
@@ -76,14 +71,11 @@ def test_plot_errors_are_one_line(results_sqlite: str, tmp_path: Path) -> None: 
         ["blocks", "--experiment", "utrera-mini", "--subset-size", "lots", "-o", str(tmp_path / "f.png")],
     ]
     for args in cases:
-        result = runner.invoke(cli_results.main, ["plot", *args, "--db", results_sqlite])
-        assert result.exit_code == 2, (args, result.output)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("rtgrid: error: "), result.stderr
+        error_line(run_cli("plot", *args, "--db", results_sqlite, expect=2))
     assert not list(tmp_path.glob("*.png"))
 
 
 @pytest.mark.parametrize("size", ["full", "400"])
-def test_learning_curve_subset_choice(results_sqlite: str, size: str) -> None:  # noqa: F811
+def test_learning_curve_subset_choice(results_sqlite: str, size: str) -> None:
     figure = make_plot("learning-curve", "utrera-mini", results_sqlite, subset_size=size if size == "full" else 400)
     assert figure.axes[0].get_title().startswith(f"cifar10: {size} images")

@@ -10,17 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from results_data import (  # noqa: F401
-    db_fingerprint,
-    raw_frame,
-    raw_trials,
-    results_postgres,
-    results_sqlite,
-    results_url,
-)
+from cli_helpers import Result, error_line, run_cli
+from results_data import db_fingerprint, raw_frame, raw_trials
 
-import cli as cli_results
 from orchestrator.results.export import export_frame
 from orchestrator.results.frames import results_frame
 from orchestrator.results.query import (
@@ -106,18 +98,12 @@ def _fingerprint(url: str) -> object:
     return db_fingerprint(url)
 
 
-def _invoke(*args: str) -> object:
-    return CliRunner().invoke(cli_results.main, ["query", *args])
+def _invoke(*args: str) -> Result:
+    """`rtgrid query ARGS…`, whatever its exit code (the tests check it)."""
+    return run_cli("query", *args, expect=None)
 
 
-def _one_error_line(result: object) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output)  # type: ignore[attr-defined]
-    lines = result.stderr.strip().splitlines()  # type: ignore[attr-defined]
-    assert len(lines) == 1 and lines[0].startswith("rtgrid: error: "), result.stderr  # type: ignore[attr-defined]
-    return lines[0]
-
-
-def test_select_in_every_format(results_url: str) -> None:  # noqa: F811
+def test_select_in_every_format(results_url: str) -> None:
     sql = "SELECT spec_hash, seed, test_acc FROM results WHERE experiment = 'utrera-mini' ORDER BY trial_id"
     expected = raw_trials(results_url, "utrera-mini").sort_values("id")
     table = _invoke(sql, "--db", results_url)
@@ -130,20 +116,20 @@ def test_select_in_every_format(results_url: str) -> None:  # noqa: F811
     assert as_json[0]["test_acc"] is None or 0 <= as_json[0]["test_acc"] <= 1
 
 
-def test_every_write_is_refused_and_nothing_changes(results_url: str) -> None:  # noqa: F811
+def test_every_write_is_refused_and_nothing_changes(results_url: str) -> None:
     before = _fingerprint(results_url)
     for sql in WRITES:
-        line = _one_error_line(_invoke(sql, "--db", results_url))
+        line = error_line(_invoke(sql, "--db", results_url))
         assert "refused" in line, (sql, line)
     assert _fingerprint(results_url) == before
     if results_url.startswith("sqlite"):
         assert not (Path(results_url.removeprefix("sqlite:///")).parent / "other.sqlite").exists()
 
 
-def test_side_effect_functions_are_refused_and_reads_still_work(results_url: str) -> None:  # noqa: F811
+def test_side_effect_functions_are_refused_and_reads_still_work(results_url: str) -> None:
     before = _fingerprint(results_url)
     for sql in DENIED_CALLS:
-        line = _one_error_line(_invoke(sql, "--db", results_url))
+        line = error_line(_invoke(sql, "--db", results_url))
         assert "refused" in line and "not allowed" in line, (sql, line)
     for sql in READS:
         result = _invoke(sql, "--db", results_url)
@@ -151,14 +137,14 @@ def test_side_effect_functions_are_refused_and_reads_still_work(results_url: str
     assert _fingerprint(results_url) == before
 
 
-def test_sqlite_authorizer_denies_file_and_extension_functions(results_sqlite: str) -> None:  # noqa: F811
+def test_sqlite_authorizer_denies_file_and_extension_functions(results_sqlite: str) -> None:
     import sqlite3
 
-    from orchestrator.results.query import SQLITE_DENIED_FUNCTIONS, _strict_authorizer
+    from db.readonly import SQLITE_DENIED_FUNCTIONS, strict_authorizer
 
     for name in SQLITE_DENIED_FUNCTIONS:
-        assert _strict_authorizer(sqlite3.SQLITE_FUNCTION, None, name) == sqlite3.SQLITE_DENY
-    assert _strict_authorizer(sqlite3.SQLITE_FUNCTION, None, "count") == sqlite3.SQLITE_OK
+        assert strict_authorizer(sqlite3.SQLITE_FUNCTION, None, name) == sqlite3.SQLITE_DENY
+    assert strict_authorizer(sqlite3.SQLITE_FUNCTION, None, "count") == sqlite3.SQLITE_OK
     with ReadOnlyDatabase(results_sqlite) as database:
         for sql in ("SELECT fts3_tokenizer('simple')", "SELECT load_extension('x')"):  # past the lexical check
             with pytest.raises(QueryRefused):
@@ -171,7 +157,7 @@ def test_sqlite_authorizer_denies_file_and_extension_functions(results_sqlite: s
         assert database.execute_user("SELECT count(*), max(seed) FROM trials").rows[0][0] > 0
 
 
-def test_the_connection_itself_refuses_writes(results_url: str) -> None:  # noqa: F811
+def test_the_connection_itself_refuses_writes(results_url: str) -> None:
     before = _fingerprint(results_url)
     with ReadOnlyDatabase(results_url) as database:
         for sql in CONNECTION_WRITES[database.dialect]:
@@ -184,7 +170,7 @@ def test_the_connection_itself_refuses_writes(results_url: str) -> None:  # noqa
     assert _fingerprint(results_url) == before
 
 
-def test_sqlite_wal_file_is_byte_identical_after_reads(results_sqlite: str) -> None:  # noqa: F811
+def test_sqlite_wal_file_is_byte_identical_after_reads(results_sqlite: str) -> None:
     path = Path(results_sqlite.removeprefix("sqlite:///"))
     assert raw_frame(results_sqlite, "PRAGMA journal_mode")["journal_mode"].iloc[0] == "wal"
     before = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -207,7 +193,7 @@ def test_statement_splitting_respects_quotes_and_comments() -> None:
         check_read_only("   -- only a comment\n;")
 
 
-def test_schema_describes_every_live_column(results_url: str) -> None:  # noqa: F811
+def test_schema_describes_every_live_column(results_url: str) -> None:
     with ReadOnlyDatabase(results_url) as database:
         schema = live_schema(database)
     assert {"experiments", "trials", "experiment_trials", "epoch_metrics", "artifacts", "er_baselines",
@@ -224,37 +210,33 @@ def test_schema_describes_every_live_column(results_url: str) -> None:  # noqa: 
     assert "results: VIEW" in result.stdout and "subset_size" in result.stdout
 
 
-def test_bad_input_is_one_line(tmp_path: Path, results_sqlite: str) -> None:  # noqa: F811
+def test_bad_input_is_one_line(tmp_path: Path, results_sqlite: str) -> None:
     missing = tmp_path / "nothing.sqlite"
-    _one_error_line(_invoke("SELECT 1", "--db", f"sqlite:///{missing}"))
+    error_line(_invoke("SELECT 1", "--db", f"sqlite:///{missing}"))
     assert not missing.exists()
-    _one_error_line(_invoke("SELECT * FROM no_such_table", "--db", results_sqlite))
-    _one_error_line(_invoke("--db", results_sqlite))
-    _one_error_line(_invoke("SELECT 1", "--db", "postgresql://postgres@127.0.0.1:1/none"))
+    error_line(_invoke("SELECT * FROM no_such_table", "--db", results_sqlite))
+    error_line(_invoke("--db", results_sqlite))
+    error_line(_invoke("SELECT 1", "--db", "postgresql://postgres@127.0.0.1:1/none"))
 
 
-def test_export_trials_and_epochs(results_url: str, tmp_path: Path) -> None:  # noqa: F811
-    runner = CliRunner()
+def test_export_trials_and_epochs(results_url: str, tmp_path: Path) -> None:
     trials = raw_trials(results_url, "smoke-mini")
-    result = runner.invoke(cli_results.main, ["export", "smoke-mini", "--db", results_url])
-    assert result.exit_code == 0, result.output
+    result = run_cli("export", "smoke-mini", "--db", results_url)  # exit 0
     exported = pd.read_csv(io.StringIO(result.stdout))
     assert sorted(exported["spec_hash"]) == sorted(trials["spec_hash"])
     assert {"test_acc", "spec_json", "source_label"} <= set(exported.columns)
     target = tmp_path / "epochs.parquet"
-    result = runner.invoke(cli_results.main, ["export", "smoke-mini", "--table", "epochs", "--format", "parquet", "-o",
-                                              str(target), "--db", results_url])
-    assert result.exit_code == 0, result.output
+    run_cli("export", "smoke-mini", "--table", "epochs", "--format", "parquet", "-o", str(target),
+            "--db", results_url)  # exit 0
     epochs = pd.read_parquet(target)
     raw_epochs = raw_frame(results_url, "SELECT * FROM epoch_metrics")
     assert len(epochs) == raw_epochs["trial_id"].isin(trials["id"]).sum()
     assert epochs.groupby("trial_id")["epoch"].max().max() == 3
-    _one_error_line(runner.invoke(cli_results.main, ["export", "smoke-mini", "--format", "parquet",
-                                                     "--db", results_url]))
-    _one_error_line(runner.invoke(cli_results.main, ["export", "no-such-experiment", "--db", results_url]))
+    error_line(run_cli("export", "smoke-mini", "--format", "parquet", "--db", results_url, expect=2))
+    error_line(run_cli("export", "no-such-experiment", "--db", results_url, expect=2))
 
 
-def test_results_frame(results_url: str) -> None:  # noqa: F811
+def test_results_frame(results_url: str) -> None:
     frame = results_frame("smoke-mini", db=results_url)
     raw = raw_trials(results_url, "smoke-mini")
     assert len(frame) == len(raw)
@@ -269,7 +251,7 @@ def test_results_frame(results_url: str) -> None:  # noqa: F811
         results_frame("nope", db=results_url)
 
 
-def test_export_frame_matches_raw(results_sqlite: str) -> None:  # noqa: F811
+def test_export_frame_matches_raw(results_sqlite: str) -> None:
     frame = export_frame("utrera-mini", "trials", results_sqlite)
     raw = raw_trials(results_sqlite, "utrera-mini")
     assert frame["id"].tolist() == sorted(raw["id"].tolist())

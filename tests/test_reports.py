@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from results_data import (  # noqa: F401
+from cli_helpers import command, error_line, run_cli
+from results_data import (
     RANDOM_INIT,
     VARIANT_OF,
     assert_frames_agree,
@@ -20,13 +20,9 @@ from results_data import (  # noqa: F401
     independent_demo_frames,
     raw_frame,
     raw_trials,
-    results_postgres,
-    results_sqlite,
-    results_url,
     t_ci,
 )
 
-import cli as cli_results
 from db.repository import Repository
 from db.session import open_database
 from orchestrator.results import stats
@@ -61,7 +57,7 @@ def _size_key(value: object) -> float:
     return math.inf if value is None or pd.isna(value) else float(value)  # type: ignore[arg-type]
 
 
-def test_table7_matches_pandas(results_url: str) -> None:  # noqa: F811
+def test_table7_matches_pandas(results_url: str) -> None:
     trials = _completed_transfers(results_url, "utrera-mini")
     trials = trials[trials["blocks"] == 3]
     with ReadOnlyDatabase(results_url) as database:
@@ -88,7 +84,7 @@ def test_table7_matches_pandas(results_url: str) -> None:  # noqa: F811
     assert len(full_rows) == 2
 
 
-def test_blocks_report_matches_pandas(results_url: str) -> None:  # noqa: F811
+def test_blocks_report_matches_pandas(results_url: str) -> None:
     trials = _completed_transfers(results_url, "utrera-mini").dropna(subset=["blocks"])
     with ReadOnlyDatabase(results_url) as database:
         frame = blocks_frame(database, "utrera-mini")
@@ -102,7 +98,7 @@ def test_blocks_report_matches_pandas(results_url: str) -> None:  # noqa: F811
         assert row.n == n and _close(row.mean, mean) and _close(row.ci95, ci)
 
 
-def test_renofeation_matches_pandas(results_url: str) -> None:  # noqa: F811
+def test_renofeation_matches_pandas(results_url: str) -> None:
     trials = _completed_transfers(results_url, "reno-mini")
     trials["variant"] = trials["spec_hash"].map(VARIANT_OF)
     with ReadOnlyDatabase(results_url) as database:
@@ -125,7 +121,7 @@ def test_renofeation_matches_pandas(results_url: str) -> None:  # noqa: F811
 
 
 @pytest.mark.parametrize("experiment", ["utrera-mini", "smoke-mini"])
-def test_er_report_matches_pandas(results_url: str, experiment: str) -> None:  # noqa: F811
+def test_er_report_matches_pandas(results_url: str, experiment: str) -> None:
     trials = _completed_transfers(results_url, experiment)
     epochs = raw_frame(results_url, "SELECT trial_id, epoch, test_acc, er FROM epoch_metrics")
     joined = epochs.merge(trials, left_on="trial_id", right_on="id", suffixes=("", "_final"))
@@ -144,7 +140,7 @@ def test_er_report_matches_pandas(results_url: str, experiment: str) -> None:  #
     assert set(frame["init"]) == {"pretrained", "random"}
 
 
-def test_demo_tables_and_their_sql_agree(results_url: str) -> None:  # noqa: F811
+def test_demo_tables_and_their_sql_agree(results_url: str) -> None:
     trials = _completed_transfers(results_url, "smoke-mini")
     trials = trials[~(trials["method"].isin(RANDOM_INIT) | (trials["source"] == "scratch"))]  # the testbed
     with ReadOnlyDatabase(results_url) as database:
@@ -175,32 +171,28 @@ def test_demo_tables_and_their_sql_agree(results_url: str) -> None:  # noqa: F81
     assert "rtgrid query" in text and "FROM results" in text and "pgd-linf" in text
 
 
-def test_report_command_formats_and_errors(results_sqlite: str) -> None:  # noqa: F811
-    runner = CliRunner()
+def test_report_command_formats_and_errors(results_sqlite: str) -> None:
     cases = {"utrera-table7": "utrera-mini", "utrera-blocks": "utrera-mini", "renofeation": "reno-mini",
              "er": "utrera-mini", "demo": "smoke-mini"}
     for name, experiment in cases.items():
         for fmt in ("table", "markdown", "csv"):
-            result = runner.invoke(cli_results.main, ["report", name, "--experiment", experiment, "--format", fmt,
-                                                      "--db", results_sqlite])
-            assert result.exit_code == 0, (name, fmt, result.output)
+            result = run_cli("report", name, "--experiment", experiment, "--format", fmt,
+                             "--db", results_sqlite)  # exit 0
             if fmt == "csv":
                 assert len(pd.read_csv(io.StringIO(result.stdout))) > 0
             if fmt == "markdown":
                 assert "|---|" in result.stdout
-    blocks0 = runner.invoke(cli_results.main, ["report", "utrera-table7", "--experiment", "utrera-mini",
-                                               "--blocks", "0", "--db", results_sqlite])
+    blocks0 = run_cli("report", "utrera-table7", "--experiment", "utrera-mini", "--blocks", "0",
+                      "--db", results_sqlite, expect=None)
     assert "0 fine-tuned blocks" in blocks0.stdout
     for args in (["utrera-table7", "--experiment", "nope"], ["utrera-table7", "--experiment", "utrera-mini",
                                                             "--blocks", "7"], ["er", "--experiment", "reno-mini"]):
-        result = runner.invoke(cli_results.main, ["report", *args, "--db", results_sqlite])
-        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
-        assert result.stderr.startswith("rtgrid: error: ")
+        error_line(run_cli("report", *args, "--db", results_sqlite, expect=2))  # one "rtgrid: error:" line
 
 
 def test_cli_choices_match_the_registries() -> None:
-    report_choices = next(p for p in cli_results.report.params if p.name == "name").type.choices
-    plot_choices = next(p for p in cli_results.plot.params if p.name == "name").type.choices
+    report_choices = next(p for p in command("report").params if p.name == "name").type.choices
+    plot_choices = next(p for p in command("plot").params if p.name == "name").type.choices
     assert list(report_choices) == list(REPORTS) and list(plot_choices) == list(PLOTS)
 
 
@@ -237,7 +229,7 @@ def test_source_labels() -> None:
     assert source_label(None) == "-"
 
 
-def test_table7_is_one_query_not_per_trial(results_sqlite: str) -> None:  # noqa: F811
+def test_table7_is_one_query_not_per_trial(results_sqlite: str) -> None:
     """Guard for speed without timing: the report issues a fixed number of statements."""
     with ReadOnlyDatabase(results_sqlite) as database:
         calls: list[str] = []
@@ -322,9 +314,8 @@ def test_every_report_and_plot_refuses_two_trials_of_one_seed_in_a_cell(dup_url:
         message = str(info.value)
         assert "\n" not in message and message.startswith(f"{kind} {name}: cell "), message
         assert all(part in message for part in parts), (name, message)
-    result = CliRunner().invoke(cli_results.main, ["report", "utrera-table7", "--experiment", "dup", "--db", dup_url])
-    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert natural0 in result.stderr
+    line = error_line(run_cli("report", "utrera-table7", "--experiment", "dup", "--db", dup_url, expect=2))
+    assert natural0 in line
 
 
 def test_paired_deltas_never_average_duplicates() -> None:

@@ -9,9 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from cli_helpers import error_line, run_cli
 
-from cli import main
 from orchestrator.plan.grids import PRESETS, GridError, breakdown, load_grid, load_grid_file, utrera_seed
 from orchestrator.plan.spec import _SPEC_FIELDS, PARAM_TYPES, SpecError, TrialSpec
 from orchestrator.results.frames import RANDOM_INIT_METHODS
@@ -282,10 +281,8 @@ def test_yaml_grid_errors_are_one_line(tmp_path: Path, content: str | bytes, mes
 @pytest.mark.parametrize(("content", "message"), [*GRID_FILE_ERRORS, (None, "unknown grid 'nope'")])
 def test_grid_show_bad_input_is_one_line_exit_2(tmp_path: Path, content: str | bytes | None, message: str) -> None:
     target = "nope" if content is None else str(_write_grid(tmp_path, content))
-    result = CliRunner().invoke(main, ["grid", "show", target])
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rtgrid: error: ") and message in lines[0], result.stderr
+    line = error_line(run_cli("grid", "show", target, expect=2))
+    assert message in line, line
 
 
 def test_unknown_preset() -> None:

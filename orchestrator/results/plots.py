@@ -44,7 +44,7 @@ from orchestrator.results.reports import (
 Figure = Any  # matplotlib.figure.Figure (imported lazily: plotting is the only user of matplotlib)
 
 
-def _figure(panels: int, width: float = 5.2, height: float = 4.0, max_columns: int = 3) -> tuple[Figure, list]:
+def _figure(panels: int, width: float = 5.2, height: float = 4.0, max_columns: int = 3) -> tuple[Figure, list[Any]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
 

@@ -1,6 +1,7 @@
 """Read-only SQL over the results database: `rtgrid query`, `--schema`, and the reader reports use.
 
-Read-only by construction, in layers:
+Read-only by construction, in layers (the machinery is db/readonly.py's; this module puts it
+together and words its refusals for users):
 1. the connection cannot write: SQLite is opened `mode=ro` with `PRAGMA query_only`, PostgreSQL
    runs every statement inside a READ ONLY transaction whose snapshot is already taken (so it
    cannot be switched to read-write);
@@ -21,7 +22,6 @@ import csv
 import io
 import json
 import math
-import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,242 +31,40 @@ from decimal import Decimal
 from typing import Any
 
 import pandas as pd
+from sqlalchemy.engine import URL
 
+from db import readonly
+from db.readonly import ReadOnlyViolation
 from orchestrator.errors import UserError, one_line
 from workers.trainable import METHODS
-
-READING_KEYWORDS = frozenset({"SELECT", "WITH", "VALUES", "EXPLAIN", "TABLE", "SHOW", "PRAGMA"})
-# Anywhere outside strings, quoted names and comments, these words mean a write (or a way to one).
-WRITING_KEYWORDS = frozenset({
-    "INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "DROP", "CREATE", "ALTER", "TRUNCATE", "ATTACH", "DETACH",
-    "VACUUM", "REINDEX", "GRANT", "REVOKE", "COPY", "CALL", "DO", "LOCK", "REFRESH", "CLUSTER", "DISCARD",
-    "LISTEN", "NOTIFY", "PREPARE", "EXECUTE", "DEALLOCATE", "SAVEPOINT", "RELEASE", "ROLLBACK", "COMMIT",
-    "BEGIN", "INTO", "SET", "RESET",
-})
-# SQLite PRAGMAs that only read; only the schema-introspection ones may take an argument.
-READ_PRAGMAS = frozenset({
-    "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list", "table_list",
-    "database_list", "collation_list", "function_list", "pragma_list", "compile_options", "user_version",
-    "schema_version", "application_id", "page_count", "page_size", "freelist_count", "encoding", "journal_mode",
-    "foreign_keys", "query_only", "busy_timeout", "data_version",
-})
-PRAGMAS_WITH_ARGUMENT = frozenset({
-    "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list", "table_list",
-})
-# PostgreSQL functions that act on the server (signals, files, config, locks, replication, other
-# databases) or run SQL from a string (query_to_xml, ts_stat), matched as a name followed by "(".
-DENIED_FUNCTIONS = re.compile(
-    r"pg_terminate_backend|pg_cancel_backend|pg_reload_conf|pg_rotate_logfile\w*|pg_read_file|pg_read_binary_file"
-    r"|pg_ls_\w+|pg_stat_file|pg_stat_reset\w*|pg_advisory\w*|pg_try_advisory\w*|pg_notify|pg_create_restore_point"
-    r"|pg_switch_wal|pg_switch_xlog|pg_promote|pg_sleep\w*|set_config|lo_\w+|loread|lowrite|dblink\w*"
-    r"|pg_logical_\w+|pg_replication_\w+|\w*_replication_slot\w*|pg_file_\w+|pg_backup_\w+|pg_start_backup"
-    r"|pg_stop_backup|pg_wal_replay_\w+|pg_log_backend_memory_contexts|query_to_xml\w*|cursor_to_xml\w*|ts_stat",
-    re.IGNORECASE,
-)
-# SQLite functions that reach the file system or load code (the sqlite3 shell's and extensions').
-SQLITE_DENIED_FUNCTIONS = frozenset({"fts3_tokenizer", "load_extension", "readfile", "writefile", "edit"})
 
 
 class QueryRefused(UserError):
     """The statement would (or might) write, or is not exactly one statement."""
 
 
-# --- lexical checks ---------------------------------------------------------------------------
-
-_DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
-
-
-def _scan(sql: str) -> Iterator[tuple[str, str]]:
-    """(kind, text) tokens: 'code' runs, 'string', 'name' (quoted identifier), 'comment', ';'."""
-    i, n, start = 0, len(sql), 0
-    while i < n:
-        ch = sql[i]
-        end: int | None = None
-        kind = ""
-        if ch == "-" and sql.startswith("--", i):
-            kind, stop = "comment", sql.find("\n", i)
-            end = n if stop < 0 else stop + 1
-        elif ch == "/" and sql.startswith("/*", i):
-            kind, stop = "comment", sql.find("*/", i + 2)
-            if stop < 0:
-                raise QueryRefused("query refused: unterminated /* comment")
-            end = stop + 2
-        elif ch in ("'", '"', "`"):
-            kind = "string" if ch == "'" else "name"
-            j = i + 1
-            while True:
-                stop = sql.find(ch, j)
-                if stop < 0:
-                    raise QueryRefused(f"query refused: unterminated {ch} quote")
-                if sql.startswith(ch * 2, stop):  # doubled quote = escaped quote
-                    j = stop + 2
-                    continue
-                end = stop + 1
-                break
-            # E'...' (PostgreSQL) allows backslash escapes; treat \' as escaped too.
-            if kind == "string" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not sql[i - 2].isalnum()):
-                j = i + 1
-                while j < n:
-                    if sql[j] == "\\":
-                        j += 2
-                        continue
-                    if sql[j] == "'":
-                        if sql.startswith("''", j):
-                            j += 2
-                            continue
-                        break
-                    j += 1
-                if j >= n:
-                    raise QueryRefused("query refused: unterminated ' quote")
-                end = j + 1
-        elif ch == "[":
-            stop = sql.find("]", i)
-            if stop < 0:
-                raise QueryRefused("query refused: unterminated [ name")
-            kind, end = "name", stop + 1
-        elif ch == "$":
-            match = _DOLLAR_TAG.match(sql, i)
-            if match and (i == 0 or not (sql[i - 1].isalnum() or sql[i - 1] == "_")):
-                tag = match.group(0)
-                stop = sql.find(tag, match.end())
-                if stop < 0:
-                    raise QueryRefused("query refused: unterminated $-quoted string")
-                kind, end = "string", stop + len(tag)
-        elif ch == ";":
-            kind, end = ";", i + 1
-        if end is None:
-            i += 1
-            continue
-        if start < i:
-            yield "code", sql[start:i]
-        yield kind, sql[i:end]
-        i = start = end
-    if start < n:
-        yield "code", sql[start:]
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """db.readonly's ReadOnlyViolation, as the user-facing QueryRefused (same one-line message)."""
+    try:
+        yield
+    except ReadOnlyViolation as exc:
+        raise QueryRefused(str(exc)) from None
 
 
 def split_statements(sql: str) -> list[str]:
     """The non-empty statements of `sql` (semicolons inside strings/comments do not split)."""
-    statements: list[str] = []
-    current: list[str] = []
-    meaningful = False
-    for kind, text in _scan(sql):
-        if kind == ";":
-            if meaningful:
-                statements.append("".join(current).strip())
-            current, meaningful = [], False
-            continue
-        current.append(text)
-        if kind != "comment" and text.strip():
-            meaningful = True
-    if meaningful:
-        statements.append("".join(current).strip())
-    return statements
-
-
-def _words(sql: str) -> list[str]:
-    words: list[str] = []
-    for kind, text in _scan(sql):
-        if kind == "code":
-            words.extend(w.upper() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_$]*", text))
-    return words
-
-
-def _call_tokens(sql: str) -> list[tuple[str, str]]:
-    """('word' | 'name' | 'other', text) tokens outside comments; 'name' = a quoted identifier's text."""
-    tokens: list[tuple[str, str]] = []
-    for kind, text in _scan(sql):
-        if kind == "code":
-            for token in re.findall(r"[A-Za-z_][A-Za-z0-9_$]*|\S", text):
-                tokens.append(("word" if token[0].isalpha() or token[0] == "_" else "other", token))
-        elif kind == "name":
-            tokens.append(("name", text[1:-1].replace(text[0] * 2, text[0])))
-        elif kind != "comment":
-            tokens.append(("other", text))
-    return tokens
-
-
-def _check_functions(statement: str) -> None:
-    """Refuse a call (`name (`, `schema.name(`, `"name"(`) of a DENIED_FUNCTIONS function."""
-    tokens = _call_tokens(statement)
-    for i, (kind, text) in enumerate(tokens):
-        if kind == "name" and i >= 2 and tokens[i - 1][1] == "&" and tokens[i - 2][1].upper() == "U":
-            # U&"pg_sl\0065ep": an escaped name the lexical check cannot read
-            raise QueryRefused('query refused: U&"…" identifiers are not allowed in rtgrid query')
-        following = tokens[i + 1][1] if i + 1 < len(tokens) else ""
-        if kind in ("word", "name") and following == "(" and DENIED_FUNCTIONS.fullmatch(text):
-            raise QueryRefused(f"query refused: {text.lower()}() is not allowed in rtgrid query "
-                               "(server administration or side effects)")
+    with _refusals():
+        return readonly.split_statements(sql)
 
 
 def check_read_only(sql: str) -> str:
     """The single statement of `sql` if it only reads; QueryRefused (one line) otherwise."""
-    statements = split_statements(sql)
-    if not statements:
-        raise QueryRefused("query refused: no SQL statement given")
-    if len(statements) > 1:
-        raise QueryRefused(f"query refused: exactly one statement allowed, got {len(statements)}")
-    statement = statements[0]
-    words = _words(statement)
-    if not words or words[0] not in READING_KEYWORDS:
-        first = words[0] if words else "?"
-        raise QueryRefused(f"query refused: rtgrid query is read-only ({first} statements are not allowed; "
-                           "use SELECT / WITH / VALUES / EXPLAIN)")
-    if words[0] == "PRAGMA":
-        _check_pragma(statement)
-    writes = [w for w in words if w in WRITING_KEYWORDS]
-    if writes:
-        raise QueryRefused(f"query refused: rtgrid query is read-only ({writes[0]} is not allowed)")
-    _check_functions(statement)
-    return statement
-
-
-def _check_pragma(statement: str) -> None:
-    match = re.fullmatch(r"\s*PRAGMA\s+(?:(\w+)\s*\.\s*)?(\w+)\s*(\(\s*[\w\"'.]+\s*\))?\s*", statement, re.IGNORECASE)
-    if match is None or "=" in statement:
-        raise QueryRefused("query refused: rtgrid query is read-only (PRAGMA assignments are not allowed)")
-    name, argument = match.group(2).lower(), match.group(3)
-    if name not in READ_PRAGMAS or (argument and name not in PRAGMAS_WITH_ARGUMENT):
-        raise QueryRefused(f"query refused: rtgrid query is read-only (PRAGMA {name} is not allowed)")
+    with _refusals():
+        return readonly.check_read_only(sql)
 
 
 # --- the read-only connection ----------------------------------------------------------------
-
-_SQLITE_READ_ACTIONS = frozenset({
-    sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, getattr(sqlite3, "SQLITE_RECURSIVE", 33),
-})
-
-
-def _strict_authorizer(action: int, arg1: str | None, arg2: str | None, *_rest: Any) -> int:
-    """Allow reading only; a PRAGMA only from the read list, with an argument only for introspection."""
-    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in SQLITE_DENIED_FUNCTIONS:
-        return sqlite3.SQLITE_DENY
-    if action in _SQLITE_READ_ACTIONS:
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and arg1 is not None:
-        name = arg1.lower()
-        if name in READ_PRAGMAS and (arg2 is None or name in PRAGMAS_WITH_ARGUMENT):
-            return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
-
-
-def _is_write_refusal(message: str) -> bool:
-    text = message.lower()
-    return any(s in text for s in ("readonly", "read-only", "read-write", "read only", "not authorized", "query_only",
-                                   "multiple commands", "one statement at a time"))
-
-
-def _named_to_pyformat(sql: str) -> str:
-    """`:name` placeholders (the form used here) -> psycopg's `%(name)s`, outside strings."""
-    parts = []
-    for kind, text in _scan(sql):
-        if kind == "code":
-            text = text.replace("%", "%%")
-            text = re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", r"%(\1)s", text)
-        elif kind == "string":
-            text = text.replace("%", "%%")
-        parts.append(text)
-    return "".join(parts)
 
 
 @dataclass
@@ -279,11 +77,11 @@ class ReadOnlyDatabase:
     """A database opened so that it can only be read (see the module docstring)."""
 
     def __init__(self, url: str) -> None:
-        from db.session import open_readonly, resolve_url, safe_url
+        from db.session import resolve_url, safe_url
 
         self.url = resolve_url(url)
         self.safe_url = safe_url(self.url)
-        self.engine = open_readonly(self.url)
+        self.engine = readonly.open_readonly(self.url)
         self.dialect = self.engine.dialect.name  # "sqlite" | "postgresql"
 
     def close(self) -> None:
@@ -302,10 +100,7 @@ class ReadOnlyDatabase:
         try:
             driver = pooled.driver_connection
             if self.dialect == "postgresql":
-                driver.rollback()
-                with driver.cursor() as cursor:
-                    cursor.execute("SET TRANSACTION READ ONLY")
-                    cursor.execute("SELECT 1")  # takes the snapshot: READ WRITE can no longer be set
+                readonly.begin_read_only(driver)
             yield driver
         finally:
             try:
@@ -316,23 +111,20 @@ class ReadOnlyDatabase:
     def _run(self, driver: Any, sql: str, params: Mapping[str, Any] | None, user: bool) -> QueryResult:
         if self.dialect == "sqlite":
             if user:
-                driver.set_authorizer(_strict_authorizer)
-            try:
-                # user SQL gets no parameters: its ? and :name are the user's business (an error)
-                cursor = driver.execute(sql) if user else driver.execute(sql, dict(params or {}))
+                with readonly.strict_sqlite(driver):
+                    # user SQL gets no parameters: its ? and :name are the user's business (an error)
+                    cursor = driver.execute(sql)
+                    rows = cursor.fetchall()
+            else:
+                cursor = driver.execute(sql, dict(params or {}))
                 rows = cursor.fetchall()
-                columns = [d[0] for d in cursor.description or []]
-            finally:
-                if user:  # back to the session's own (ATTACH-denying) authorizer for rtgrid's SQL
-                    import db.session
-
-                    driver.set_authorizer(getattr(db.session, "_readonly_authorizer", None))
+            columns = [d[0] for d in cursor.description or []]
             return QueryResult(columns, rows)
         with driver.cursor() as cursor:
             if user:
                 cursor.execute(sql, None, prepare=True)  # server-side prepare refuses several commands
             else:
-                cursor.execute(_named_to_pyformat(sql), dict(params or {}))
+                cursor.execute(readonly.named_to_pyformat(sql), dict(params or {}))
             columns = [d.name for d in cursor.description or []]
             rows = cursor.fetchall() if cursor.description else []
         return QueryResult(columns, [tuple(r) for r in rows])
@@ -347,7 +139,7 @@ class ReadOnlyDatabase:
             raise
         except Exception as exc:
             message = one_line(exc)
-            if _is_write_refusal(message):
+            if readonly.is_write_refusal(message):
                 raise QueryRefused(f"query refused: rtgrid query is read-only ({message})") from None
             if _is_driver_error(exc):
                 raise UserError(f"query failed: {message}") from None
@@ -400,7 +192,7 @@ def reading(db: Database | Any) -> Iterator[ReadOnlyDatabase]:
 def _url_of(thing: Any) -> str:
     engine = getattr(thing, "engine", thing)
     url = getattr(engine, "url", None)
-    if url is None:
+    if not isinstance(url, URL):
         raise TypeError(f"cannot read a database from {type(thing).__name__}")
     return url.render_as_string(hide_password=False)
 

@@ -123,7 +123,7 @@ def _wide(frame: pd.DataFrame, rows: Sequence[str], column: str, cell: Callable[
           column_order: Sequence[Any], row_labels: dict[str, str]) -> pd.DataFrame:
     """Pivot a long frame into a display table of strings (rows keep the frame's order)."""
     keys = list(dict.fromkeys(tuple(r) for r in frame[list(rows)].itertuples(index=False, name=None)))
-    cells: dict[tuple, dict[Any, str]] = {k: {} for k in keys}
+    cells: dict[tuple[Any, ...], dict[Any, str]] = {k: {} for k in keys}
     for _, row in frame.iterrows():
         cells[tuple(row[r] for r in rows)][row[column]] = cell(row)
     records = []
