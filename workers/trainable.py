@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -20,11 +19,12 @@ from typing import Any
 
 from workers.context import KernelContext, Report
 from workers.errors import KernelInputError
+from workers.io import save_atomically, sha256_file
 from workers.sources import resolve_source_path, verify_checksum
 
 # What the orchestrator may use besides the trainable (it reaches workers through this module only).
 __all__ = ["KernelContext", "KernelInputError", "PackRunner", "convert_trusted_checkpoint", "er_math", "execute",
-           "resume_checkpoint_path", "tune_entry"]
+           "resume_checkpoint_path", "sha256_file", "tune_entry"]
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -104,20 +104,6 @@ def _load_resume_state(path: Path) -> dict[str, Any] | None:
         return torch.load(path, weights_only=True)
     except Exception:  # noqa: BLE001 - a torn or unreadable file: start the spec afresh
         return None
-
-
-def _save_atomically(state: dict[str, Any], path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(state, temporary)
-        os.replace(temporary, path)  # readers see the old file or the new one, never half of one
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def _log_kernel_start(artifacts_dir: str, spec_hash: str, attempt: int, node: str) -> None:
@@ -217,7 +203,7 @@ class PackRunner:
                 if time.monotonic() - last_save < interval:
                     return
                 last_save = time.monotonic()
-                _save_atomically(kernel_state, checkpoint)
+                save_atomically(kernel_state, checkpoint)
                 self.emit({"event": "checkpoint", "spec_hash": _hash, "epoch": int(kernel_state.get("epoch", 0)),
                            "uri": str(checkpoint)}, now=True)
 
