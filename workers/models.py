@@ -34,7 +34,7 @@ CONVERT_HINT = "run `rtgrid sources convert IN OUT` on a TRUSTED copy to turn it
 class CifarResNet(nn.Module):
     """BasicBlock ResNet for small images: 3×3 stem, no max-pool, torchvision attribute names."""
 
-    def __init__(self, widths: tuple[int, int, int, int], layers: tuple[int, int, int, int], num_classes: int):
+    def __init__(self, widths: tuple[int, int, int, int], layers: tuple[int, int, int, int], num_classes: int) -> None:
         super().__init__()
         from torchvision.models.resnet import BasicBlock
 

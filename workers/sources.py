@@ -57,6 +57,7 @@ def resolve_source_path(source: str, data_root: str | None, given: str | None = 
 
 
 def verify_checksum(path: str, expected: str | None) -> str:
+    """The file's sha256; a KernelInputError when `expected` is given and differs."""
     actual = sha256_file(path)
     if expected and actual != expected:
         raise KernelInputError(f"source checksum mismatch for {path}: spec has {expected[:12]}, file has {actual[:12]}")
