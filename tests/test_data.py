@@ -383,7 +383,7 @@ def test_renofeation_transforms(tmp_path: Path) -> None:
     assert 0 <= float(batches[0].min()) and float(batches[0].max()) <= 1
     generator = torch.Generator().manual_seed(0)
     for _ in range(200):  # RandomResizedCrop boxes: inside the image, 8-100% of its area, ratio 3/4..4/3
-        top, left, h, w = data._random_resized_crop_box(30, 50, generator)
+        top, left, h, w = data.random_resized_crop_box(30, 50, generator)
         assert 0 <= top <= 30 - h and 0 <= left <= 50 - w
         assert 0.07 <= h * w / 1500 <= 1.0 and 0.7 <= w / h <= 1.4
 

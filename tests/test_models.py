@@ -12,6 +12,7 @@ import torchvision
 
 from workers import models
 from workers.errors import KernelInputError
+from workers.io import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +225,7 @@ def test_legacy_state_dict_key_and_rtgrid_round_trip(tmp_path: Path) -> None:
         assert torch.equal(models.load_source_model("cifar_resnet", legacy).eval()(x), source(x))
     path = tmp_path / "sub" / "source.pt"
     digest = models.save_source_checkpoint(source, path, {"arch": "cifar_resnet", "epochs": 3})
-    assert digest == models.file_sha256(path) and len(digest) == 64
+    assert digest == sha256_file(path) and len(digest) == 64
     assert models.load_checkpoint_meta(path) == {"arch": "cifar_resnet", "epochs": 3}
     with torch.no_grad():
         assert torch.equal(models.load_source_model("cifar_resnet", path).eval()(x), source(x))
@@ -312,7 +313,7 @@ def test_convert_trusted_checkpoint(tmp_path: Path) -> None:
         models.load_state_dict_file(trusted)
     out = tmp_path / "converted.pt"
     digest = models.convert_trusted_checkpoint(trusted, out)
-    assert digest == models.file_sha256(out)
+    assert digest == sha256_file(out)
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(models.load_source_model("tiny_resnet", out).eval()(x), source(x))

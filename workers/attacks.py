@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import Tensor
 from workers import data, models
 from workers.context import KernelContext
 from workers.errors import KernelInputError
+from workers.io import save_atomically, sha256_file
 
 # How often the attack actually ran in this process, per key_hash (cache hits do not count).
 attack_runs: Counter[str] = Counter()
@@ -170,18 +170,6 @@ def _normalised_batches(source_model: models.Classifier, images: Tensor | Iterab
     return torch.cat(chunks)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)  # concurrent workers see the old state or the whole file, never a part
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _read_cached(path: Path, key_hash: str) -> Tensor | None:
     if not path.is_file():
         return None
@@ -232,9 +220,9 @@ def adversarial_set(
                            generator=generator).cpu()
         for chunk in clean.split(ATTACK_BATCH)
     ])
-    _atomic_save({"key_hash": key_hash, "adv": adv.contiguous(),
-                  "meta": {"source_sha256": source_sha256, "dataset": dataset_name, "images": len(eval_indices),
-                           "params": dict(params)}}, path)
+    save_atomically({"key_hash": key_hash, "adv": adv.contiguous(),
+                     "meta": {"source_sha256": source_sha256, "dataset": dataset_name, "images": len(eval_indices),
+                              "params": dict(params)}}, path)
     return adv
 
 
@@ -257,9 +245,7 @@ def transfer_asr(
     """
     if ctx.source_path is None:
         raise KernelInputError("the ASR attack needs the source checkpoint file (source_path)")
-    from workers.sources import sha256_of
-
-    source_sha256 = sha256_of(ctx.source_path)
+    source_sha256 = sha256_file(ctx.source_path)
     indices = data.eval_indices(len(test_ds), int(params["attack_images"]))
     input_size = int(params["input_size"])
     attack_params: dict[str, Any] = {"eps": float(params["attack_eps"]), "step": float(params["attack_step"]),

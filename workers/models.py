@@ -8,12 +8,9 @@ so checkpoints and "layerN.i" block names mean the same thing for all of them.
 from __future__ import annotations
 
 import copy
-import hashlib
-import io
 import os
 import pickle
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workers.errors import KernelInputError
+from workers.io import file_identity, save_atomically, sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,7 +34,7 @@ CONVERT_HINT = "run `rtgrid sources convert IN OUT` on a TRUSTED copy to turn it
 class CifarResNet(nn.Module):
     """BasicBlock ResNet for small images: 3×3 stem, no max-pool, torchvision attribute names."""
 
-    def __init__(self, widths: tuple[int, int, int, int], layers: tuple[int, int, int, int], num_classes: int):
+    def __init__(self, widths: tuple[int, int, int, int], layers: tuple[int, int, int, int], num_classes: int) -> None:
         super().__init__()
         from torchvision.models.resnet import BasicBlock
 
@@ -365,9 +363,7 @@ def load_source_model(arch: str, path: str | os.PathLike[str]) -> Classifier:
     file = Path(path)
     if not file.is_file():
         raise KernelInputError(f"checkpoint not found: {file}")
-    stat = file.stat()
-    # the inode too: an atomic rewrite (os.replace) within a coarse mtime tick is still a new file
-    key = (arch, str(file.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    key = (arch, *file_identity(file))
     cached = _SOURCE_CACHE.get(key)
     if cached is None:
         cached = _read_source_model(arch, path)
@@ -388,32 +384,6 @@ def _read_source_model(arch: str, path: str | os.PathLike[str]) -> Classifier:
     return model
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_save(obj: Any, path: str | os.PathLike[str]) -> str:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Serialise in memory first: torch.save names the zip's inner folder after the file, so
-    # saving straight to a random temp name would make identical weights hash differently.
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        Path(tmp).write_bytes(buffer.getvalue())
-        os.replace(tmp, target)  # readers never see a half-written checkpoint
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return file_sha256(target)
-
-
 def save_source_checkpoint(model: Classifier, path: str | os.PathLike[str], meta: dict[str, Any]) -> str:
     """Write {"model": torchvision state dict (CPU), "meta": meta}; returns the file's sha256.
 
@@ -421,7 +391,8 @@ def save_source_checkpoint(model: Classifier, path: str | os.PathLike[str], meta
     loads with weights_only=True.
     """
     state = {k: v.detach().cpu().clone() for k, v in model.net.state_dict().items()}
-    return _atomic_save({"model": state, "meta": dict(meta)}, path)
+    save_atomically({"model": state, "meta": dict(meta)}, path)
+    return sha256_file(path)
 
 
 def convert_trusted_checkpoint(in_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> str:
@@ -442,4 +413,5 @@ def convert_trusted_checkpoint(in_path: str | os.PathLike[str], out_path: str | 
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is one bad-input line
         raise KernelInputError(f"checkpoint {file} cannot be unpickled: {_unpickling_reason(exc)}") from None
     state = _extract_state_dict(obj, str(file))
-    return _atomic_save({k: v.detach().cpu().clone() for k, v in state.items()}, out_path)
+    save_atomically({k: v.detach().cpu().clone() for k, v in state.items()}, out_path)
+    return sha256_file(out_path)

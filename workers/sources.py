@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 from pathlib import Path
 
 from workers.catalog import SCRATCH, SOURCE_SCHEMES
 from workers.errors import KernelInputError
+from workers.io import sha256_file
 
 SOURCE_SUFFIXES = (".pt", ".pth", ".ckpt")
-
-
-@functools.lru_cache(maxsize=64)
-def file_sha256(path: str, size: int, mtime: float) -> str:
-    """sha256 of a file, cached per (path, size, mtime) so a worker hashes each source once."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_of(path: str | Path) -> str:
-    stat = os.stat(path)
-    return file_sha256(str(path), stat.st_size, stat.st_mtime)
 
 
 def _candidates(directory: Path, stem: str) -> list[Path]:
@@ -75,7 +59,8 @@ def resolve_source_path(source: str, data_root: str | None, given: str | None = 
 
 
 def verify_checksum(path: str, expected: str | None) -> str:
-    actual = sha256_of(path)
+    """The file's sha256; a KernelInputError when `expected` is given and differs."""
+    actual = sha256_file(path)
     if expected and actual != expected:
         raise KernelInputError(f"source checksum mismatch for {path}: spec has {expected[:12]}, file has {actual[:12]}")
     return actual

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -33,13 +32,14 @@ from workers.catalog import (
 )
 from workers.context import KernelContext, Report
 from workers.errors import KernelInputError
+from workers.io import save_atomically, sha256_file
 from workers.sources import resolve_source_path, verify_checksum
 
 # What the orchestrator may use besides the trainable (it reaches workers through this module only).
 # The catalog (names, method traits, the parameter schema) is torch-free, like this module at import.
 __all__ = ["EVENT_KINDS", "KERNEL_VERSION", "METHODS", "PARAMS", "SCRATCH", "SOURCE_SCHEMES", "CatalogError",
            "KernelContext", "KernelInputError", "MethodTraits", "PackRunner", "Param", "catalog",
-           "convert_trusted_checkpoint", "er_math", "execute", "resume_checkpoint_path", "tune_entry"]
+           "convert_trusted_checkpoint", "er_math", "execute", "resume_checkpoint_path", "sha256_file", "tune_entry"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,20 +122,6 @@ def _load_resume_state(path: Path) -> dict[str, Any] | None:
     except Exception:  # noqa: BLE001 - a torn or unreadable file: start the spec afresh
         logger.warning("unreadable resume checkpoint %s: the spec starts afresh", path, exc_info=True)
         return None
-
-
-def _save_atomically(state: dict[str, Any], path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(state, temporary)
-        os.replace(temporary, path)  # readers see the old file or the new one, never half of one
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def _log_kernel_start(artifacts_dir: str, spec_hash: str, attempt: int, node: str) -> None:
@@ -235,7 +221,7 @@ class PackRunner:
                 if time.monotonic() - last_save < interval:
                     return
                 last_save = time.monotonic()
-                _save_atomically(kernel_state, checkpoint)
+                save_atomically(kernel_state, checkpoint)
                 self.emit({"event": "checkpoint", "spec_hash": _hash, "epoch": int(kernel_state.get("epoch", 0)),
                            "uri": str(checkpoint)}, now=True)
 

@@ -406,7 +406,7 @@ def _resolve_source(value: Any, named_sources: Mapping[str, TrialSpec], base_dir
         path = path if path.is_absolute() else base_dir / path
         if not path.is_file():
             raise GridError(f"source file not found: {path}")
-        from orchestrator.plan.checksums import sha256_file
+        from workers.trainable import sha256_file
 
         # Identity by name and content, never by location: the path travels beside the spec.
         return str(SourceRef("file", path.name)), sha256_file(path), str(path.resolve())
