@@ -9,12 +9,14 @@ In-memory sets keep one uint8/float tensor so that loaders fetch and augment who
 from workers.data.embedded import generate_synthetic, synthetic_classes
 from workers.data.imageset import ImageSet
 from workers.data.loaders import eval_indices, make_eval_loader, make_train_loader, subset_indices
-from workers.data.ood import load_ood
-from workers.data.registry import load_split, transform_recipe
+from workers.data.ood import CORRUPTIONS, load_ood
+from workers.data.registry import DATASET_NAMES, load_split, transform_recipe
 from workers.data.renofeation import RENOFEATION_SETS
 from workers.data.transforms import RECIPES, augment_batch, random_resized_crop_box
 
 __all__ = [
+    "CORRUPTIONS",
+    "DATASET_NAMES",
     "RECIPES",
     "RENOFEATION_SETS",
     "ImageSet",
