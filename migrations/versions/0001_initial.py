@@ -11,7 +11,6 @@ imports from db.models): it creates the schema as it was at this revision.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -42,7 +41,7 @@ def _fraction(table: str, column: str, low: int = 0) -> sa.CheckConstraint:
     return sa.CheckConstraint(f"{column} >= {low} AND {column} <= 1", name=op.f(f"ck_{table}_{column}_range"))
 
 
-def _created_at(name: str = "created_at") -> sa.Column[datetime]:
+def _created_at(name: str = "created_at") -> sa.Column:
     return sa.Column(name, sa.DateTime(timezone=True), server_default=NOW, nullable=False)
 
 
