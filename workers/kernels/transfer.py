@@ -32,24 +32,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers import data, models
+from workers import attacks, data, models
+from workers.attacks import (
+    ATTACK_BATCH,
+    adversarial_set,
+    adversarial_set_path,
+    attack_key,
+    evaluate_asr,
+    normalised_images,
+)
 from workers.context import KernelContext, Report
 from workers.errors import KernelInputError
+from workers.kernels.common import KernelData, evaluate_report_checkpoint, load_kernel_data, resume
 from workers.losses import fc_penalty, feature_distillation_loss, l2sp_penalty, snapshot_parameters
 from workers.swa import WeightAverager, recalibrate_bn
 from workers.training import (
     TRAINING_DEFAULTS,
     BatchStream,
+    ExtraLoss,
+    Forward,
+    LRSchedule,
+    Perturb,
     derive_seed,
     eval_epochs_of,
-    evaluate,
     make_lr_schedule,
     make_optimizer,
-    pack_state,
     seed_everything,
     train_epoch,
-    unpack_state,
 )
+
+# ---------------------------------------------------------------------------------------------- parameters and methods
 
 DEFAULTS: dict[str, Any] = {
     **TRAINING_DEFAULTS,
@@ -74,6 +86,8 @@ DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class Method:
+    """A transfer method's traits (what the kernel does differently for it)."""
+
     reinit: bool  # re-initialise the student (the source stays the teacher and the attack model)
     distill: bool  # feature distillation from the frozen source (needs lambda_feat > 0)
     l2sp: bool = False  # needs lambda_sp > 0
@@ -92,7 +106,7 @@ METHODS: dict[str, Method] = {
 STATE_KIND = "transfer"
 
 
-def resolve_params(spec: Mapping[str, Any]) -> dict[str, Any]:
+def resolve_transfer_params(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The spec's params over the defaults, with the method-specific defaults and checks."""
     method = spec["method"]
     if method not in METHODS:
@@ -129,7 +143,11 @@ def resolve_params(spec: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
+# ---------------------------------------------------------------------------------------------- build
+
+
 def _load_source(spec: Mapping[str, Any], ctx: KernelContext) -> models.Classifier | None:
+    """The pre-trained source of the spec (None for scratch); resolves ctx.source_path when unset."""
     if spec["source"] == "scratch":
         return None
     path = ctx.source_path
@@ -143,6 +161,7 @@ def _load_source(spec: Mapping[str, Any], ctx: KernelContext) -> models.Classifi
 
 
 def _frozen_bn_to_eval(model: nn.Module) -> None:
+    """BN layers whose parameters are all frozen go to eval mode (bn_mode "eval")."""
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters(recurse=False))
@@ -151,6 +170,7 @@ def _frozen_bn_to_eval(model: nn.Module) -> None:
 
 
 def _mode_setter(linear: bool, bn_mode: str) -> Callable[[nn.Module], None]:
+    """The student's training mode: eval for linear probing, else train (frozen BN in eval if asked)."""
     def set_mode(model: nn.Module) -> None:
         if linear:
             model.eval()  # frozen backbone: BN statistics stay those of the source
@@ -162,72 +182,36 @@ def _mode_setter(linear: bool, bn_mode: str) -> Callable[[nn.Module], None]:
     return set_mode
 
 
-def _perturbation(params: Mapping[str, Any]):
-    if params["adv_steps"] > 0:
-        from workers.adversarial import pgd
+@dataclass
+class TransferModels:
+    """The untouched source (teacher, attack model), the student, and what the loss terms need."""
 
-        def adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            # MadryLab training defaults (REFERENCE B): no random start, best iterate.
-            return pgd(model, x, y, norm=params["adv_norm"], eps=params["adv_eps"], step=params["adv_step"],
-                       steps=params["adv_steps"], random_start=False, use_best=True)
-
-        return adversarial
-    if params["noise_sigma"] > 0:
-        sigma = float(params["noise_sigma"])
-
-        def noisy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            from workers.adversarial import gaussian_noise
-
-            return gaussian_noise(x, sigma=sigma)  # clamped to [0,1], as in the gaussian source method
-
-        return noisy
-    return None
+    source: models.Classifier | None
+    student: models.Classifier
+    teacher: models.Classifier | None  # the source when the method distills, else None
+    w0: dict[str, torch.Tensor] | None  # L2-SP's starting point, on the device
+    set_mode: Callable[[nn.Module], None]
 
 
-def run_transfer(spec: dict[str, Any], ctx: KernelContext, report: Report) -> dict[str, Any]:
-    if spec.get("kind", "transfer") != "transfer":
-        raise KernelInputError(f"run_transfer got a {spec.get('kind')!r} spec")
-    params = resolve_params(spec)
-    method = METHODS[spec["method"]]
-    seed = int(spec["seed"])
-    epochs = int(spec["epochs"])
-    device = torch.device(ctx.device)
-    seed_everything(seed, device)
-
-    # ---- data
-    train_ds = data.load_split(spec["dataset"], True, ctx.data_root, ctx.download, params)
-    test_ds = data.load_split(spec["dataset"], False, ctx.data_root, ctx.download, params)
-    train_idx = data.subset_indices(train_ds.targets, spec.get("subset_size"), seed)
-    batch_size, input_size = int(params["batch_size"]), int(params["input_size"])
-    recipe = data.transform_recipe(spec["dataset"], params["augment"])
-    test_loader = data.make_eval_loader(
-        test_ds, data.eval_indices(len(test_ds), int(params["eval_images"])), batch_size, input_size, recipe=recipe
-    )
-    ood_loader = None
-    if spec.get("ood"):
-        ood_ds = data.load_ood(spec["dataset"], spec["ood"], ctx.data_root, ctx.download, params)
-        ood_loader = data.make_eval_loader(
-            ood_ds, data.eval_indices(len(ood_ds), int(params["eval_images"])), batch_size, input_size,
-            recipe=recipe,
-        )
-
-    # ---- models: the source stays untouched (teacher, attack model); the student is a copy
+def build_models(spec: Mapping[str, Any], ctx: KernelContext, params: Mapping[str, Any], method: Method,
+                 num_classes: int, device: torch.device, seed: int) -> TransferModels:
+    """Load the source and derive the student: new head, optional re-init, dropout, trainable blocks."""
     source = _load_source(spec, ctx)
     if source is None and method.distill:
         raise KernelInputError(f"method {spec['method']} needs a pre-trained source (got source scratch)")
     if source is None:
         torch.manual_seed(derive_seed(seed, "scratch-init"))
-        student = models.build_model(spec["arch"], train_ds.num_classes)
+        student = models.build_model(spec["arch"], num_classes)
     else:
         student = copy.deepcopy(source)
     head_generator = torch.Generator().manual_seed(derive_seed(seed, "head"))
-    models.replace_head(student, train_ds.num_classes, init=params["head_init"], generator=head_generator)
+    models.replace_head(student, num_classes, init=params["head_init"], generator=head_generator)
     # w0 after loading and the new head, before any re-init (REFERENCE A)
     w0 = snapshot_parameters(student) if method.l2sp else None
     if method.reinit:
         torch.manual_seed(derive_seed(seed, "reinit"))
         models.reinitialize(student.net)
-        models.replace_head(student, train_ds.num_classes, init=params["head_init"], generator=head_generator)
+        models.replace_head(student, num_classes, init=params["head_init"], generator=head_generator)
     if params["dropout"] > 0:
         models.set_spatial_dropout(student, float(params["dropout"]))
     models.set_trainable_blocks(student, 0 if method.linear else spec.get("blocks"))
@@ -238,12 +222,18 @@ def run_transfer(spec: dict[str, Any], ctx: KernelContext, report: Report) -> di
     if source is not None:
         source.to(device).eval().requires_grad_(False)
         teacher = source if method.distill else None
-    set_mode = _mode_setter(method.linear, params["bn_mode"])
-
-    # ---- loss terms
-    lambda_feat, lambda_sp, beta_fc = (float(params[k]) for k in ("lambda_feat", "lambda_sp", "beta_fc"))
     if w0 is not None:
         w0 = {k: v.to(device) for k, v in w0.items()}
+    return TransferModels(source, student, teacher, w0, _mode_setter(method.linear, params["bn_mode"]))
+
+
+# ---------------------------------------------------------------------------------------------- loss terms
+
+
+def make_extra_loss(built: TransferModels, params: Mapping[str, Any], device: torch.device) -> ExtraLoss | None:
+    """λ_feat distillation + β_fc head penalty + λ_sp L2-SP, or None when the method has none of them."""
+    lambda_feat, lambda_sp, beta_fc = (float(params[k]) for k in ("lambda_feat", "lambda_sp", "beta_fc"))
+    student, teacher, w0 = built.student, built.teacher, built.w0
 
     def extra_loss(x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, stages: Any) -> torch.Tensor:
         total = torch.zeros((), device=device)
@@ -258,19 +248,63 @@ def run_transfer(spec: dict[str, Any], ctx: KernelContext, report: Report) -> di
         return total
 
     needs_extra = teacher is not None or beta_fc > 0 or w0 is not None
-    forward = (lambda model, x: models.forward_with_stages(model, x)) if teacher is not None else None
-    perturb = _perturbation(params)
+    return extra_loss if needs_extra else None
 
-    # ---- optimisation
+
+def make_forward(built: TransferModels) -> Forward | None:
+    """The forward that also returns stage outputs, when distillation needs them."""
+    return (lambda model, x: models.forward_with_stages(model, x)) if built.teacher is not None else None
+
+
+def make_perturbation(params: Mapping[str, Any]) -> Perturb | None:
+    """PGD (adv_steps > 0) or Gaussian noise (noise_sigma > 0) on the training inputs, else None."""
+    if params["adv_steps"] > 0:
+        def adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            # MadryLab training defaults (REFERENCE B): no random start, best iterate.
+            return attacks.pgd(model, x, y, norm=params["adv_norm"], eps=params["adv_eps"], step=params["adv_step"],
+                               steps=params["adv_steps"], random_start=False, use_best=True)
+
+        return adversarial
+    if params["noise_sigma"] > 0:
+        sigma = float(params["noise_sigma"])
+
+        def noisy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            # clamped to [0,1], as in the gaussian source method
+            return attacks.gaussian_noise(x, sigma=sigma)
+
+        return noisy
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- epoch loop
+
+
+@dataclass
+class Stages:
+    """The optimisation plan: `epochs` main epochs, then `swa_epochs` SWA epochs on the same batch stream."""
+
+    optimizer: torch.optim.Optimizer
+    stream: BatchStream
+    per_epoch: int
+    epochs: int
+    swa_epochs: int
+    main_schedule: LRSchedule
+    swa_schedule: LRSchedule | None
+    averager: WeightAverager | None
+    eval_epochs: set[int]
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.swa_epochs
+
+
+def plan_stages(student: nn.Module, params: Mapping[str, Any], kernel_data: KernelData, epochs: int,
+                seed: int) -> Stages:
+    """SGD over the trainable parameters, the batch stream, the main and SWA schedules, the eval epochs."""
     trainable = [p for p in student.parameters() if p.requires_grad]
-    weight_decay = 0.0 if lambda_sp > 0 else float(params["weight_decay"])
+    weight_decay = 0.0 if float(params["lambda_sp"]) > 0 else float(params["weight_decay"])
     optimizer = make_optimizer(trainable, float(params["lr"]), float(params["momentum"]), weight_decay)
-
-    def pass_loader(pass_seed: int):
-        return data.make_train_loader(train_ds, train_idx, batch_size, input_size, seed=pass_seed, augment=True,
-                                      recipe=recipe)
-
-    stream = BatchStream(pass_loader, seed)
+    stream = BatchStream(kernel_data.pass_loader, seed)
     per_epoch = int(params["iterations_per_epoch"]) or stream.batches_per_pass
     main_schedule = make_lr_schedule(params["schedule"], float(params["lr"]), epochs, per_epoch)
     swa_epochs = int(params["swa_epochs"])
@@ -282,16 +316,32 @@ def run_transfer(spec: dict[str, Any], ctx: KernelContext, report: Report) -> di
             f"the SWA stage has {swa_epochs * per_epoch} steps, fewer than swa_every={params['swa_every']}"
         )
     eval_epochs = eval_epochs_of(params["eval_epochs"], total_epochs)
+    return Stages(optimizer, stream, per_epoch, epochs, swa_epochs, main_schedule, swa_schedule, averager,
+                  eval_epochs)
 
-    # ---- resume
-    start_epoch, last = 0, {}
-    if ctx.resume_state is not None:
-        start_epoch, _, extra = unpack_state(ctx.resume_state, model=student, optimizer=optimizer, swa=averager)
-        if extra.get("kind") != STATE_KIND or start_epoch > total_epochs:
-            raise KernelInputError("resume state does not belong to this transfer trial")
-        last = dict(extra.get("last") or {})  # the final metrics if the trial had already finished
 
-    for epoch in range(start_epoch + 1, total_epochs + 1):
+def run_epochs(
+    built: TransferModels,
+    stages: Stages,
+    kernel_data: KernelData,
+    *,
+    extra_loss: ExtraLoss | None,
+    forward: Forward | None,
+    perturb: Perturb | None,
+    ctx: KernelContext,
+    report: Report,
+    device: torch.device,
+    seed: int,
+) -> dict[str, float]:
+    """Resume, then train the remaining epochs, evaluating, reporting and checkpointing at the eval epochs.
+
+    Returns the last reported metrics (those of the resume state when nothing was left to run).
+    """
+    student, optimizer, averager, per_epoch, epochs = (built.student, stages.optimizer, stages.averager,
+                                                       stages.per_epoch, stages.epochs)
+    start_epoch, last = resume(ctx, model=student, optimizer=optimizer, state_kind=STATE_KIND,
+                               total_epochs=stages.total_epochs, swa=averager)
+    for epoch in range(start_epoch + 1, stages.total_epochs + 1):
         started = time.perf_counter()
         # Every random draw of the epoch (dropout, PGD/noise) follows from (seed, epoch): resumable.
         torch.manual_seed(derive_seed(seed, "epoch", epoch))
@@ -299,42 +349,105 @@ def run_transfer(spec: dict[str, Any], ctx: KernelContext, report: Report) -> di
         if in_swa:
             if epoch == epochs + 1:
                 optimizer.state.clear()  # stage 2 is a fresh SGD run from the stage-1 weights (no momentum)
-            stage_step, schedule = (epoch - epochs - 1) * per_epoch, swa_schedule
+            stage_step, schedule = (epoch - epochs - 1) * per_epoch, stages.swa_schedule
             after_step = averager.after_step if averager is not None else None
         else:
-            stage_step, schedule, after_step = (epoch - 1) * per_epoch, main_schedule, None
+            stage_step, schedule, after_step = (epoch - 1) * per_epoch, stages.main_schedule, None
         result = train_epoch(
             student,
-            stream.loader((epoch - 1) * per_epoch, per_epoch),
+            stages.stream.loader((epoch - 1) * per_epoch, per_epoch),
             optimizer,
             schedule,
             step=stage_step,
             device=device,
-            set_mode=set_mode,
+            set_mode=built.set_mode,
             forward=forward,
-            extra_loss=extra_loss if needs_extra else None,
+            extra_loss=extra_loss,
             perturb=perturb,
             after_step=after_step,
         )
-        if epoch == total_epochs and averager is not None:
+        if epoch == stages.total_epochs and averager is not None:
             averager.swap_in()
-            bn_pass = pass_loader(derive_seed(seed, "swa-bn"))
-            recalibrate_bn(student, bn_pass, device, set_mode)
-        if epoch not in eval_epochs:
+            bn_pass = kernel_data.pass_loader(derive_seed(seed, "swa-bn"))
+            recalibrate_bn(student, bn_pass, device, built.set_mode)
+        if epoch not in stages.eval_epochs:
             continue
-        test_acc, _ = evaluate(student, test_loader, device)
-        metrics = {"train_loss": result.train_loss, "train_acc": result.train_acc, "test_acc": test_acc,
-                   "lr": result.lr}
-        if ood_loader is not None:
-            metrics["ood_acc"] = evaluate(student, ood_loader, device)[0]
-        metrics["seconds"] = time.perf_counter() - started
-        report(epoch, metrics)
-        last = {k: metrics[k] for k in ("test_acc", "ood_acc") if k in metrics}
-        if ctx.save_state is not None:
-            ctx.save_state(
-                pack_state(model=student, optimizer=optimizer, epoch=epoch, step=result.steps,
-                           schedule=schedule, swa=averager, extra={"kind": STATE_KIND, "last": last})
-            )
+        last = evaluate_report_checkpoint(epoch, result, started, model=student, kernel_data=kernel_data,
+                                          device=device, report=report, ctx=ctx, optimizer=optimizer,
+                                          schedule=schedule, state_kind=STATE_KIND, swa=averager)
+    return last
+
+
+# ---------------------------------------------------------------------------------------------- attack
+
+
+def transfer_asr(
+    spec: Mapping[str, Any],
+    ctx: KernelContext,
+    params: Mapping[str, Any],
+    source: models.Classifier,
+    student: models.Classifier,
+    test_ds: data.ImageSet,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The transfer kernel's attack step: the (cached) adversarial set of the source on the first
+    attack_images test images (data.eval_indices), evaluated on the fine-tuned student.
+
+    Returns asr, clean_acc, adv_acc and the adversarial set as an artifact for the driver.
+    """
+    if ctx.source_path is None:
+        raise KernelInputError("the ASR attack needs the source checkpoint file (source_path)")
+    from workers.sources import sha256_of
+
+    source_sha256 = sha256_of(ctx.source_path)
+    indices = data.eval_indices(len(test_ds), int(params["attack_images"]))
+    input_size = int(params["input_size"])
+    attack_params: dict[str, Any] = {"eps": float(params["attack_eps"]), "step": float(params["attack_step"]),
+                                     "steps": int(params["attack_steps"]), "m": float(params["attack_m"]),
+                                     "clamp": float(params["attack_clamp"]), "input_size": input_size}
+    recipe = data.transform_recipe(str(spec["dataset"]), params.get("augment"))
+    if recipe != "utrera":
+        attack_params["transform"] = recipe  # it shapes the clean images (keys of utrera sets stay as they were)
+    loader = data.make_eval_loader(test_ds, indices, ATTACK_BATCH, input_size, recipe=recipe)
+    source.to(device)
+    clean = normalised_images(source, loader)
+    labels = torch.tensor([test_ds.targets[i] for i in indices], dtype=torch.long)
+    cache_dir = ctx.work_dir()
+    # The test split's identity: generated datasets differ by their size params under one name.
+    dataset_id = f"{spec['dataset']}|classes={test_ds.num_classes}|size={len(test_ds)}"
+    adv = adversarial_set(source, source_sha256, dataset_id, indices, clean, attack_params, cache_dir)
+    result = evaluate_asr(student, adv, clean, labels)
+    key_hash = attack_key(source_sha256, dataset_id, indices, attack_params)
+    artifact = {"key_hash": key_hash, "kind": "adversarial_set",
+                "uri": str(adversarial_set_path(cache_dir, key_hash).resolve()),
+                "meta": {"source_sha256": source_sha256, "dataset": spec["dataset"], "images": len(indices),
+                         "params": attack_params}}
+    return {"asr": result["asr"], "clean_acc": result["clean_acc"], "adv_acc": result["adv_acc"],
+            "artifacts": [artifact]}
+
+
+# ---------------------------------------------------------------------------------------------- kernel
+
+
+def run_transfer(spec: dict[str, Any], ctx: KernelContext, report: Report) -> dict[str, Any]:
+    """Fine-tune the spec's source on its target; report per eval epoch; the final metrics and ASR."""
+    if spec.get("kind", "transfer") != "transfer":
+        raise KernelInputError(f"run_transfer got a {spec.get('kind')!r} spec")
+    params = resolve_transfer_params(spec)
+    method = METHODS[spec["method"]]
+    seed = int(spec["seed"])
+    epochs = int(spec["epochs"])
+    device = torch.device(ctx.device)
+    seed_everything(seed, device)
+
+    kernel_data = load_kernel_data(spec, ctx, params, seed)
+    # the source stays untouched (teacher, attack model); the student is a copy
+    built = build_models(spec, ctx, params, method, kernel_data.train_ds.num_classes, device, seed)
+    extra_loss, forward, perturb = make_extra_loss(built, params, device), make_forward(built), \
+        make_perturbation(params)
+    stages = plan_stages(built.student, params, kernel_data, epochs, seed)
+    last = run_epochs(built, stages, kernel_data, extra_loss=extra_loss, forward=forward, perturb=perturb, ctx=ctx,
+                      report=report, device=device, seed=seed)
 
     final: dict[str, Any] = {
         "test_acc": last.get("test_acc"),
@@ -344,9 +457,7 @@ def run_transfer(spec: dict[str, Any], ctx: KernelContext, report: Report) -> di
         "clean_acc": None,
         "artifacts": [],
     }
-    if int(params["attack_steps"]) > 0 and source is not None:
-        from workers.attacks import transfer_asr
-
+    if int(params["attack_steps"]) > 0 and built.source is not None:
         # crafted on the pre-trained source (cached per source/dataset/images/attack), run on the student
-        final.update(transfer_asr(spec, ctx, params, source, student, test_ds, device))
+        final.update(transfer_asr(spec, ctx, params, built.source, built.student, kernel_data.test_ds, device))
     return final
