@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from workers import models
-from workers.training import _autocast
+from workers.training import device_autocast
 
 
 def images_per_second(blocks: int, fast: bool, batch: int, size: int, steps: int, device: torch.device) -> float:
@@ -36,7 +36,7 @@ def images_per_second(blocks: int, fast: bool, batch: int, size: int, steps: int
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        context = _autocast(device) if fast else torch.autocast(device_type=device.type, enabled=False)
+        context = device_autocast(device) if fast else torch.autocast(device_type=device.type, enabled=False)
         with context:
             loss = loss_fn(model(images), labels)
         loss.backward()

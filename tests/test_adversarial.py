@@ -12,20 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from workers import data, models
-from workers.adversarial import (
-    DEFAULT_EVAL_EPS,
-    DEFAULT_EVAL_NORM,
-    NATURAL_EVAL_STEPS,
-    gaussian_noise,
-    pgd,
-    pgd1,
-    resolve_source_params,
-    robust_eval_threat,
-    run_source,
-    spec_digest,
-)
+from workers.attacks import gaussian_noise, pgd, pgd1
 from workers.context import KernelContext
 from workers.errors import KernelInputError
+from workers.kernels import resolve_source_params, robust_eval_threat, run_source, spec_digest
+from workers.kernels.source import DEFAULT_EVAL_EPS, DEFAULT_EVAL_NORM, NATURAL_EVAL_STEPS
 
 INPUT = 16
 

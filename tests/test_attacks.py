@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers import attacks, data, models
+from workers import data, models
 from workers.attacks import (
     adversarial_set,
     adversarial_set_path,
@@ -17,13 +17,19 @@ from workers.attacks import (
     evaluate_asr,
     penultimate_attack,
     penultimate_objective,
-    transfer_asr,
 )
 from workers.context import KernelContext
 from workers.errors import KernelInputError
+from workers.kernels import transfer_asr
 
 INPUT = 16
 PARAMS = {"eps": 0.1, "step": 0.01, "steps": 5, "m": 1000.0, "clamp": 2.2, "input_size": INPUT}
+
+
+def identity(path: Path) -> tuple[int, int]:
+    """(inode, mtime_ns) of a cached set: a rebuild replaces the file atomically, so both change."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
 
 
 @pytest.fixture(scope="module")
@@ -111,26 +117,29 @@ def test_adversarial_set_is_computed_once_per_key(source: models.Classifier, cle
     x = source.normalize(clean)
     indices = list(range(len(x)))
     key = attack_key("a" * 64, "synthetic-source", indices, PARAMS)
+    path = adversarial_set_path(tmp_path, key)
     first = adversarial_set(source, "a" * 64, "synthetic-source", indices, x, PARAMS, tmp_path)
-    assert attacks.attack_runs[key] == 1 and adversarial_set_path(tmp_path, key).is_file()
+    assert path.is_file()
+    built = identity(path)
     assert not list((tmp_path / "adv").glob("*.tmp"))  # the atomic write left no partial file
     second = adversarial_set(source, "a" * 64, "synthetic-source", indices, x, PARAMS, tmp_path)
-    assert attacks.attack_runs[key] == 1 and torch.equal(first, second)
+    assert identity(path) == built and torch.equal(first, second)  # read back, not rebuilt
 
     # Another source checkpoint, another evaluation subset or other params: a new set.
     other = adversarial_set(source, "b" * 64, "synthetic-source", indices, x, PARAMS, tmp_path)
-    assert attacks.attack_runs[attack_key("b" * 64, "synthetic-source", indices, PARAMS)] == 1
+    assert adversarial_set_path(tmp_path, attack_key("b" * 64, "synthetic-source", indices, PARAMS)).is_file()
     assert attack_key("b" * 64, "synthetic-source", indices, PARAMS) != key
     assert not torch.equal(other, first)  # the random start is seeded from the key
     fewer = adversarial_set(source, "a" * 64, "synthetic-source", indices[:8], x[:8], PARAMS, tmp_path)
-    assert fewer.shape[0] == 8 and attacks.attack_runs[attack_key("a" * 64, "synthetic-source", indices[:8],
-                                                                  PARAMS)] == 1
+    assert fewer.shape[0] == 8
+    assert adversarial_set_path(tmp_path, attack_key("a" * 64, "synthetic-source", indices[:8], PARAMS)).is_file()
+    assert len(list((tmp_path / "adv").glob("*.pt"))) == 3  # one file per key
     # A loader of [0,1] batches gives the same set as the normalised tensor (and hits the cache).
     ds = data.load_split("synthetic-source", False, params={"num_classes": 6})
     loader = data.make_eval_loader(ds, indices, 16, INPUT)
     assert torch.equal(adversarial_set(source, "a" * 64, "synthetic-source", indices, loader, PARAMS, tmp_path),
                        first)
-    assert attacks.attack_runs[key] == 1
+    assert identity(path) == built
     with pytest.raises(KernelInputError, match="budget"):
         adversarial_set(source, "c" * 64, "synthetic-source", indices, x, {**PARAMS, "eps": 0.0}, tmp_path)
 
@@ -158,13 +167,14 @@ def test_transfer_asr_caches_the_source_attack(tmp_path: Path) -> None:
               "attack_images": 40, "input_size": INPUT}
     spec = {"dataset": "synthetic-target-a"}
     ctx = KernelContext(artifacts_dir=str(tmp_path / "artifacts"), source_path=str(path))
-    before = sum(attacks.attack_runs.values())
     result = transfer_asr(spec, ctx, params, src, student, all_ones, torch.device("cpu"))
-    again = transfer_asr(spec, ctx, params, src, student, all_ones, torch.device("cpu"))
-    assert sum(attacks.attack_runs.values()) == before + 1
-    assert result == again
     [artifact] = result["artifacts"]
     assert artifact["kind"] == "adversarial_set" and Path(artifact["uri"]).is_file()
+    built = identity(Path(artifact["uri"]))
+    again = transfer_asr(spec, ctx, params, src, student, all_ones, torch.device("cpu"))
+    assert identity(Path(artifact["uri"])) == built  # the second call read the set, it did not rebuild it
+    assert [p.name for p in (tmp_path / "artifacts" / "adv").iterdir()] == [Path(artifact["uri"]).name]
+    assert result == again
     assert artifact["meta"]["images"] == 40
     adv = torch.load(artifact["uri"], weights_only=True)["adv"]
     with torch.no_grad():

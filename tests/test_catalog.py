@@ -47,7 +47,7 @@ def test_schema_defaults_are_the_kernels_defaults() -> None:
 
 
 def test_method_traits_are_what_the_transfer_kernel_branches_on() -> None:
-    transfer = pytest.importorskip("workers.transfer")  # moves to workers/kernels/ with the kernels split
+    from workers.kernels import transfer
     assert set(catalog.methods("transfer")) == set(transfer.METHODS)
     for name, kernel in transfer.METHODS.items():
         traits = catalog.method(name)

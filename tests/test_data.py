@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from workers import data
-from workers.adversarial import run_source
 from workers.context import KernelContext
 from workers.errors import KernelInputError
-from workers.transfer import run_transfer
+from workers.kernels import run_source, run_transfer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("RTGRID_SHARED_DATASETS") or REPO.parent / "shared" / "datasets")

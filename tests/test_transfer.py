@@ -12,8 +12,8 @@ import torch
 from workers import data, models
 from workers.context import KernelContext
 from workers.errors import KernelInputError
+from workers.kernels import METHODS, resolve_transfer_params, run_transfer
 from workers.training import BatchStream, make_optimizer, seed_everything, train_epoch
-from workers.transfer import METHODS, resolve_params, run_transfer
 
 INPUT = 16
 TARGET = "synthetic-target-a"
@@ -179,10 +179,9 @@ def test_distillation_needs_a_source(tmp_path: Path) -> None:
 
 
 def test_asr_uses_one_cached_adversarial_set_of_the_source(source: str, tmp_path: Path) -> None:
-    from workers import attacks
-
     attack = {"attack_steps": 2, "attack_images": 40}
     _, finetuned, _ = run(make_spec("finetune", source, epochs=1, params=attack), source, tmp_path)
+    built = Path(finetuned["artifacts"][0]["uri"]).stat()
     _, retrained, _ = run(make_spec("retrain", source, epochs=1, params=attack), source, tmp_path)
     for final in (finetuned, retrained):
         # Deterministic on CPU: both students get some of the 40 attack images right, so ASR is defined.
@@ -193,8 +192,11 @@ def test_asr_uses_one_cached_adversarial_set_of_the_source(source: str, tmp_path
         assert round(final["adv_acc"] * 40) >= clean_correct - flipped  # the unflipped ones stay correct
         assert [a["kind"] for a in final["artifacts"]] == ["adversarial_set"]
     key = finetuned["artifacts"][0]["key_hash"]
-    assert retrained["artifacts"][0]["key_hash"] == key and attacks.attack_runs[key] == 1  # built once
-    assert Path(finetuned["artifacts"][0]["uri"]).is_file()
+    assert retrained["artifacts"][0]["key_hash"] == key
+    # Built once: a rebuild replaces the file atomically (a new inode and mtime), the second trial read it.
+    reused = Path(retrained["artifacts"][0]["uri"]).stat()
+    assert (reused.st_ino, reused.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
+    assert [p.name for p in (tmp_path / "artifacts" / "adv").iterdir()] == [f"{key}.pt"]
 
 
 def _changed(full: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +215,7 @@ def test_renofeation2021_ablations_differ_from_the_full_method_only_in_the_ablat
         params = normalise_params(raw)
         [spec] = [s for s in specs if (s["method"], s["epochs"]) == (method, epochs)  # the variant's preset spec
                   and set(s["params"]) == common | set(params) and all(s["params"][k] == params[k] for k in params)]
-        resolved[name] = (method, resolve_params(spec))
+        resolved[name] = (method, resolve_transfer_params(spec))
     assert len(resolved) == len(specs) == 10
     full = resolved["renofeation"][1]
     assert (full["dropout"], full["swa_epochs"]) == (0.1, 30) and full["lambda_feat"] > 0
@@ -227,16 +229,16 @@ def test_renofeation2021_ablations_differ_from_the_full_method_only_in_the_ablat
 def test_adversarial_finetuning_trains_on_pgd_examples(
     source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, extra: dict[str, Any]
 ) -> None:
-    from workers import adversarial
+    from workers import attacks
 
     calls: list[dict[str, Any]] = []
-    real_pgd = adversarial.pgd
+    real_pgd = attacks.pgd
 
     def counting_pgd(*args: Any, **kwargs: Any) -> torch.Tensor:
         calls.append(kwargs)
         return real_pgd(*args, **kwargs)
 
-    monkeypatch.setattr(adversarial, "pgd", counting_pgd)
+    monkeypatch.setattr(attacks, "pgd", counting_pgd)
     # lr 0: both runs see the same weights at every step, so their losses differ only by the inputs
     base = {"lr": 0.0, "iterations_per_epoch": 2, **extra}
     clean, _, _ = run(make_spec(method, source, epochs=1, params=base), source, tmp_path)

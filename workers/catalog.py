@@ -2,7 +2,7 @@
 
 timm-style: every name is checkable without building anything, so a typo in a preset or a
 grid file fails at plan time, before a database row or a GPU minute is spent. Everything here
-is plain data; the kernels (workers.transfer, workers.adversarial, workers.data, workers.models)
+is plain data; the kernels (workers.kernels, workers.attacks, workers.data, workers.models)
 and the orchestrator (through workers.trainable) derive from it. A name added to a kernel's
 registry and not here fails the contract tests (tests/test_catalog.py).
 """

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from workers.training import restored_modes
+
 
 class WeightAverager:
     """Equal-weight running mean of a model's parameters, folded every `every` steps."""
@@ -37,6 +39,7 @@ class WeightAverager:
 
     @torch.no_grad()
     def fold(self) -> None:
+        """Fold the current parameters into the running mean."""
         self.count += 1
         for name, param in self.model.named_parameters():
             if name not in self.mean:
@@ -54,10 +57,12 @@ class WeightAverager:
             param.copy_(self.mean[name])
 
     def state_dict(self) -> dict[str, Any]:
+        """The running mean and counters as CPU tensors and plain values (weights_only-loadable)."""
         return {"every": self.every, "count": self.count,
                 "mean": {k: v.detach().cpu().clone() for k, v in self.mean.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state_dict() snapshot onto the model's device."""
         self.every = int(state["every"])
         self.count = int(state["count"])
         device = next(self.model.parameters()).device
@@ -77,23 +82,20 @@ def recalibrate_bn(
     mode (bn_mode "eval") keep their statistics. Returns the number of BN layers recalibrated.
     """
     device = torch.device(device)
-    modes = [(module, module.training) for module in model.modules()]
-    model.train()
-    if set_mode is not None:
-        set_mode(model)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
-    momenta = {}
-    for bn in norms:
-        bn.reset_running_stats()
-        momenta[bn] = bn.momentum
-        bn.momentum = None  # cumulative average over the pass
-    try:
-        if norms:
-            for x, _ in batches:
-                model(x.to(device, non_blocking=True))
-    finally:
-        for bn, momentum in momenta.items():
-            bn.momentum = momentum
-        for module, training in modes:
-            module.training = training
+    with restored_modes(model, training=True):
+        if set_mode is not None:
+            set_mode(model)
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+        momenta = {}
+        for bn in norms:
+            bn.reset_running_stats()
+            momenta[bn] = bn.momentum
+            bn.momentum = None  # cumulative average over the pass
+        try:
+            if norms:
+                for x, _ in batches:
+                    model(x.to(device, non_blocking=True))
+        finally:
+            for bn, momentum in momenta.items():
+                bn.momentum = momentum
     return len(norms)

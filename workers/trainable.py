@@ -59,10 +59,10 @@ def kernel_for(spec: Mapping[str, Any], override: str | None) -> Callable[..., d
     if override == NOOP_KERNEL:
         return run_noop
     if spec["kind"] == "source":
-        from workers.adversarial import run_source
+        from workers.kernels import run_source
 
         return run_source
-    from workers.transfer import run_transfer
+    from workers.kernels import run_transfer
 
     return run_transfer
 

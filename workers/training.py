@@ -11,7 +11,8 @@ import hashlib
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the RNG states of an rng_state() snapshot."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
@@ -104,6 +106,7 @@ def make_optimizer(
     momentum: float,
     weight_decay: float,
 ) -> torch.optim.SGD:
+    """SGD over the parameters (or groups); fails loudly when nothing is trainable."""
     params = list(params_or_groups)
     if not params:
         raise KernelInputError("nothing to train: no parameter requires a gradient")
@@ -125,6 +128,7 @@ class LRSchedule:
 
     @property
     def total_steps(self) -> int:
+        """Optimiser steps of the whole schedule."""
         return self.epochs * self.iterations_per_epoch
 
     def milestones(self) -> list[int]:
@@ -140,6 +144,7 @@ class LRSchedule:
         return []
 
     def lr_at(self, step: int) -> float:
+        """LR of the 0-based global step."""
         if self.name == "constant":
             return self.base_lr
         if self.name == "cosine":
@@ -155,6 +160,7 @@ class LRSchedule:
         return self.lr_at((epoch - 1) * self.iterations_per_epoch)
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set every param group's LR to that of `step`; returns it."""
         lr = self.lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -162,6 +168,7 @@ class LRSchedule:
 
 
 def make_lr_schedule(name: str, base_lr: float, epochs: int, iterations_per_epoch: int) -> LRSchedule:
+    """A checked LRSchedule (name in SCHEDULES, at least one epoch and one step per epoch)."""
     if name not in SCHEDULES:
         raise KernelInputError(f"unknown schedule {name!r} (known: {', '.join(SCHEDULES)})")
     if epochs < 1 or iterations_per_epoch < 1:
@@ -203,6 +210,7 @@ class BatchStream:
         return self._plans[pass_index]
 
     def plan_items(self, first_batch: int, count: int) -> list[Any]:
+        """The sampler items of batches first_batch .. first_batch+count-1."""
         items = []
         for global_batch in range(first_batch, first_batch + count):
             pass_index, k = divmod(global_batch, self.batches_per_pass)
@@ -223,6 +231,23 @@ class BatchStream:
 # ---------------------------------------------------------------------------------------------- epochs
 
 
+@contextmanager
+def restored_modes(model: nn.Module, training: bool | None = None) -> Iterator[nn.Module]:
+    """Every module's train/eval flag is restored on exit, whatever the body did to it.
+
+    `training` True/False puts the whole model in train/eval mode on entry (model.train(training));
+    None leaves the modes as they are (the body sets them).
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        if training is not None:
+            model.train(training)
+        yield model
+    finally:
+        for module, was_training in modes:
+            module.training = was_training
+
+
 @dataclass
 class EpochResult:
     train_loss: float  # mean cross-entropy over the epoch's training samples (extra terms excluded)
@@ -232,8 +257,8 @@ class EpochResult:
     seconds: float
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on GPU (no grad scaler needed); CPU stays fp32 for exact determinism.
+def device_autocast(device: torch.device) -> AbstractContextManager[Any]:
+    """bf16 autocast on GPU (no grad scaler needed); CPU stays fp32 for exact determinism."""
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return torch.autocast(device_type="cpu", enabled=False)
@@ -277,7 +302,7 @@ def train_epoch(
             model.train()
         if schedule is not None:
             lr = schedule.apply(optimizer, step)
-        with _autocast(device):
+        with device_autocast(device):
             logits, aux = forward(model, x) if forward is not None else (model(x), None)
             ce = F.cross_entropy(logits.float(), y)
             loss = ce if extra_loss is None else ce + extra_loss(x, y, logits, aux)
@@ -304,23 +329,18 @@ def train_epoch(
 def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device) -> tuple[float, float]:
     """(top-1 accuracy fraction, mean cross-entropy) in eval mode; the model's mode is restored."""
     device = torch.device(device)
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    try:
+    with restored_modes(model, training=False):
         for x, y in loader:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            with _autocast(device):
+            with device_autocast(device):
                 logits = model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             correct += (logits.argmax(1) == y).sum()
             seen += y.numel()
-    finally:
-        for module, training in modes:
-            module.training = training
     if seen == 0:
         return 0.0, 0.0
     return float(correct) / seen, float(loss_sum) / seen

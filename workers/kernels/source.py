@@ -1,0 +1,224 @@
+"""The source-training kernel: train a source model from random init with one of the methods below.
+
+Source methods (spec["method"]):
+  natural   plain cross-entropy.
+  pgd-l2    PGD training in the ℓ2 ball; adv_eps > 0, adv_step > 0, adv_steps >= 1 (adv_norm must be l2
+            or absent).
+  pgd-linf  the same in the ℓ∞ ball (adv_norm linf or absent).
+  pgd1      single-step PGD (FGSM-style) in the adv_norm ball: steps = 1, step = adv_step or adv_eps.
+  gaussian  inputs + N(0, noise_sigma²) noise, clamped to [0,1]; noise_sigma > 0.
+Training attacks use the robustness training defaults: no random start, best iterate (pgd1: final iterate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from workers import models
+from workers.attacks import NORMS, gaussian_noise, pgd, pgd1, robust_accuracy
+from workers.context import KernelContext, Report
+from workers.errors import KernelInputError
+from workers.kernels.common import evaluate_report_checkpoint, load_kernel_data, resume
+from workers.training import (
+    TRAINING_DEFAULTS,
+    BatchStream,
+    Perturb,
+    derive_seed,
+    eval_epochs_of,
+    make_lr_schedule,
+    make_optimizer,
+    seed_everything,
+    train_epoch,
+)
+
+STATE_KIND = "source"
+# Threat model of natural / gaussian sources' robust_acc when the spec names none (adv_eps = 0).
+DEFAULT_EVAL_NORM, DEFAULT_EVAL_EPS = "linf", 8 / 255
+# robust_eval_steps when the spec names none: adversarial sources get twice their training steps (a
+# little stronger than the attack they were trained on); natural / gaussian ones this many, which costs
+# about as much as that for the smoke sources and little next to a training epoch.
+NATURAL_EVAL_STEPS = 4
+
+DEFAULTS: dict[str, Any] = {**TRAINING_DEFAULTS, "robust_eval_steps": None}
+
+
+def spec_digest(spec: Mapping[str, Any]) -> str:
+    """sha256 of the spec's canonical JSON; equals TrialSpec.spec_hash for a TrialSpec.to_dict()."""
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resolve_source_params(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's params over the defaults, with the method's threat model checked and filled in."""
+    method = spec["method"]
+    given = dict(spec.get("params") or {})
+    params = {**DEFAULTS, **given}
+    if method in ("pgd-l2", "pgd-linf"):
+        norm = method.removeprefix("pgd-")
+        if given.get("adv_norm", norm) != norm:
+            raise KernelInputError(f"method {method} trains in the {norm} ball, got adv_norm={given['adv_norm']!r}")
+        params["adv_norm"] = norm
+        if params["adv_eps"] <= 0 or params["adv_step"] <= 0 or params["adv_steps"] < 1:
+            raise KernelInputError(f"method {method} needs adv_eps > 0, adv_step > 0 and adv_steps >= 1")
+    elif method == "pgd1":
+        params["adv_norm"] = given.get("adv_norm", "linf")
+        if params["adv_eps"] <= 0 or params["adv_steps"] > 1:
+            raise KernelInputError("method pgd1 needs adv_eps > 0 (adv_steps is 1; adv_step defaults to adv_eps)")
+        params["adv_steps"] = 1
+        params["adv_step"] = params["adv_step"] if params["adv_step"] > 0 else params["adv_eps"]
+    elif method in ("natural", "gaussian"):
+        params["adv_norm"] = given.get("adv_norm", DEFAULT_EVAL_NORM)
+        if params["adv_steps"] > 0:
+            raise KernelInputError(f"adv_steps > 0 is adversarial training (pgd-l2/pgd-linf/pgd1), not {method}")
+        if method == "gaussian" and params["noise_sigma"] <= 0:
+            raise KernelInputError("method gaussian needs noise_sigma > 0")
+    else:
+        raise KernelInputError(f"unknown source method {method!r} (known: natural, pgd-l2, pgd-linf, pgd1, gaussian)")
+    if method != "gaussian" and params["noise_sigma"] > 0:
+        raise KernelInputError(f"noise_sigma > 0 is method gaussian, not {method}")
+    if params["adv_norm"] not in NORMS:
+        raise KernelInputError(f"unknown adv_norm {params['adv_norm']!r} (known: {', '.join(NORMS)})")
+    for name in ("batch_size", "input_size"):
+        if params[name] < 1:
+            raise KernelInputError(f"{name} must be >= 1, got {params[name]}")
+    if params["robust_eval_steps"] is None:  # every source reports robust accuracy unless told 0
+        adv_steps = int(params["adv_steps"])
+        params["robust_eval_steps"] = 2 * adv_steps if adv_steps > 0 else NATURAL_EVAL_STEPS
+    if params["robust_eval_steps"] < 0:
+        raise KernelInputError(f"robust_eval_steps must be >= 0, got {params['robust_eval_steps']}")
+    return params
+
+
+def robust_eval_threat(params: Mapping[str, Any]) -> tuple[str, float] | None:
+    """(norm, eps) of the robust_acc evaluation, or None when robust_eval_steps is 0.
+
+    The spec's adv_norm / adv_eps; for natural and gaussian sources without an adv_eps, ℓ∞ 8/255.
+    """
+    if int(params["robust_eval_steps"]) <= 0:
+        return None
+    if params["adv_eps"] > 0:
+        return str(params["adv_norm"]), float(params["adv_eps"])
+    return DEFAULT_EVAL_NORM, DEFAULT_EVAL_EPS
+
+
+def _training_perturbation(method: str, params: Mapping[str, Any]) -> Perturb | None:
+    """The method's input perturbation for training (None for natural)."""
+    norm, eps, step, steps = params["adv_norm"], float(params["adv_eps"]), float(params["adv_step"]), \
+        int(params["adv_steps"])
+    if method in ("pgd-l2", "pgd-linf"):
+        def adversarial(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+            return pgd(model, x, y, norm=norm, eps=eps, step=step, steps=steps, random_start=False, use_best=True)
+
+        return adversarial
+    if method == "pgd1":
+        def single_step(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+            return pgd1(model, x, y, norm=norm, eps=eps, step=step)
+
+        return single_step
+    if method == "gaussian":
+        sigma = float(params["noise_sigma"])
+
+        def noisy(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+            return gaussian_noise(x, sigma=sigma)
+
+        return noisy
+    return None
+
+
+def _robust_evaluator(
+    threat: tuple[str, float] | None, steps: int, loader: DataLoader, device: torch.device, seed: int
+) -> Callable[[nn.Module], float] | None:
+    """robust_acc of a model at an eval epoch: PGD from random starts seeded by the spec, the same at every
+    epoch; None when robust_eval_steps is 0."""
+    if threat is None:
+        return None
+    norm, eps = threat
+
+    def robust_acc(model: nn.Module) -> float:
+        starts = torch.Generator(device=device).manual_seed(derive_seed(seed, "robust-eval"))
+        return robust_accuracy(model, loader, device, norm=norm, eps=eps, steps=steps, random_start=True,
+                               generator=starts)
+
+    return robust_acc
+
+
+def run_source(spec: dict[str, Any], ctx: KernelContext, report: Report) -> dict[str, Any]:
+    """Train a source model from random init; report per eval epoch; write its checkpoint.
+
+    Reports train_loss, train_acc (on the perturbed batches), test_acc, robust_acc (on the same eval
+    images as test_acc; PGD from a random start seeded by the spec, the same at every epoch; off only
+    with robust_eval_steps 0), ood_acc (when spec["ood"]), lr, seconds. The checkpoint goes to
+    <artifacts>/sources/<spec digest>.pt.
+    """
+    if spec.get("kind", "source") != "source":
+        raise KernelInputError(f"run_source got a {spec.get('kind')!r} spec")
+    params = resolve_source_params(spec)
+    method = spec["method"]
+    seed, epochs = int(spec["seed"]), int(spec["epochs"])
+    device = torch.device(ctx.device)
+    seed_everything(seed, device)
+
+    # ---- data
+    kernel_data = load_kernel_data(spec, ctx, params, seed)
+    train_ds, input_size = kernel_data.train_ds, kernel_data.input_size
+    threat = robust_eval_threat(params)
+
+    # ---- model and optimisation
+    torch.manual_seed(derive_seed(seed, "init"))
+    model = models.build_model(spec["arch"], train_ds.num_classes).to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model.parameters(), float(params["lr"]), float(params["momentum"]),
+                               float(params["weight_decay"]))
+
+    stream = BatchStream(kernel_data.pass_loader, seed)
+    per_epoch = int(params["iterations_per_epoch"]) or stream.batches_per_pass
+    schedule = make_lr_schedule(params["schedule"], float(params["lr"]), epochs, per_epoch)
+    eval_epochs = eval_epochs_of(params["eval_epochs"], epochs)
+    perturb = _training_perturbation(method, params)
+
+    # ---- resume
+    start_epoch, last = resume(ctx, model=model, optimizer=optimizer, state_kind=STATE_KIND, total_epochs=epochs)
+    robust_acc = _robust_evaluator(threat, int(params["robust_eval_steps"]), kernel_data.test_loader, device, seed)
+
+    for epoch in range(start_epoch + 1, epochs + 1):
+        started = time.perf_counter()
+        torch.manual_seed(derive_seed(seed, "epoch", epoch))  # noise draws follow from (seed, epoch)
+        result = train_epoch(model, stream.loader((epoch - 1) * per_epoch, per_epoch), optimizer, schedule,
+                             step=(epoch - 1) * per_epoch, device=device, perturb=perturb)
+        if epoch not in eval_epochs:
+            continue
+        last = evaluate_report_checkpoint(epoch, result, started, model=model, kernel_data=kernel_data, device=device,
+                                          report=report, ctx=ctx, optimizer=optimizer, schedule=schedule,
+                                          state_kind=STATE_KIND, robust_acc=robust_acc)
+
+    # ---- the checkpoint, named by the spec so that reruns overwrite rather than accumulate
+    digest = spec_digest(spec)
+    path = ctx.work_dir("sources") / f"{digest}.pt"
+    meta = {"spec_hash": digest, "arch": spec["arch"], "dataset": spec["dataset"], "method": method,
+            "num_classes": int(train_ds.num_classes), "epochs": epochs, "input_size": input_size,
+            "test_acc": last.get("test_acc"), "robust_acc": last.get("robust_acc"),
+            "threat": None if threat is None else {"norm": threat[0], "eps": threat[1]}}
+    sha256 = models.save_source_checkpoint(model, path, meta)
+    uri = str(path.resolve())
+    return {
+        "test_acc": last.get("test_acc"),
+        "robust_acc": last.get("robust_acc"),
+        "ood_acc": last.get("ood_acc"),
+        "asr": None,
+        "adv_acc": None,
+        "clean_acc": None,
+        "checkpoint_path": uri,
+        "checkpoint_sha256": sha256,
+        "artifacts": [{"key_hash": digest, "kind": "source_checkpoint", "uri": uri,
+                       "meta": {"sha256": sha256, "arch": spec["arch"], "dataset": spec["dataset"],
+                                "method": method}}],
+    }
