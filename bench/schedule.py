@@ -20,6 +20,7 @@ from orchestrator.console.store import open_repository
 from orchestrator.plan.grids import Grid, load_grid
 from orchestrator.run.runner import TUNE_ENV, RunOptions, start_ray
 from orchestrator.run.submit import submit
+from workers.trainable import Diagnostics
 
 
 def plain_tune(n_specs: int, storage: str, tuned: bool) -> float:
@@ -50,7 +51,8 @@ def plain_tune(n_specs: int, storage: str, tuned: bool) -> float:
 
 def through_rtgrid(grid: Grid, workdir: Path, name: str) -> float:
     repo = open_repository(f"sqlite:///{workdir / (name + '.sqlite')}", write=True)
-    options = RunOptions(kernel="noop", artifacts=str(workdir / f"artifacts-{name}"), quiet=True)
+    options = RunOptions(diagnostics=Diagnostics(kernel_override="noop"), artifacts=str(workdir / f"artifacts-{name}"),
+                         quiet=True)
     started = time.perf_counter()
     result = submit(repo, grid, name, options)
     elapsed = time.perf_counter() - started

@@ -11,15 +11,23 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, case, func, select, update
+from sqlalchemy import Connection, Table, case, func, select, update
 
-from db.models import EPOCH_METRICS, FINAL_METRICS, Artifact, EpochMetric, Trial
+from db.models import EPOCH_METRICS, FINAL_METRICS, Artifact, Base, EpochMetric, Trial
 
-TRIALS = Trial.__table__
-EPOCHS = EpochMetric.__table__
-ARTIFACTS = Artifact.__table__
+
+def table_of(model: type[Base]) -> Table:
+    """A mapped class's Table (typed as such: the ORM declares only a FromClause)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+TRIALS = table_of(Trial)
+EPOCHS = table_of(EpochMetric)
+ARTIFACTS = table_of(Artifact)
 
 COMPLETE_FIELDS = frozenset({*FINAL_METRICS, "duration_s", "checkpoint_uri", "worker"})
 CHUNK = 1000  # rows per statement / IN list: well under both backends' bound-parameter limits
@@ -41,6 +49,12 @@ def aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+class _TrialState(NamedTuple):
+    id: int
+    status: str
+    started_at: datetime | None
+
+
 class TrialWriter:
     """The recorder's writes, all on `connection` (the caller commits)."""
 
@@ -48,13 +62,13 @@ class TrialWriter:
         self.connection = connection
         self._insert = insert  # the dialect's INSERT (with ON CONFLICT)
 
-    def _trial(self, spec_hash: str) -> Any:
+    def _trial(self, spec_hash: str) -> _TrialState:
         row = self.connection.execute(
             select(TRIALS.c.id, TRIALS.c.status, TRIALS.c.started_at).where(TRIALS.c.spec_hash == spec_hash)
         ).one_or_none()
         if row is None:
             raise LookupError(f"no trial with spec_hash {spec_hash}")
-        return row
+        return _TrialState(*row)
 
     def mark_started(self, spec_hash: str, worker: str | None = None) -> bool:
         """pending/failed/running -> running (attempts + 1). Completed and cancelled stay put."""

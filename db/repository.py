@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, literal, or_, select, true, update
+from sqlalchemy import Connection, Engine, RowMapping, and_, bindparam, func, literal, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from db.lifecycle import TrialWriter, aware, chunks, utc_now
+from db.lifecycle import TrialWriter, aware, chunks, table_of, utc_now
 from db.models import (
     EPOCH_METRICS,
     KEY_COLUMNS,
@@ -33,13 +33,22 @@ from db.models import (
     ExperimentTrial,
     Trial,
 )
+from db.records import (
+    ArtifactRecord,
+    BaselineRecord,
+    EpochAccuracy,
+    EpochRecord,
+    ExperimentRecord,
+    TrialAccuracy,
+    TrialRecord,
+)
 
-TRIALS = Trial.__table__
-EXPERIMENTS = Experiment.__table__
-LINKS = ExperimentTrial.__table__
-EPOCHS = EpochMetric.__table__
-ARTIFACTS = Artifact.__table__
-BASELINES = ErBaseline.__table__
+TRIALS = table_of(Trial)
+EXPERIMENTS = table_of(Experiment)
+LINKS = table_of(ExperimentTrial)
+EPOCHS = table_of(EpochMetric)
+ARTIFACTS = table_of(Artifact)
+BASELINES = table_of(ErBaseline)
 
 RETRYABLE = frozenset({"failed", "cancelled", "running", "pending"})
 
@@ -79,10 +88,9 @@ class Throughput:
 
 
 
-
-def _row_dict(row: Any) -> dict[str, Any]:
-    return {key: aware(value) if isinstance(value, datetime) else value for key, value in row._mapping.items()}
-
+def _values(row: RowMapping) -> dict[str, Any]:
+    """A row's columns by name, timestamps made timezone-aware."""
+    return {key: aware(value) if isinstance(value, datetime) else value for key, value in row.items()}
 
 
 
@@ -126,7 +134,7 @@ class Repository:
         trial_id = connection.execute(select(TRIALS.c.id).where(TRIALS.c.spec_hash == spec_hash)).scalar_one_or_none()
         if trial_id is None:
             raise LookupError(f"no trial with spec_hash {spec_hash}")
-        return trial_id
+        return int(trial_id)
 
     def _experiment_filter(self, experiment: str | int | None) -> Any:
         """WHERE clause: the trials linked to an experiment (by name or id); None = all trials."""
@@ -153,7 +161,7 @@ class Repository:
         stmt = self._insert(EXPERIMENTS).values(name=name, grid=grid, grid_json=grid_json, notes=notes,
                                                 created_at=utc_now())
         connection.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
-        return connection.execute(select(EXPERIMENTS.c.id).where(EXPERIMENTS.c.name == name)).scalar_one()
+        return int(connection.execute(select(EXPERIMENTS.c.id).where(EXPERIMENTS.c.name == name)).scalar_one())
 
     def plan_experiment(self, name: str, grid: str, grid_json: str | None, rows: Sequence[Mapping[str, Any]],
                         *, same_grid_only: bool = True) -> tuple[int, PlanResult]:
@@ -178,10 +186,10 @@ class Repository:
         with self._read() as connection:
             return list(connection.execute(select(EXPERIMENTS.c.name).order_by(EXPERIMENTS.c.id)).scalars())
 
-    def experiment_info(self, name: str) -> dict[str, Any] | None:
+    def experiment_info(self, name: str) -> ExperimentRecord | None:
         with self._read() as connection:
             row = connection.execute(select(EXPERIMENTS).where(EXPERIMENTS.c.name == name)).one_or_none()
-        return None if row is None else _row_dict(row)
+        return None if row is None else ExperimentRecord(**_values(row._mapping))
 
     def plan_trials(self, experiment_id: int, rows: Sequence[Mapping[str, Any]]) -> PlanResult:
         """Insert new specs as pending, link every spec to the experiment, count what existed.
@@ -421,10 +429,10 @@ class Repository:
                     return True
         return False
 
-    def trial_by_hash(self, spec_hash: str) -> dict[str, Any] | None:
+    def trial_by_hash(self, spec_hash: str) -> TrialRecord | None:
         with self._read() as connection:
             row = connection.execute(select(TRIALS).where(TRIALS.c.spec_hash == spec_hash)).one_or_none()
-        return None if row is None else _row_dict(row)
+        return None if row is None else TrialRecord(**_values(row._mapping))
 
     def throughput(self, experiment: str | None = None, minutes: float = 60.0) -> Throughput:
         """Trials completed in the last `minutes`, and their mean duration (for an ETA).
@@ -456,14 +464,14 @@ class Repository:
         with self.transaction() as writer:
             return writer.put_artifact(key_hash, kind, uri, meta)
 
-    def get_artifact(self, key_hash: str) -> dict[str, Any] | None:
+    def get_artifact(self, key_hash: str) -> ArtifactRecord | None:
         with self._read() as connection:
             row = connection.execute(select(ARTIFACTS).where(ARTIFACTS.c.key_hash == key_hash)).one_or_none()
         if row is None:
             return None
-        found = _row_dict(row)
-        found["meta"] = json.loads(found["meta_json"]) if found["meta_json"] else {}
-        return found
+        values = _values(row._mapping)
+        meta_json = values.pop("meta_json")
+        return ArtifactRecord(**values, meta=json.loads(meta_json) if meta_json else {})
 
     def save_baseline(self, *, id_dataset: str, ood_dataset: str, transform: str, slope: float, intercept: float,
                       n_points: int, r: float | None, fitted_from: str) -> int:
@@ -478,25 +486,20 @@ class Repository:
         )
         with self._write() as connection:
             connection.execute(stmt)
-            return connection.execute(
+            return int(connection.execute(
                 select(BASELINES.c.id).where(BASELINES.c.id_dataset == id_dataset,
                                              BASELINES.c.ood_dataset == ood_dataset)
-            ).scalar_one()
+            ).scalar_one())
 
-    def get_baseline(self, id_dataset: str, ood_dataset: str) -> dict[str, Any] | None:
-        """The baseline as plain values (it travels in Ray configs): created_at is ISO text."""
+    def get_baseline(self, id_dataset: str, ood_dataset: str) -> BaselineRecord | None:
         query = select(BASELINES).where(BASELINES.c.id_dataset == id_dataset, BASELINES.c.ood_dataset == ood_dataset)
         with self._read() as connection:
             row = connection.execute(query).one_or_none()
-        if row is None:
-            return None
-        found = _row_dict(row)
-        found["created_at"] = found["created_at"].isoformat() if found["created_at"] is not None else None
-        return found
+        return None if row is None else BaselineRecord(**_values(row._mapping))
 
     # --- effective robustness -----------------------------------------------------------------
 
-    def epoch_accuracies(self, id_dataset: str, ood_dataset: str) -> list[dict[str, Any]]:
+    def epoch_accuracies(self, id_dataset: str, ood_dataset: str) -> list[EpochAccuracy]:
         """(trial_id, epoch, test_acc, ood_acc) of every stored epoch of that (ID, OOD) pair."""
         query = (
             select(EPOCHS.c.trial_id, EPOCHS.c.epoch, EPOCHS.c.test_acc, EPOCHS.c.ood_acc)
@@ -506,9 +509,9 @@ class Repository:
             .order_by(EPOCHS.c.trial_id, EPOCHS.c.epoch)
         )
         with self._read() as connection:
-            return [dict(row._mapping) for row in connection.execute(query)]
+            return [EpochAccuracy(int(t), int(e), float(a), float(o)) for t, e, a, o in connection.execute(query)]
 
-    def trial_accuracies(self, id_dataset: str, ood_dataset: str) -> list[dict[str, Any]]:
+    def trial_accuracies(self, id_dataset: str, ood_dataset: str) -> list[TrialAccuracy]:
         """(trial_id, test_acc, ood_acc) of the completed trials of that (ID, OOD) pair."""
         query = (
             select(TRIALS.c.id.label("trial_id"), TRIALS.c.test_acc, TRIALS.c.ood_acc)
@@ -517,7 +520,7 @@ class Repository:
             .order_by(TRIALS.c.id)
         )
         with self._read() as connection:
-            return [dict(row._mapping) for row in connection.execute(query)]
+            return [TrialAccuracy(int(t), float(a), float(o)) for t, a, o in connection.execute(query)]
 
     def testbed_points(self, experiment_id: int, id_dataset: str, ood_dataset: str,
                        methods: Sequence[str]) -> list[tuple[float, float]]:
@@ -561,14 +564,14 @@ class Repository:
 
     # --- rows for reports ---------------------------------------------------------------------
 
-    def trial_rows(self, experiment: str | int | None = None) -> list[dict[str, Any]]:
+    def trial_rows(self, experiment: str | int | None = None) -> list[TrialRecord]:
         """Every column of the experiment's trials (by name or id; None = all), by trial id."""
         query = select(TRIALS).where(self._experiment_filter(experiment)).order_by(TRIALS.c.id)
         with self._read() as connection:
-            return [_row_dict(row) for row in connection.execute(query)]
+            return [TrialRecord(**_values(row._mapping)) for row in connection.execute(query)]
 
-    def epoch_rows(self, experiment: str | int | None = None) -> list[dict[str, Any]]:
-        """One dict per stored epoch: the trial's id, spec_hash, status and key columns, then the
+    def epoch_rows(self, experiment: str | int | None = None) -> list[EpochRecord]:
+        """One record per stored epoch: the trial's id, spec_hash, status and key columns, then the
         epoch's metrics; ordered by trial and epoch."""
         trial_columns = [TRIALS.c.spec_hash, TRIALS.c.status, *(TRIALS.c[name] for name in KEY_COLUMNS)]
         query = (
@@ -579,4 +582,4 @@ class Repository:
             .order_by(EPOCHS.c.trial_id, EPOCHS.c.epoch)
         )
         with self._read() as connection:
-            return [_row_dict(row) for row in connection.execute(query)]
+            return [EpochRecord(**_values(row._mapping)) for row in connection.execute(query)]

@@ -177,7 +177,7 @@ def test_record_epoch_is_an_idempotent_upsert(repo: Repository) -> None:
     _, _ = planned(repo, "e", [spec_row(1)])
     spec_hash = spec_row(1)["spec_hash"]
     repo.mark_started(spec_hash, worker="node-1")
-    before = repo.trial_by_hash(spec_hash)["heartbeat_at"]
+    before = repo.trial_by_hash(spec_hash).heartbeat_at
     metrics = {"train_loss": 1.2, "train_acc": 0.4, "test_acc": 0.5, "ood_acc": None, "lr": 0.1, "seconds": 3.0}
     repo.record_epoch(spec_hash, 1, metrics)
     repo.record_epoch(spec_hash, 1, metrics)  # a replayed report
@@ -185,9 +185,9 @@ def test_record_epoch_is_an_idempotent_upsert(repo: Repository) -> None:
     rows = repo.epoch_rows("e")
     assert len(rows) == 1
     row = rows[0]
-    assert (row["epoch"], row["test_acc"], row["ood_acc"], row["train_loss"], row["lr"]) == (1, 0.55, 0.3, 1.2, 0.1)
-    assert row["spec_hash"] == spec_hash and row["dataset"] == "cifar10"
-    assert repo.trial_by_hash(spec_hash)["heartbeat_at"] >= before
+    assert (row.epoch, row.test_acc, row.ood_acc, row.train_loss, row.lr) == (1, 0.55, 0.3, 1.2, 0.1)
+    assert row.spec_hash == spec_hash and row.dataset == "cifar10"
+    assert repo.trial_by_hash(spec_hash).heartbeat_at >= before
     with pytest.raises(ValueError, match="unknown epoch metric"):
         repo.record_epoch(spec_hash, 2, {"accuracy": 0.5})
     with pytest.raises(LookupError):
@@ -212,8 +212,8 @@ def test_completed_is_never_downgraded(repo: Repository) -> None:
         repo.reset_for_retry(experiment_id, statuses=("completed",))
     after = repo.trial_by_hash(spec_hash)
     assert after == done
-    assert (after["status"], after["test_acc"], after["asr"], after["duration_s"], after["attempts"],
-            after["worker"]) == ("completed", 0.8, 0.25, 12.5, 1, "node-1")
+    assert (after.status, after.test_acc, after.asr, after.duration_s, after.attempts,
+            after.worker) == ("completed", 0.8, 0.25, 12.5, 1, "node-1")
     assert repo.trials_to_run(experiment_id, stale_after_s=0) == []
 
 
@@ -227,7 +227,7 @@ def test_completed_trials_epochs_are_immutable(repo: Repository) -> None:
     assert repo.complete(spec_hash, {"test_acc": 0.5})
     assert not repo.record_epoch(spec_hash, 1, {"test_acc": 0.9})  # the replayed run's epoch 1
     assert not repo.record_epoch(spec_hash, 2, {"test_acc": 0.9})  # and a new epoch row
-    assert [(r["epoch"], r["test_acc"]) for r in repo.epoch_rows("e")] == [(1, 0.5)]
+    assert [(r.epoch, r.test_acc) for r in repo.epoch_rows("e")] == [(1, 0.5)]
 
 
 def test_a_report_is_one_transaction(repo: Repository) -> None:
@@ -236,14 +236,14 @@ def test_a_report_is_one_transaction(repo: Repository) -> None:
 
     _, _ = planned(repo, "e", [spec_row(1)])
     spec_hash = spec_row(1)["spec_hash"]
-    good = [{"event": "started", "spec_hash": spec_hash, "node": "n1"},
+    good = [{"event": "started", "spec_hash": spec_hash, "attempt": 1, "node": "n1"},
             {"event": "epoch", "spec_hash": spec_hash, "epoch": 1, "test_acc": 0.4}]
     unknown = {"event": "epoch", "spec_hash": "f" * 64, "epoch": 1, "test_acc": 0.4}
     with pytest.raises(LookupError):
         record_report(repo, {"event": "batch", "events": [*good, unknown]})
-    assert repo.trial_by_hash(spec_hash)["status"] == "pending" and repo.epoch_rows("e") == []
+    assert repo.trial_by_hash(spec_hash).status == "pending" and repo.epoch_rows("e") == []
     record_report(repo, {"event": "batch", "events": good})
-    assert repo.trial_by_hash(spec_hash)["status"] == "running" and len(repo.epoch_rows("e")) == 1
+    assert repo.trial_by_hash(spec_hash).status == "running" and len(repo.epoch_rows("e")) == 1
 
 
 def test_claims_split_work_between_live_drivers(repo: Repository) -> None:
@@ -255,7 +255,7 @@ def test_claims_split_work_between_live_drivers(repo: Repository) -> None:
     assert sorted(first) == sorted(hashes[:4])
     second = repo.claim("driver-b", hashes, stale_after_s=120)  # a second live driver
     assert sorted(second) == sorted(hashes[4:])
-    assert repo.trial_by_hash(hashes[5])["status"] == "pending"
+    assert repo.trial_by_hash(hashes[5]).status == "pending"
     assert sorted(repo.claim("driver-a", hashes[:4], stale_after_s=120)) == sorted(hashes[:4])
     assert repo.claim_counts("driver-a")["pending"] == 4
 
@@ -267,7 +267,7 @@ def test_claims_split_work_between_live_drivers(repo: Repository) -> None:
     assert repo.heartbeat_claims("driver-b") == 2
     taken = repo.claim("driver-b", hashes[:4], stale_after_s=120)
     assert sorted(taken) == sorted(hashes[:4])
-    assert repo.trial_by_hash(hashes[0])["status"] == "pending"  # the abandoned run is queued again
+    assert repo.trial_by_hash(hashes[0]).status == "pending"  # the abandoned run is queued again
     assert repo.trials_to_run(experiment_id, stale_after_s=120)  # still listed: claims decide who runs
 
     # driver-b stops with a trial still running: it is failed (resume runs it), and no claim is left.
@@ -275,9 +275,9 @@ def test_claims_split_work_between_live_drivers(repo: Repository) -> None:
     repo.complete(hashes[2], {"test_acc": 0.7})
     assert repo.release_claims("driver-b", "interrupted") == 1
     after = {h: repo.trial_by_hash(h) for h in hashes}
-    assert (after[hashes[1]]["status"], after[hashes[1]]["error"]) == ("failed", "interrupted")
-    assert after[hashes[2]]["status"] == "completed"
-    assert all(row["claimed_by"] is None for row in after.values())
+    assert (after[hashes[1]].status, after[hashes[1]].error) == ("failed", "interrupted")
+    assert after[hashes[2]].status == "completed"
+    assert all(row.claimed_by is None for row in after.values())
 
 
 def test_a_driver_that_stops_early_leaves_failed_trials_failed(repo: Repository) -> None:
@@ -288,11 +288,11 @@ def test_a_driver_that_stops_early_leaves_failed_trials_failed(repo: Repository)
     repo.mark_started(failed)
     repo.fail(failed, "KernelInputError: no dataset")
     assert sorted(repo.claim("driver-a", [failed, pending], stale_after_s=120)) == sorted([failed, pending])
-    assert repo.trial_by_hash(failed)["status"] == "pending"
+    assert repo.trial_by_hash(failed).status == "pending"
     assert repo.release_claims("driver-a", "interrupted") == 0
-    assert (repo.trial_by_hash(failed)["status"], repo.trial_by_hash(failed)["error"]) == (
+    assert (repo.trial_by_hash(failed).status, repo.trial_by_hash(failed).error) == (
         "failed", "KernelInputError: no dataset")
-    assert repo.trial_by_hash(pending)["status"] == "pending"
+    assert repo.trial_by_hash(pending).status == "pending"
     assert repo.reset_for_retry(experiment_id) == 1  # `rtgrid retry --failed` still finds it
 
 
@@ -302,9 +302,9 @@ def test_failure_retry_and_cancel(repo: Repository) -> None:
     repo.mark_started(hashes[0])
     assert repo.fail(hashes[0], "KernelInputError: no dataset at /data/cifar10")
     failed = repo.trial_by_hash(hashes[0])
-    assert (failed["status"], failed["attempts"], failed["error"]) == ("failed", 1, "KernelInputError: no dataset "
+    assert (failed.status, failed.attempts, failed.error) == ("failed", 1, "KernelInputError: no dataset "
                                                                                    "at /data/cifar10")
-    assert failed["finished_at"] is not None
+    assert failed.finished_at is not None
     runnable = {row.spec_hash: row.status for row in repo.trials_to_run(experiment_id, stale_after_s=60)}
     assert runnable == {hashes[0]: "failed", hashes[1]: "pending", hashes[2]: "pending", hashes[3]: "pending"}
 
@@ -312,7 +312,7 @@ def test_failure_retry_and_cancel(repo: Repository) -> None:
     assert repo.cancel_experiment(experiment_id) == 3  # pending and running; the failed one stays failed
     assert not repo.any_cancelled([]) and repo.any_cancelled(hashes[:2])
     assert repo.fail(hashes[1], "stopped")  # the stopped run reports a failure: it stays cancelled
-    assert repo.trial_by_hash(hashes[1])["status"] == "cancelled"
+    assert repo.trial_by_hash(hashes[1]).status == "cancelled"
     assert not repo.mark_started(hashes[1])  # and does not start again by itself
     assert [row.spec_hash for row in repo.trials_to_run(experiment_id, stale_after_s=0)] == [hashes[0]]
 
@@ -320,8 +320,8 @@ def test_failure_retry_and_cancel(repo: Repository) -> None:
     assert repo.status_counts("e") == {"pending": 3, "running": 0, "completed": 0, "failed": 1, "cancelled": 0}
     assert repo.reset_for_retry(experiment_id) == 1  # failed ones, by default
     repo.mark_started(hashes[0])
-    assert repo.trial_by_hash(hashes[0])["attempts"] == 2
-    assert repo.trial_by_hash(hashes[0])["error"] is None
+    assert repo.trial_by_hash(hashes[0]).attempts == 2
+    assert repo.trial_by_hash(hashes[0]).error is None
 
 
 def test_stale_running_trials_run_again(repo: Repository) -> None:
@@ -348,9 +348,9 @@ def test_complete_fills_duration_and_throughput(repo: Repository) -> None:
         repo.mark_started(spec_hash, worker="gpu-node-3")
         repo.complete(spec_hash, {"test_acc": 0.7, "checkpoint_uri": f"/artifacts/{i}.pt"})
     trial = repo.trial_by_hash(spec_row(0)["spec_hash"])
-    assert trial["duration_s"] is not None and trial["duration_s"] >= 0
-    assert trial["checkpoint_uri"] == "/artifacts/0.pt" and trial["worker"] == "gpu-node-3"
-    assert trial["finished_at"].tzinfo is not None
+    assert trial.duration_s is not None and trial.duration_s >= 0
+    assert trial.checkpoint_uri == "/artifacts/0.pt" and trial.worker == "gpu-node-3"
+    assert trial.finished_at.tzinfo is not None
     throughput = repo.throughput("e")
     assert throughput.completed == 2 and throughput.mean_duration_s is not None
     assert throughput.window_s == 60.0  # the work began less than a minute ago
@@ -370,7 +370,7 @@ def test_artifacts_first_record_wins(repo: Repository) -> None:
     assert not repo.put_artifact("k1", "adv-set", "/elsewhere.pt", {"images": 1})  # a replay changes nothing
     found = repo.get_artifact("k1")
     assert found is not None
-    assert (found["kind"], found["uri"], found["meta"]) == ("adv-set", "/artifacts/adv/k1.pt", {"images": 1000})
+    assert (found.kind, found.uri, found.meta) == ("adv-set", "/artifacts/adv/k1.pt", {"images": 1000})
 
 
 def test_baseline_latest_fit_replaces(repo: Repository) -> None:
@@ -382,10 +382,10 @@ def test_baseline_latest_fit_replaces(repo: Repository) -> None:
     assert first == second
     baseline = repo.get_baseline("cifar10", "cifar10.1")
     assert baseline is not None
-    assert {k: baseline[k] for k in ("transform", "slope", "intercept", "n_points", "r", "fitted_from")} == {
+    assert {k: getattr(baseline, k) for k in ("transform", "slope", "intercept", "n_points", "r", "fitted_from")} == {
         "transform": "probit", "slope": 0.9, "intercept": -0.2, "n_points": 12, "r": None,
         "fitted_from": "experiment:smoke"}
-    assert isinstance(baseline["created_at"], str)  # plain values: it travels inside Ray configs
+    assert baseline.created_at.tzinfo is not None
     assert one(repo.engine, "SELECT count(*) FROM er_baselines")[0] == 1
 
 
@@ -403,16 +403,16 @@ def test_er_backfill(repo: Repository) -> None:
         repo.record_epoch(row["spec_hash"], 2, {"test_acc": 0.4 + 0.1 * i, "ood_acc": None})
         repo.complete(row["spec_hash"], {"test_acc": 0.4 + 0.1 * i, "ood_acc": 0.25 + 0.1 * i})
     epochs = repo.epoch_accuracies("digits", "noise-2")
-    assert len(epochs) == 5 and all(row["epoch"] == 1 for row in epochs)  # epoch 2 has no OOD accuracy
-    assert repo.set_epoch_er([(row["trial_id"], row["epoch"], row["ood_acc"] - row["test_acc"]) for row in epochs]) == 5
+    assert len(epochs) == 5 and all(row.epoch == 1 for row in epochs)  # epoch 2 has no OOD accuracy
+    assert repo.set_epoch_er([(row.trial_id, row.epoch, row.ood_acc - row.test_acc) for row in epochs]) == 5
     trials = repo.trial_accuracies("digits", "noise-2")
     assert len(trials) == 5
-    repo.set_trial_er([(row["trial_id"], 0.05) for row in trials])
+    repo.set_trial_er([(row.trial_id, 0.05) for row in trials])
     assert repo.testbed_points(experiment_id, "digits", "noise-2", ("retrain",)) == [
         pytest.approx((0.4, 0.25)), pytest.approx((0.5, 0.35)), pytest.approx((0.6, 0.45))]
-    stored = [row["er"] for row in repo.epoch_rows(experiment_id) if row["epoch"] == 1]
+    stored = [row.er for row in repo.epoch_rows(experiment_id) if row.epoch == 1]
     assert stored == [pytest.approx(-0.1)] * 5
-    assert {row["er"] for row in repo.trial_rows("e")} == {0.05}
+    assert {row.er for row in repo.trial_rows("e")} == {0.05}
     assert repo.epoch_accuracies("digits", "blur-1") == [] and repo.set_epoch_er([]) == 0
 
 

@@ -20,8 +20,9 @@ from sqlalchemy import text
 
 from orchestrator.console.store import open_repository
 from orchestrator.plan.grids import load_grid_file
-from orchestrator.run.runner import RunOptions, start_ray
+from orchestrator.run.runner import DIAGNOSTICS_ENV, RunOptions, start_ray
 from orchestrator.run.submit import grid_for_experiment, submit
+from workers.trainable import Diagnostics, KillWorker
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -62,14 +63,28 @@ def grid_file(tmp_path: Path) -> Path:
     return path
 
 
-def _options(tmp_path: Path, **extra) -> RunOptions:
+def _starts_log(artifacts: Path) -> str:
+    return str(artifacts / "kernel_starts.log")
+
+
+def _options(tmp_path: Path, diagnostics: Diagnostics | None = None, **extra) -> RunOptions:
+    """Options for a test run; its kernel starts are logged under the artifacts directory."""
     empty_root = tmp_path / "data"
     empty_root.mkdir(parents=True, exist_ok=True)
-    return RunOptions(data_root=str(empty_root), artifacts=str(tmp_path / "artifacts"), quiet=True, **extra)
+    artifacts = tmp_path / "artifacts"
+    diagnostics = diagnostics or Diagnostics(kernel_starts_log=_starts_log(artifacts))
+    return RunOptions(data_root=str(empty_root), artifacts=str(artifacts), quiet=True, diagnostics=diagnostics,
+                      **extra)
+
+
+def _driver_env(db_url: str, artifacts: Path) -> dict[str, str]:
+    """The environment of a driver run as `python -m cli`: its diagnostics come from RTGRID_DIAGNOSTICS."""
+    diagnostics = Diagnostics(kernel_starts_log=_starts_log(artifacts))
+    return {**os.environ, "RTGRID_DB": db_url, DIAGNOSTICS_ENV: diagnostics.to_json()}
 
 
 def _kernel_starts(artifacts: Path) -> Counter:
-    log = artifacts / "kernel_starts.log"
+    log = Path(_starts_log(artifacts))
     if not log.exists():
         return Counter()
     return Counter(line.split("\t")[1] for line in log.read_text().splitlines() if line)
@@ -130,7 +145,7 @@ def test_interrupted_driver_then_resume(ray_local, db_url: str, grid_file: Path,
                          .replace("dataset: [digits, cifar10]", "dataset: [digits]"))
     artifacts = tmp_path / "artifacts"
     (tmp_path / "data").mkdir()
-    env = {**os.environ, "RTGRID_DB": db_url}
+    env = _driver_env(db_url, artifacts)
     driver = subprocess.Popen(
         [sys.executable, "-m", "cli", "submit", str(grid_file), "--experiment", "cut", "--quiet",
          "--artifacts", str(artifacts), "--data-root", str(tmp_path / "data"), "--pack-size", "1",
@@ -184,24 +199,25 @@ def test_lost_worker_strikes_only_its_own_spec(ray_local, db_url: str, tmp_path:
         grid_file.write_text(NOOP_CELL.replace("SEEDS", str(seeds)))
         grid = load_grid_file(grid_file)
         victim = grid.specs[1].spec_hash
-        fault = {"spec_hash": victim, "marker_dir": str(tmp_path / f"deaths-{experiment}"), "times": deaths}
-        options = _options(tmp_path, kernel="noop", pack_size=4, max_failures=1,
-                           extra={"kill_worker": fault, "flush_interval_s": 0})
+        fault = KillWorker(spec_hash=victim, marker_dir=str(tmp_path / f"deaths-{experiment}"), times=deaths)
+        diagnostics = Diagnostics(kernel_override="noop", kill_worker=fault,
+                                  kernel_starts_log=_starts_log(tmp_path / "artifacts"))
+        options = _options(tmp_path, diagnostics, pack_size=4, max_failures=1, flush_interval_s=0)
         result = submit(repo, grid, experiment, options)
         starts = _kernel_starts(tmp_path / "artifacts")
-        statuses = {h: repo.trial_by_hash(h)["status"] for h in (s.spec_hash for s in grid.specs)}
+        statuses = {h: repo.trial_by_hash(h).status for h in (s.spec_hash for s in grid.specs)}
         others = [s.spec_hash for s in grid.specs if s.spec_hash != victim]
         assert all(statuses[h] == "completed" for h in others), statuses
         assert all(starts[h] == 1 for h in others), "a pack-mate ran twice"
         assert starts[victim] == 2  # the first run and one retry (--max-failures 1)
-        assert len(list(Path(fault["marker_dir"]).iterdir())) == min(deaths, 2), "the worker did not die"
+        assert len(list(Path(fault.marker_dir).iterdir())) == min(deaths, 2), "the worker did not die"
         if deaths == 1:
             assert statuses[victim] == "completed" and result.run.failed == 0
         else:
-            error = repo.trial_by_hash(victim)["error"]
+            error = repo.trial_by_hash(victim).error
             assert statuses[victim] == "failed" and error.startswith("worker lost 2 times")
             assert result.run.failed == 1 and result.run.failures == {victim: error}
-        assert all(repo.trial_by_hash(s.spec_hash)["claimed_by"] is None for s in grid.specs)
+        assert all(repo.trial_by_hash(s.spec_hash).claimed_by is None for s in grid.specs)
 
 
 def test_cancel_stops_a_running_driver(ray_local, db_url: str, grid_file: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from orchestrator.plan.spec import TrialSpec
-from workers.trainable import PackRunner, resume_checkpoint_path
+from workers.trainable import PackItem, PackRunner, WorkerSettings, resume_checkpoint_path
 
 SPEC = TrialSpec(kind="transfer", arch="tiny_resnet", source="scratch", dataset="digits", ood="noise-2",
                  method="retrain", subset_size=100, seed=3, epochs=4,
@@ -32,12 +32,13 @@ def _events(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [event for payload in payloads for event in payload["events"]]
 
 
-def _item(spec: TrialSpec) -> dict[str, Any]:
-    return {"spec_hash": spec.spec_hash, "spec": spec.to_dict()}
+def _item(spec: TrialSpec) -> PackItem:
+    return PackItem(spec_hash=spec.spec_hash, spec=spec.to_dict())
 
 
-def _settings(tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    return {"artifacts_dir": str(tmp_path / "art"), "data_root": str(tmp_path), "max_retries": 1, **extra}
+def _settings(tmp_path: Path, **extra: Any) -> WorkerSettings:
+    return WorkerSettings(**{"artifacts_dir": str(tmp_path / "art"), "data_root": str(tmp_path), "max_retries": 1,
+                             **extra})
 
 
 def _epochs(events: list[dict[str, Any]]) -> list[int]:
@@ -76,7 +77,7 @@ def test_lost_worker_resumes_from_the_specs_checkpoint(tmp_path: Path) -> None:
     settings = _settings(tmp_path / "b", checkpoint_interval_s=0, max_retries=0)
     with pytest.raises(Crash):
         PackRunner(settings, emit_then_crash).run([_item(SPEC)])
-    checkpoint = resume_checkpoint_path(settings["artifacts_dir"], SPEC.spec_hash)
+    checkpoint = resume_checkpoint_path(settings.artifacts_dir, SPEC.spec_hash)
     assert checkpoint.is_file()
     assert _epochs(_events(first)) == [1, 2]
 

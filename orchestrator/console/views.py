@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.plan.grids import Grid
+
+if TYPE_CHECKING:
+    from db.repository import PlanResult
+    from orchestrator.run.runner import RunSummary
 
 
 def format_breakdown(grid: Grid, info: Mapping[str, Any]) -> str:
@@ -28,7 +32,7 @@ def format_breakdown(grid: Grid, info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_plan(experiment: str, result: Any) -> str:
+def format_plan(experiment: str, result: PlanResult) -> str:
     return (
         f"experiment {experiment}: {result.total} trials — {result.new} new, "
         f"{result.already_completed} already completed, {result.already_pending} already pending/other"
@@ -45,12 +49,12 @@ def format_status(counts: Mapping[str, int], extra: Mapping[str, Any] | None = N
     return line
 
 
-def format_run(summary: Any) -> str:
+def format_run(summary: RunSummary) -> str:
     line = (f"ran {summary.runnable} trials in {summary.seconds:.1f}s: {summary.completed} completed, "
             f"{summary.failed} failed")
     if summary.skipped:
         line += f", {summary.skipped} not finished"
-    if getattr(summary, "claimed_elsewhere", 0):
+    if summary.claimed_elsewhere:
         line += f"; {summary.claimed_elsewhere} left to another live driver (they hold them)"
     for spec_hash, error in list(summary.failures.items())[:10]:
         line += f"\n  failed {spec_hash[:12]}: {error}"

@@ -4,11 +4,17 @@ runs), store in `er_baselines`, and back-fill ER for every stored epoch of that 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from db.repository import Repository
 from orchestrator.errors import UserError
-from workers.trainable import METHODS, er_math
+from workers.trainable import (
+    METHODS,
+    PUBLISHED_BASELINES,
+    Baseline,
+    effective_robustness,
+    fit_baseline,
+    load_testbed_csv,
+)
 
 
 @dataclass(frozen=True)
@@ -25,17 +31,15 @@ class FitOutcome:
     trials_filled: int
 
 
-def _store_and_fill(repo: Repository, id_dataset: str, ood_dataset: str, fit: Any, fitted_from: str) -> FitOutcome:
-    metrics = er_math()
+def _store_and_fill(repo: Repository, id_dataset: str, ood_dataset: str, fit: Baseline, fitted_from: str
+                    ) -> FitOutcome:
     repo.save_baseline(id_dataset=id_dataset, ood_dataset=ood_dataset, transform=fit.transform, slope=fit.slope,
                        intercept=fit.intercept, n_points=fit.n_points, r=fit.r, fitted_from=fitted_from)
     epochs = repo.epoch_accuracies(id_dataset, ood_dataset)
-    epoch_er = [(row["trial_id"], row["epoch"], metrics.effective_robustness(row["test_acc"], row["ood_acc"], fit))
-                for row in epochs]
+    epoch_er = [(row.trial_id, row.epoch, effective_robustness(row.test_acc, row.ood_acc, fit)) for row in epochs]
     repo.set_epoch_er(epoch_er)
     trials = repo.trial_accuracies(id_dataset, ood_dataset)
-    trial_er = [(row["trial_id"], metrics.effective_robustness(row["test_acc"], row["ood_acc"], fit))
-                for row in trials]
+    trial_er = [(row.trial_id, effective_robustness(row.test_acc, row.ood_acc, fit)) for row in trials]
     repo.set_trial_er(trial_er)
     return FitOutcome(id_dataset, ood_dataset, fit.slope, fit.intercept, fit.transform, fit.n_points, fit.r,
                       fitted_from, len(epoch_er), len(trial_er))
@@ -58,22 +62,20 @@ def fit_from_experiment(repo: Repository, experiment: str, id_dataset: str, ood_
     if len(rows) < 3:
         raise UserError(f"experiment {experiment!r} has {len(rows)} completed testbed (retrain) runs on "
                         f"{id_dataset}->{ood_dataset}; a baseline needs at least 3")
-    fit = er_math().fit_baseline([r[0] for r in rows], [r[1] for r in rows], transform=transform)
+    fit = fit_baseline([r[0] for r in rows], [r[1] for r in rows], transform=transform)
     return _store_and_fill(repo, id_dataset, ood_dataset, fit, f"experiment:{experiment}")
 
 
 def fit_from_csv(repo: Repository, path: str, id_dataset: str, ood_dataset: str, transform: str = "logit"
                  ) -> FitOutcome:
-    metrics = er_math()
-    id_acc, ood_acc = metrics.load_testbed_csv(path)
-    fit = metrics.fit_baseline(id_acc, ood_acc, transform=transform)
+    id_acc, ood_acc = load_testbed_csv(path)
+    fit = fit_baseline(id_acc, ood_acc, transform=transform)
     return _store_and_fill(repo, id_dataset, ood_dataset, fit, f"csv:{path}")
 
 
 def use_published(repo: Repository, name: str, id_dataset: str, ood_dataset: str, transform: str = "logit"
                   ) -> FitOutcome:
-    metrics = er_math()
-    table = metrics.PUBLISHED_BASELINES
+    table = PUBLISHED_BASELINES
     if name not in table:
         raise UserError(f"unknown published baseline {name!r} (known: {', '.join(table)})")
     entry = table[name]

@@ -271,7 +271,7 @@ def er_frame(db: ReadOnlyDatabase, experiment: str, bins: int = ER_BINS, caller:
     random-init trials (orchestrator.results.frames.RANDOM_INIT_METHODS or source scratch), else pretrained.
     Columns: dataset, ood, arch, init, runs (of the group), id_low, id_high, mean_er, checkpoints
     (epochs in the bin)."""
-    from workers.trainable import er_math
+    from workers.trainable import binned_er
 
     require_experiment(db, experiment)
     frame = db.frame(ER_SQL, {"experiment": experiment})
@@ -280,7 +280,6 @@ def er_frame(db: ReadOnlyDatabase, experiment: str, bins: int = ER_BINS, caller:
     runs = frame.drop_duplicates("trial_id").merge(
         trial_specs(db, experiment, "AND t.kind = 'transfer' AND t.status = 'completed'"), on="trial_id")
     require_one_trial_per_seed(runs, ("dataset", "ood", "arch", "init"), caller, pooled=ER_POOLED)
-    binned_er = er_math().binned_er
     records = []
     for (dataset, ood, arch, init), group in frame.groupby(["dataset", "ood", "arch", "init"], sort=True):
         runs = group["trial_id"].nunique()

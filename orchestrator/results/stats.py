@@ -7,7 +7,7 @@ Conventions:
   training subset cancels out; the CI is the t-interval of the per-seed differences.
 
 ER binning (Andreassen et al.) is workers.metrics.binned_er, reached through
-workers.trainable.er_math() (the driver's one door into workers).
+re-exported by workers.trainable (the driver's one door into workers).
 """
 
 from __future__ import annotations

@@ -3,22 +3,34 @@
 Only the driver writes (or, under Ray Client, the Tune loop on the head node), so one SQLite
 file serves a whole cluster. Every write is keyed by spec_hash and idempotent: a replayed
 report is harmless, and a completed trial is never downgraded nor its epochs rewritten.
+
+A report is read whole before anything is written: an unknown event kind or a metric the schema
+does not have (db.models.EPOCH_METRICS / FINAL_METRICS) raises ProtocolError and writes nothing,
+because it means the workers and the driver run different code.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, assert_never
 
 from db.lifecycle import TrialWriter
+from db.models import EPOCH_METRICS, FINAL_METRICS
 from db.repository import Repository
+from workers.trainable import (
+    Checkpoint,
+    Epoch,
+    Event,
+    Failed,
+    Final,
+    ProtocolError,
+    Retrying,
+    Started,
+    events_of_report,
+)
 
 logger = logging.getLogger(__name__)
-
-EPOCH_FIELDS = ("train_loss", "train_acc", "test_acc", "ood_acc", "er", "lr", "seconds", "robust_acc")
-FINAL_FIELDS = ("test_acc", "ood_acc", "asr", "adv_acc", "clean_acc", "er", "robust_acc", "duration_s")
 
 
 def _number(value: Any) -> float | None:
@@ -32,16 +44,31 @@ def _number(value: Any) -> float | None:
     return number if number == number else None  # NaN is not a result
 
 
-def events_of(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The events a Tune report carries (the trainable sends them in batches)."""
-    if result.get("event") == "batch":
-        return list(result.get("events") or [])
-    return [result] if result.get("event") else []
+def _checked(event: Epoch | Final, allowed: Iterable[str], what: str) -> None:
+    unknown = sorted(set(event.metrics) - set(allowed))
+    if unknown:
+        raise ProtocolError(f"{what} event of spec {event.spec_hash[:12]} has unknown metric(s) "
+                            f"{', '.join(unknown)} (the schema's {what} metrics: {', '.join(allowed)})")
+
+
+def parse_report(result: Mapping[str, Any]) -> list[Event]:
+    """The typed events of one Tune report; ProtocolError for anything the schema cannot hold."""
+    events = events_of_report(result)
+    for event in events:
+        if isinstance(event, Epoch):
+            _checked(event, EPOCH_METRICS, "epoch")
+        elif isinstance(event, Final):
+            _checked(event, FINAL_METRICS, "final")
+    return events
 
 
 def record_report(repo: Repository, result: Mapping[str, Any]) -> None:
     """Write one Tune report (a batch of events) in one transaction. Independent of Ray."""
-    events = [e for e in events_of(result) if e.get("spec_hash")]
+    try:
+        events = parse_report(result)
+    except ProtocolError as exc:
+        logger.error("a worker's report cannot be recorded (nothing of it was written): %s", exc)
+        raise
     if not events:
         return
     with repo.transaction() as writer:
@@ -49,26 +76,28 @@ def record_report(repo: Repository, result: Mapping[str, Any]) -> None:
             apply_event(writer, event)
 
 
-def apply_event(writer: TrialWriter, event: Mapping[str, Any]) -> None:
-    kind, spec_hash = event["event"], str(event["spec_hash"])
-    if kind == "started":
-        writer.mark_started(spec_hash, worker=str(event.get("node") or "") or None)
-    elif kind == "epoch":
-        writer.record_epoch(spec_hash, int(event["epoch"]), {name: _number(event.get(name)) for name in EPOCH_FIELDS})
-    elif kind == "checkpoint":
-        writer.set_checkpoint(spec_hash, str(event["uri"]))
-    elif kind == "final":
-        _final(writer, spec_hash, event)
-    elif kind == "failed":
-        writer.fail(spec_hash, str(event.get("error") or "failed"))
-    elif kind == "retrying":
-        writer.heartbeat([spec_hash])
+def apply_event(writer: TrialWriter, event: Event) -> None:
+    if isinstance(event, Started):
+        writer.mark_started(event.spec_hash, worker=event.node or None)
+    elif isinstance(event, Epoch):
+        writer.record_epoch(event.spec_hash, event.epoch, {k: _number(v) for k, v in event.metrics.items()})
+    elif isinstance(event, Checkpoint):
+        writer.set_checkpoint(event.spec_hash, event.uri)
+    elif isinstance(event, Final):
+        _final(writer, event)
+    elif isinstance(event, Failed):
+        writer.fail(event.spec_hash, event.error or "failed")
+    elif isinstance(event, Retrying):
+        writer.heartbeat([event.spec_hash])
+    else:
+        assert_never(event)
 
 
-def _final(writer: TrialWriter, spec_hash: str, event: Mapping[str, Any]) -> None:
-    final: dict[str, Any] = {name: _number(event.get(name)) for name in FINAL_FIELDS}
-    for artifact in json.loads(event.get("artifacts_json") or "[]"):
-        writer.put_artifact(artifact["key_hash"], artifact["kind"], artifact["uri"], artifact.get("meta") or {})
+def _final(writer: TrialWriter, event: Final) -> None:
+    for artifact in event.artifacts:
+        writer.put_artifact(artifact.key_hash, artifact.kind, artifact.uri, artifact.meta)
+    final: dict[str, Any] = {name: _number(value) for name, value in event.metrics.items()}
+    final["duration_s"] = _number(event.duration_s)
     # A source keeps its model file; a transfer keeps none (its resume checkpoint is deleted).
-    final["checkpoint_uri"] = event.get("checkpoint_path") or None
-    writer.complete(spec_hash, final)
+    final["checkpoint_uri"] = event.checkpoint_path
+    writer.complete(event.spec_hash, final)

@@ -17,12 +17,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from db.records import BaselineRecord
 from db.repository import Repository
 from orchestrator.errors import UserError, one_line
 from orchestrator.plan.planner import Stage, pack
 from orchestrator.plan.spec import TrialSpec
+from workers.trainable import Baseline, Diagnostics, PackItem, WorkerSettings
 
 # Tune's own CSV/JSON/TensorBoard loggers are off: the database is the record.
 TUNE_ENV = {
@@ -37,6 +38,9 @@ MAX_PACK_SIZE = 64
 # but not another loopback address.
 LOCAL_NODE_IP = "127.0.0.2"
 FINISHED = frozenset({"completed", "failed", "cancelled"})
+# Test hook for a driver started as a subprocess (`python -m cli submit …`): Diagnostics as JSON.
+# Nothing in production sets it; RunOptions.diagnostics, when given, wins.
+DIAGNOSTICS_ENV = "RTGRID_DIAGNOSTICS"
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +58,10 @@ class RunOptions:
     download: bool = False
     quiet: bool = False
     worker_logs: bool = False  # forward workers' stdout/stderr to this console (always in Ray's log files)
-    kernel: str | None = None  # "noop" for scheduling benchmarks
     checkpoint_interval_s: float = 300.0  # long trials checkpoint at eval epochs this often
+    flush_interval_s: float = 0.25  # a worker sends the events of quick specs together, this often
     stale_after_s: float = 120.0  # a claim or running trial without a heartbeat this long is abandoned
-    extra: dict[str, Any] = field(default_factory=dict)
+    diagnostics: Diagnostics | None = None  # tests and benchmarks only (no-op kernel, fault injection)
 
 
 @dataclass
@@ -77,7 +81,7 @@ class StageInputs:
 
     source_paths: Mapping[str, str] = field(default_factory=dict)  # source spec_hash -> checkpoint
     source_checksums: Mapping[str, str] = field(default_factory=dict)  # source spec_hash -> sha256
-    baselines: Mapping[tuple, Any] = field(default_factory=dict)  # (dataset, ood) -> ER baseline
+    baselines: Mapping[tuple[str, str], BaselineRecord] = field(default_factory=dict)  # (dataset, ood) -> ER fit
     source_files: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (file source, sha256) -> path
 
 
@@ -137,35 +141,49 @@ def choose_pack_size(n_specs: int, slots: int, requested: int | None) -> int:
     return max(1, min(MAX_PACK_SIZE, math.ceil(n_specs / (4 * slots))))
 
 
-def _pack_items(specs: Sequence[TrialSpec], inputs: StageInputs) -> list[dict[str, Any]]:
+def _baseline(record: BaselineRecord | None) -> Baseline | None:
+    if record is None:
+        return None
+    return Baseline(slope=record.slope, intercept=record.intercept, transform=record.transform,
+                    n_points=record.n_points, r=record.r)
+
+
+def pack_items(specs: Sequence[TrialSpec], inputs: StageInputs) -> list[PackItem]:
     items = []
     for spec in specs:
-        item: dict[str, Any] = {"spec_hash": spec.spec_hash, "spec": spec.to_dict()}
+        source_path = source_checksum = None
         source_hash = spec.source_hash()
         if source_hash is not None:
-            item["source_path"] = inputs.source_paths.get(source_hash)
-            item["source_checksum"] = inputs.source_checksums.get(source_hash)
+            source_path = inputs.source_paths.get(source_hash)
+            source_checksum = inputs.source_checksums.get(source_hash)
         elif spec.source_ref is not None and spec.source_ref.scheme == "file":
-            item["source_path"] = inputs.source_files.get((spec.source, spec.source_checksum or ""))
-        baseline = inputs.baselines.get((spec.dataset, spec.ood))
-        if baseline is not None:
-            item["er_baseline"] = baseline
-        items.append(item)
+            source_path = inputs.source_files.get((spec.source, spec.source_checksum or ""))
+        baseline = inputs.baselines.get((spec.dataset, spec.ood)) if spec.ood else None
+        items.append(PackItem(spec_hash=spec.spec_hash, spec=spec.to_dict(), source_path=source_path,
+                              source_checksum=source_checksum, er_baseline=_baseline(baseline)))
     return items
 
 
-def _settings(options: RunOptions, artifacts: str) -> dict[str, Any]:
-    return {
-        "data_root": options.data_root,
-        "artifacts_dir": artifacts,
-        "download": options.download,
-        "threads": max(1, int(options.cpus_per_trial)),
-        "device": "cuda" if options.gpus_per_trial > 0 else "cpu",
-        "max_retries": options.max_failures,
-        "checkpoint_interval_s": options.checkpoint_interval_s,
-        "kernel": options.kernel,
-        **options.extra,
-    }
+def diagnostics_of(options: RunOptions) -> Diagnostics | None:
+    """The options' diagnostics, else those of RTGRID_DIAGNOSTICS (tests), else None (production)."""
+    if options.diagnostics is not None:
+        return options.diagnostics
+    text = os.environ.get(DIAGNOSTICS_ENV)
+    return Diagnostics.from_json(text) if text else None
+
+
+def worker_settings(options: RunOptions, artifacts: str) -> WorkerSettings:
+    return WorkerSettings(
+        artifacts_dir=artifacts,
+        data_root=options.data_root,
+        device="cuda" if options.gpus_per_trial > 0 else "cpu",
+        download=options.download,
+        threads=max(1, int(options.cpus_per_trial)),
+        max_retries=options.max_failures,
+        checkpoint_interval_s=options.checkpoint_interval_s,
+        flush_interval_s=options.flush_interval_s,
+        diagnostics=diagnostics_of(options),
+    )
 
 
 def run_round(repo: Repository, packs: list[list[TrialSpec]], name: str, options: RunOptions,
@@ -183,7 +201,7 @@ def run_round(repo: Repository, packs: list[list[TrialSpec]], name: str, options
     pack_ids = [f"p{i:05d}" for i in range(len(packs))]
     # Pack contents travel once through the object store (with_parameters); a trial's config holds
     # only its pack id, because Tune copies and flattens the config into every single report.
-    contents = {pid: _pack_items(members, inputs) for pid, members in zip(pack_ids, packs, strict=True)}
+    contents = {pid: pack_items(members, inputs) for pid, members in zip(pack_ids, packs, strict=True)}
     # Under Ray Client the hooks run on the head and must open the database themselves; otherwise
     # they find this process's repository and no URL (nor password) is pickled into Tune's state.
     url = repo.engine.url.render_as_string(hide_password=False) if is_client_address(options.address) else ""
@@ -192,9 +210,10 @@ def run_round(repo: Repository, packs: list[list[TrialSpec]], name: str, options
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(2, slots))
     try:
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(tune_entry, packs=contents),
+            tune.with_resources(tune.with_parameters(tune_entry, packs=contents,
+                                                     settings=worker_settings(options, artifacts)),
                                 {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}),
-            param_space={"pack_id": tune.grid_search(pack_ids), "settings": _settings(options, artifacts)},
+            param_space={"pack_id": tune.grid_search(pack_ids)},
             tune_config=tune.TuneConfig(max_concurrent_trials=slots, reuse_actors=True,
                                         trial_dirname_creator=lambda trial: trial.trial_id,
                                         trial_name_creator=lambda trial: trial.trial_id),

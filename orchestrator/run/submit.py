@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from db.records import BaselineRecord
 from db.repository import PlanResult, Repository
 from orchestrator.errors import UserError
 from orchestrator.plan.grids import Grid
@@ -52,21 +53,21 @@ def _source_inputs(repo: Repository, specs: list[TrialSpec]) -> tuple[dict[str, 
     checksums: dict[str, str] = {}
     missing: dict[str, str] = {}
     for source_hash in needed:
-        row = repo.trial_by_hash(source_hash)
-        if row is not None and row["status"] == "completed" and row["checkpoint_uri"]:
-            paths[source_hash] = row["checkpoint_uri"]
+        trial = repo.trial_by_hash(source_hash)
+        if trial is not None and trial.status == "completed" and trial.checkpoint_uri:
+            paths[source_hash] = trial.checkpoint_uri
             artifact = repo.get_artifact(source_hash)
-            sha256 = (artifact or {}).get("meta", {}).get("sha256")
+            sha256 = artifact.meta.get("sha256") if artifact is not None else None
             if sha256:
-                checksums[source_hash] = sha256
+                checksums[source_hash] = str(sha256)
         else:
-            status = row["status"] if row is not None else "unknown"
+            status = trial.status if trial is not None else "unknown"
             missing[source_hash] = f"source trial {source_hash[:12]} is {status}, not completed"
     return paths, checksums, missing
 
 
-def _baselines(repo: Repository, specs: list[TrialSpec]) -> dict[tuple, dict[str, Any]]:
-    found: dict[tuple, dict[str, Any]] = {}
+def _baselines(repo: Repository, specs: list[TrialSpec]) -> dict[tuple[str, str], BaselineRecord]:
+    found: dict[tuple[str, str], BaselineRecord] = {}
     for key in {(s.dataset, s.ood) for s in specs if s.ood}:
         baseline = repo.get_baseline(*key)
         if baseline is not None:
@@ -147,9 +148,10 @@ def grid_for_experiment(repo: Repository, experiment: str) -> Grid:
         raise UserError(f"unknown experiment {experiment!r} (see `rtgrid status`)")
     specs = [TrialSpec.from_json(text) for text in repo.experiment_spec_jsons(experiment_id)]
     specs.sort(key=lambda s: s.kind != "source")
-    info = repo.experiment_info(experiment) or {}
+    info = repo.experiment_info(experiment)
     # The stored grid name: resuming plans the experiment's own grid again, never "another" grid.
-    return Grid(str(info.get("grid") or experiment), f"experiment {experiment} ({len(specs)} trials)", specs)
+    grid_name = info.grid if info is not None and info.grid else experiment
+    return Grid(grid_name, f"experiment {experiment} ({len(specs)} trials)", specs)
 
 
 def summary_json(result: SubmitResult) -> str:
