@@ -259,7 +259,9 @@ def retry(experiment: str, statuses: str, db_url: str | None, **run: Any) -> Non
 
     repo = open_repository(db_url, write=True)
     loaded = grid_for_experiment(repo, experiment)
-    reset = repo.reset_for_retry(repo.experiment_id(experiment), statuses=(statuses,))
+    experiment_id = repo.experiment_id(experiment)
+    assert experiment_id is not None  # grid_for_experiment refused an unknown experiment
+    reset = repo.reset_for_retry(experiment_id, statuses=(statuses,))
     click.echo(f"{reset} {statuses} trials reset to pending")
     _run_and_print(repo, loaded, experiment, _options(**run))
 

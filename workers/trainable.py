@@ -141,7 +141,8 @@ def _load_resume_state(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, weights_only=True)
+        state: dict[str, Any] = torch.load(path, weights_only=True)
+        return state
     except Exception:  # noqa: BLE001 - a torn or unreadable file: start the spec afresh
         logger.warning("unreadable resume checkpoint %s: the spec starts afresh", path, exc_info=True)
         return None

@@ -112,10 +112,10 @@ def start_ray(options: RunOptions) -> None:
     try:
         if options.address:
             ray.init(address=options.address, runtime_env=runtime_env, log_to_driver=options.worker_logs,
-                     logging_level="ERROR")
+                     logging_level=logging.ERROR)
         else:
             ray.init(address="local", include_dashboard=False, runtime_env=runtime_env,
-                     log_to_driver=options.worker_logs, logging_level="ERROR", num_cpus=os.cpu_count(),
+                     log_to_driver=options.worker_logs, logging_level=logging.ERROR, num_cpus=os.cpu_count(),
                      _node_ip_address=LOCAL_NODE_IP)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = options.address or "a local Ray instance"
@@ -127,7 +127,7 @@ def start_ray(options: RunOptions) -> None:
 def cluster_slots(options: RunOptions) -> int:
     import ray
 
-    resources = ray.cluster_resources()
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]  # Ray is unannotated
     slots = resources.get("CPU", 1) / max(options.cpus_per_trial, 1e-9)
     if options.gpus_per_trial > 0:
         slots = min(slots, resources.get("GPU", 0) / options.gpus_per_trial)
@@ -157,7 +157,7 @@ def pack_items(specs: Sequence[TrialSpec], inputs: StageInputs) -> list[PackItem
             source_path = inputs.source_paths.get(source_hash)
             source_checksum = inputs.source_checksums.get(source_hash)
         elif spec.source_ref is not None and spec.source_ref.scheme == "file":
-            source_path = inputs.source_files.get((spec.source, spec.source_checksum or ""))
+            source_path = inputs.source_files.get((str(spec.source), spec.source_checksum or ""))
         baseline = inputs.baselines.get((spec.dataset, spec.ood)) if spec.ood else None
         items.append(PackItem(spec_hash=spec.spec_hash, spec=spec.to_dict(), source_path=source_path,
                               source_checksum=source_checksum, er_baseline=_baseline(baseline)))
@@ -236,7 +236,8 @@ def run_round(repo: Repository, packs: list[list[TrialSpec]], name: str, options
     position = {pid: index for index, pid in enumerate(pack_ids)}
     # Ray's message ends with the worker's original error: keep that line
     errors = {position[result.config["pack_id"]]: one_line(result.error, last=True, typed=True)[:500]
-              for result in results if result.error is not None and result.config}
+              for result in (results[i] for i in range(len(results)))  # ResultGrid indexes, does not iterate
+              if result.error is not None and result.config}
     for index, error in errors.items():
         logger.warning("pack %s of %s ended with an error: %s", pack_ids[index], name, error)
     return errors

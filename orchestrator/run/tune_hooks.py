@@ -50,7 +50,8 @@ class RecorderCallback(tune.Callback):
         self.token = token
         self.db_url = db_url
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
+                        **info: Any) -> None:
         record_report(_repository(self.token, self.db_url), result)
 
 
@@ -65,7 +66,7 @@ class CancelStopper(tune.Stopper):
         self.checked = time.monotonic()
         self.cancelled = False
 
-    def __call__(self, trial_id: str, result: dict) -> bool:
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         return False
 
     def stop_all(self) -> bool:
