@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("orchestrator", "workers", "db", "migrations")
 RTGRID_TOPS = frozenset({*PACKAGES, "cli"})
@@ -303,25 +301,6 @@ def test_the_private_name_check_sees_every_form() -> None:
     ]
 
 
-# Sites that still existed when this check was written; their owners are removing them. A site not
-# listed here fails at once (test_no_new_private_name_crossings); the list may only shrink.
-KNOWN_PRIVATE_CROSSINGS: frozenset[str] = frozenset({
-    "bench/gpu_step.py imports workers.training._autocast",
-})
-
-
-def _without_line(site: str) -> str:
-    location, _, what = site.partition(" ")
-    return f"{location.rsplit(':', 1)[0]} {what}"
-
-
-def test_no_new_private_name_crossings() -> None:
-    new = [site for site in _all_private_crossings() if _without_line(site) not in KNOWN_PRIVATE_CROSSINGS]
-    assert not new, "private names used outside their module (make them public, or move the code):\n" + "\n".join(new)
-
-
-@pytest.mark.xfail(bool(KNOWN_PRIVATE_CROSSINGS), strict=False,
-                   reason="known private-name crossings remain; their modules' owners are removing them")
 def test_no_private_name_crosses_modules() -> None:
     sites = _all_private_crossings()
     assert not sites, "private names used outside their module:\n" + "\n".join(sites)
