@@ -224,5 +224,5 @@ class ErBaseline(Base):
 # Columns of the `results` view (created by the migrations): one row per (experiment, trial).
 RESULTS_VIEW_COLUMNS: tuple[str, ...] = (
     "experiment", "trial_id", "spec_hash", "status", *KEY_COLUMNS,
-    "test_acc", "ood_acc", "asr", "adv_acc", "clean_acc", "er", "robust_acc", "duration_s", "last_epoch", "finished_at",
+    *FINAL_METRICS, "duration_s", "last_epoch", "finished_at",
 )

@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 import migrations
 from db.errors import DatabaseError, SchemaOutOfDate, one_line
+from db.models import Base
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:  # alembic is imported when first needed
 DEFAULT_URL = "sqlite:///rtgrid.sqlite"
 SCRIPT_LOCATION = str(Path(migrations.__file__).resolve().parent)
 # Tables whose presence without an alembic_version row means "an rtgrid database we cannot place".
-RTGRID_TABLES = frozenset({"experiments", "trials", "experiment_trials", "epoch_metrics", "artifacts", "er_baselines"})
+RTGRID_TABLES = frozenset(Base.metadata.tables)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
 _MIGRATION_LOCK_ID = 0x72746772  # "rtgr": one rtgrid migration at a time per PostgreSQL server

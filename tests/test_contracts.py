@@ -304,3 +304,12 @@ def test_the_private_name_check_sees_every_form() -> None:
 def test_no_private_name_crosses_modules() -> None:
     sites = _all_private_crossings()
     assert not sites, "private names used outside their module:\n" + "\n".join(sites)
+
+
+def test_schema_enums_agree_with_the_workers() -> None:
+    """db cannot import workers (the import rules), so the CHECKed value lists are compared here."""
+    from db import models
+    from workers import catalog, metrics
+
+    assert models.KINDS == catalog.KINDS
+    assert models.TRANSFORMS == metrics.TRANSFORMS

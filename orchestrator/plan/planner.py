@@ -11,12 +11,11 @@ from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
+from db.models import KEY_COLUMNS
 from db.repository import GridConflict, PlanResult, Repository
 from orchestrator.errors import UserError
 from orchestrator.plan.grids import Grid
 from orchestrator.plan.spec import TrialSpec
-
-KEY_COLUMNS = ("kind", "arch", "source", "dataset", "ood", "method", "blocks", "subset_size", "seed", "epochs")
 
 
 def trial_row(spec: TrialSpec) -> dict[str, Any]:

@@ -8,16 +8,16 @@ from typing import Any
 
 import pandas as pd
 
+from db.models import EPOCH_METRICS, KEY_COLUMNS
 from orchestrator.errors import UserError
 from orchestrator.results.frames import add_source_labels, experiment_trials_sql, nullable_ints, require_experiment
 from orchestrator.results.query import Database, reading
 
 TABLES = ("trials", "epochs")
 FORMATS = ("csv", "parquet")
-_TRIAL_KEYS = ("t.spec_hash, t.status, t.kind, t.arch, t.source, t.dataset, t.ood, t.method, t.blocks, "
-               "t.subset_size, t.seed, t.epochs")
-_EPOCH_COLUMNS = ("m.epoch, m.train_loss, m.train_acc, m.test_acc, m.ood_acc, m.er, m.lr, m.seconds, m.robust_acc, "
-                  "m.recorded_at")
+# From the schema: a new key column or epoch metric is exported without an edit here.
+_TRIAL_KEYS = ", ".join(f"t.{column}" for column in ("spec_hash", "status", *KEY_COLUMNS))
+_EPOCH_COLUMNS = ", ".join(f"m.{column}" for column in ("epoch", *EPOCH_METRICS, "recorded_at"))
 
 
 def export_frame(experiment: str, table: str = "trials", db: Database | Any = None) -> pd.DataFrame:

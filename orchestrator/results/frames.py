@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from db.models import FINAL_METRICS
 from orchestrator.errors import UserError
 from orchestrator.plan.sources import SCRATCH, SourceRef
 from orchestrator.results.query import Database, ReadOnlyDatabase, reading
@@ -127,7 +128,7 @@ def trial_frame(db: ReadOnlyDatabase, experiment: str, columns: str, where: str 
     return nullable_ints(frame, ("blocks", "subset_size", "seed", "epoch"))
 
 
-FLOAT_COLUMNS = ("test_acc", "ood_acc", "asr", "adv_acc", "clean_acc", "er", "robust_acc", "duration_s")
+FLOAT_COLUMNS = (*FINAL_METRICS, "duration_s")
 INT_COLUMNS = ("trial_id", "blocks", "subset_size", "seed", "epochs", "last_epoch")
 
 

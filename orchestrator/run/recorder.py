@@ -86,8 +86,13 @@ def apply_event(writer: TrialWriter, event: Event) -> None:
     elif isinstance(event, Final):
         _final(writer, event)
     elif isinstance(event, Failed):
+        # The one-line error is the trial's; the worker's short traceback goes to the driver's log.
+        logger.warning("spec %s failed: %s", event.spec_hash[:12], event.error)
+        if event.detail:
+            logger.debug("spec %s traceback:\n%s", event.spec_hash[:12], event.detail)
         writer.fail(event.spec_hash, event.error or "failed")
     elif isinstance(event, Retrying):
+        logger.info("spec %s raised, retrying from its last checkpoint: %s", event.spec_hash[:12], event.error)
         writer.heartbeat([event.spec_hash])
     else:
         assert_never(event)
