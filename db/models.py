@@ -1,5 +1,9 @@
 """The rtgrid schema: SQLAlchemy 2.0 typed ORM. The schema lives here only.
 
+The schema also owns what its names mean: `TrialStatus` (and its named groups) is the one list of
+trial statuses, and every column and table carries its meaning as a comment (`comment=`), which
+`rtgrid query --schema` prints and PostgreSQL stores (revision 0003).
+
 Invariants are constraints in the database, not checks in Python: a spec is stored once
 (`trials.spec_hash` UNIQUE), one row per (trial, epoch), one baseline per (ID, OOD) pair,
 statuses and fractions are CHECKed. Migrations (migrations/versions) create exactly this;
@@ -10,7 +14,9 @@ All accuracies, ASR and ER are fractions; timestamps are UTC.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     CHAR,
@@ -29,7 +35,28 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-STATUSES: tuple[str, ...] = ("pending", "running", "completed", "failed", "cancelled")
+
+class TrialStatus(StrEnum):
+    """A trial's `trials.status`: the one owner of the status names (the CHECK lists exactly these)."""
+
+    PENDING = "pending"  # planned or queued, not started
+    RUNNING = "running"  # a worker is running it (or its driver died: see the heartbeat)
+    COMPLETED = "completed"  # final metrics recorded; never run or reset again
+    FAILED = "failed"  # the last attempt raised (or was interrupted); runs again on resume
+    CANCELLED = "cancelled"  # `rtgrid cancel`; runs again only after `rtgrid retry --cancelled`
+
+    @classmethod
+    def finished(cls) -> frozenset[TrialStatus]:
+        return FINISHED
+
+
+# The groups of statuses the code acts on, named once.
+FINISHED: frozenset[TrialStatus] = frozenset({TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.CANCELLED})
+ACTIVE: frozenset[TrialStatus] = frozenset({TrialStatus.PENDING, TrialStatus.RUNNING})  # not finished
+RUNNABLE: frozenset[TrialStatus] = frozenset({TrialStatus.PENDING, TrialStatus.FAILED})  # a driver may queue
+STARTABLE: frozenset[TrialStatus] = RUNNABLE | {TrialStatus.RUNNING}  # a worker may (re)start
+RETRYABLE: frozenset[TrialStatus] = frozenset(TrialStatus) - {TrialStatus.COMPLETED}  # may be reset to pending
+STATUSES: tuple[str, ...] = tuple(status.value for status in TrialStatus)  # in lifecycle order
 KINDS: tuple[str, ...] = ("source", "transfer")
 TRANSFORMS: tuple[str, ...] = ("logit", "probit")
 
@@ -71,13 +98,17 @@ class Experiment(Base):
     """A named submission of a grid; trials are shared between experiments via experiment_trials."""
 
     __tablename__ = "experiments"
+    __table_args__ = {"comment": "one row per named submission of a grid"}
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String, unique=True)
-    grid: Mapped[str] = mapped_column(Text)  # preset name or grid file path
-    grid_json: Mapped[str | None] = mapped_column(Text)  # the expanded grid description
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.current_timestamp())
-    notes: Mapped[str | None] = mapped_column(Text)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, comment="primary key")
+    name: Mapped[str] = mapped_column(String, unique=True, comment="experiment name (unique), e.g. utrera2021")
+    grid: Mapped[str] = mapped_column(Text, comment="grid preset name or grid file path")
+    grid_json: Mapped[str | None] = mapped_column(Text, comment="JSON summary of the expanded grid")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.current_timestamp(),
+        comment="when the experiment was first submitted (UTC)",
+    )
+    notes: Mapped[str | None] = mapped_column(Text, comment="free text")
 
     trials: Mapped[list[Trial]] = relationship(
         secondary="experiment_trials", back_populates="experiments", passive_deletes=True
@@ -103,42 +134,110 @@ class Trial(Base):
         _fraction("clean_acc"),
         _fraction("robust_acc"),
         _fraction("er", low=-1),
+        {"comment": "one row per spec (deduplicated by spec_hash across experiments) with its final result"},
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    spec_hash: Mapped[str] = mapped_column(CHAR(64), unique=True)
-    spec_json: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), index=True, server_default="pending")
-    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
-    error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.current_timestamp())
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    checkpoint_uri: Mapped[str | None] = mapped_column(Text)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, comment="primary key")
+    spec_hash: Mapped[str] = mapped_column(
+        CHAR(64), unique=True,
+        comment="sha256 of the canonical spec JSON: the deduplication key (unique)",
+    )
+    spec_json: Mapped[str] = mapped_column(Text, comment="the full TrialSpec as canonical JSON (params included)")
+    status: Mapped[str] = mapped_column(
+        String(16), index=True, server_default=TrialStatus.PENDING.value, comment=" | ".join(STATUSES),
+    )
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0", comment="how many times the trial was started")
+    error: Mapped[str | None] = mapped_column(Text, comment="one-line error of the last failed attempt")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.current_timestamp(),
+        comment="when the trial was first planned (UTC)",
+    )
+    started_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True),
+        comment="when the last attempt started (UTC)",
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True),
+        comment="when the trial completed or failed (UTC)",
+    )
+    heartbeat_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True),
+        comment="last sign of life of a running trial (UTC)",
+    )
+    checkpoint_uri: Mapped[str | None] = mapped_column(Text, comment="the trained model's checkpoint (source trials)")
 
-    kind: Mapped[str] = mapped_column(String(16), index=True)
-    arch: Mapped[str] = mapped_column(String, index=True)
-    source: Mapped[str | None] = mapped_column(String, index=True)
-    dataset: Mapped[str] = mapped_column(String, index=True)
-    ood: Mapped[str | None] = mapped_column(String, index=True)
-    method: Mapped[str] = mapped_column(String, index=True)
-    blocks: Mapped[int | None] = mapped_column(Integer, index=True)
-    subset_size: Mapped[int | None] = mapped_column(Integer, index=True)  # NULL = the full training split
-    seed: Mapped[int] = mapped_column(BigInteger, index=True)
-    epochs: Mapped[int] = mapped_column(Integer, index=True)
+    kind: Mapped[str] = mapped_column(
+        String(16), index=True,
+        comment="source (trains a source model) | transfer (fine-tunes a source on a target)",
+    )
+    arch: Mapped[str] = mapped_column(String, index=True, comment="architecture, e.g. resnet50, tiny_resnet")
+    source: Mapped[str | None] = mapped_column(
+        String, index=True,
+        comment=(
+            "pre-trained weights: torchvision:<arch> (natural), robustness:<name> (Madry robust), "
+            "spec:<spec_hash> (a source trial), file:<name> (its sha256 in spec_json), scratch (random init); "
+            "NULL for source trials. Random-init trials: method retrain/renofeation/delta-r (source kept for "
+            "ASR) or source scratch"
+        ),
+    )
+    dataset: Mapped[str] = mapped_column(String, index=True, comment="training / ID dataset (target of a transfer)")
+    ood: Mapped[str | None] = mapped_column(
+        String, index=True,
+        comment="OOD evaluation set (cifar10.1, noise-3, ...); NULL = none",
+    )
+    method: Mapped[str] = mapped_column(
+        String, index=True,
+        comment=(
+            "training method: natural/pgd-l2/pgd-linf/pgd1/gaussian (source), "
+            "linear/finetune/l2sp/delta/retrain/renofeation/delta-r (transfer)"
+        ),
+    )
+    blocks: Mapped[int | None] = mapped_column(
+        Integer, index=True,
+        comment="residual blocks fine-tuned besides the head (Utrera: 0/1/3/9); NULL = all",
+    )
+    subset_size: Mapped[int | None] = mapped_column(
+        Integer, index=True,
+        comment="training images used (random class-covering subset); NULL = the full training set",
+    )
+    seed: Mapped[int] = mapped_column(
+        BigInteger, index=True,
+        comment="random seed (also fixes the training subset: runs pair by seed)",
+    )
+    epochs: Mapped[int] = mapped_column(Integer, index=True, comment="training epochs")
 
-    test_acc: Mapped[float | None] = mapped_column(Double)
-    ood_acc: Mapped[float | None] = mapped_column(Double)
-    asr: Mapped[float | None] = mapped_column(Double)
-    adv_acc: Mapped[float | None] = mapped_column(Double)
-    clean_acc: Mapped[float | None] = mapped_column(Double)
-    er: Mapped[float | None] = mapped_column(Double)
-    robust_acc: Mapped[float | None] = mapped_column(Double)
-    duration_s: Mapped[float | None] = mapped_column(Double)
-    worker: Mapped[str | None] = mapped_column(Text)  # node / host the trial ran on
+    test_acc: Mapped[float | None] = mapped_column(
+        Double,
+        comment="final (last-epoch) ID test accuracy, fraction in [0,1]",
+    )
+    ood_acc: Mapped[float | None] = mapped_column(Double, comment="final OOD accuracy, fraction in [0,1]")
+    asr: Mapped[float | None] = mapped_column(
+        Double,
+        comment="attack success rate of the penultimate-layer attack on the pre-trained source, fraction in [0,1]",
+    )
+    adv_acc: Mapped[float | None] = mapped_column(
+        Double,
+        comment="accuracy on the attack's adversarial images, fraction in [0,1]",
+    )
+    clean_acc: Mapped[float | None] = mapped_column(
+        Double,
+        comment="accuracy on the attack's clean images, fraction in [0,1]",
+    )
+    er: Mapped[float | None] = mapped_column(
+        Double,
+        comment="effective robustness at the last epoch: OOD acc - baseline-predicted OOD acc, fraction in [-1,1]",
+    )
+    robust_acc: Mapped[float | None] = mapped_column(
+        Double,
+        comment="PGD robust test accuracy (source trials), fraction in [0,1]",
+    )
+    duration_s: Mapped[float | None] = mapped_column(Double, comment="wall-clock seconds the trial's kernel ran")
+    worker: Mapped[str | None] = mapped_column(Text, comment="node / host that ran the trial")
     # The driver that queued this trial; its heartbeat_at keeps the claim alive (revision 0002).
-    claimed_by: Mapped[str | None] = mapped_column(String(64), index=True)
+    claimed_by: Mapped[str | None] = mapped_column(
+        String(64), index=True,
+        comment="the driver that has queued the trial (concurrent drivers never run it twice); NULL = none",
+    )
 
     experiments: Mapped[list[Experiment]] = relationship(
         secondary="experiment_trials", back_populates="trials", passive_deletes=True
@@ -150,10 +249,16 @@ class Trial(Base):
 
 class ExperimentTrial(Base):
     __tablename__ = "experiment_trials"
-    __table_args__ = (Index(None, "trial_id"),)
+    __table_args__ = (Index(None, "trial_id"), {"comment": "which trials belong to which experiment (many-to-many)"})
 
-    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
-    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True,
+        comment="experiments.id",
+    )
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True,
+        comment="trials.id",
+    )
 
 
 class EpochMetric(Base):
@@ -168,20 +273,33 @@ class EpochMetric(Base):
         _fraction("ood_acc"),
         _fraction("robust_acc"),
         _fraction("er", low=-1),
+        {"comment": "metrics of a trial at each evaluation epoch"},
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
-    epoch: Mapped[int] = mapped_column(Integer)
-    train_loss: Mapped[float | None] = mapped_column(Double)
-    train_acc: Mapped[float | None] = mapped_column(Double)
-    test_acc: Mapped[float | None] = mapped_column(Double)
-    ood_acc: Mapped[float | None] = mapped_column(Double)
-    er: Mapped[float | None] = mapped_column(Double)
-    lr: Mapped[float | None] = mapped_column(Double)
-    seconds: Mapped[float | None] = mapped_column(Double)
-    robust_acc: Mapped[float | None] = mapped_column(Double)
-    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.current_timestamp())
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, comment="primary key")
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), comment="trials.id")
+    epoch: Mapped[int] = mapped_column(Integer, comment="evaluation epoch, 1-based")
+    train_loss: Mapped[float | None] = mapped_column(Double, comment="mean training loss over the epoch")
+    train_acc: Mapped[float | None] = mapped_column(
+        Double,
+        comment="training accuracy over the epoch, fraction in [0,1]",
+    )
+    test_acc: Mapped[float | None] = mapped_column(Double, comment="ID test accuracy at this epoch, fraction in [0,1]")
+    ood_acc: Mapped[float | None] = mapped_column(Double, comment="OOD accuracy at this epoch, fraction in [0,1]")
+    er: Mapped[float | None] = mapped_column(
+        Double,
+        comment="effective robustness at this epoch (filled when a baseline is fitted), fraction in [-1,1]",
+    )
+    lr: Mapped[float | None] = mapped_column(Double, comment="learning rate at the end of the epoch")
+    seconds: Mapped[float | None] = mapped_column(Double, comment="wall-clock seconds of this epoch")
+    robust_acc: Mapped[float | None] = mapped_column(
+        Double,
+        comment="PGD robust test accuracy at this epoch (source trials), fraction in [0,1]",
+    )
+    recorded_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.current_timestamp(),
+        comment="when the row was written (UTC)",
+    )
 
     trial: Mapped[Trial] = relationship(back_populates="epoch_metrics")
 
@@ -190,13 +308,23 @@ class Artifact(Base):
     """Work shared by many trials (source checkpoints, cached adversarial sets), keyed by content."""
 
     __tablename__ = "artifacts"
+    __table_args__ = {"comment": "work shared by many trials: source checkpoints, cached adversarial sets"}
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key_hash: Mapped[str] = mapped_column(String, unique=True)
-    kind: Mapped[str] = mapped_column(String, index=True)
-    uri: Mapped[str] = mapped_column(Text)
-    meta_json: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.current_timestamp())
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, comment="primary key")
+    key_hash: Mapped[str] = mapped_column(
+        String, unique=True,
+        comment="content key (unique): what the artifact was computed from",
+    )
+    kind: Mapped[str] = mapped_column(
+        String, index=True,
+        comment="artifact kind, e.g. source-checkpoint, adversarial-set",
+    )
+    uri: Mapped[str] = mapped_column(Text, comment="where the artifact is stored")
+    meta_json: Mapped[str | None] = mapped_column(Text, comment="JSON metadata")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.current_timestamp(),
+        comment="when it was recorded (UTC)",
+    )
 
 
 class ErBaseline(Base):
@@ -207,18 +335,22 @@ class ErBaseline(Base):
         UniqueConstraint("id_dataset", "ood_dataset"),
         CheckConstraint(_in("transform", TRANSFORMS), name="transform"),
         CheckConstraint("n_points >= 0", name="n_points"),
+        {"comment": "linear fits (logit/probit space) predicting OOD accuracy from ID accuracy, for ER"},
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    id_dataset: Mapped[str] = mapped_column(String)
-    ood_dataset: Mapped[str] = mapped_column(String)
-    transform: Mapped[str] = mapped_column(String(16))
-    slope: Mapped[float] = mapped_column(Double)
-    intercept: Mapped[float] = mapped_column(Double)
-    n_points: Mapped[int] = mapped_column(Integer)
-    r: Mapped[float | None] = mapped_column(Double)
-    fitted_from: Mapped[str] = mapped_column(Text)  # published:NAME | csv:PATH | experiment:NAME
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.current_timestamp())
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, comment="primary key")
+    id_dataset: Mapped[str] = mapped_column(String, comment="ID dataset of the fit, e.g. cifar10")
+    ood_dataset: Mapped[str] = mapped_column(String, comment="OOD dataset of the fit, e.g. cifar10.1")
+    transform: Mapped[str] = mapped_column(String(16), comment="logit | probit: the space of the linear fit")
+    slope: Mapped[float] = mapped_column(Double, comment="a in transform(OOD) = a * transform(ID) + b")
+    intercept: Mapped[float] = mapped_column(Double, comment="b in transform(OOD) = a * transform(ID) + b")
+    n_points: Mapped[int] = mapped_column(Integer, comment="number of models the fit used")
+    r: Mapped[float | None] = mapped_column(Double, comment="correlation of the fit in transformed space")
+    fitted_from: Mapped[str] = mapped_column(Text, comment="published:NAME | csv:PATH | experiment:NAME")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.current_timestamp(),
+        comment="when the fit was stored (UTC)",
+    )
 
 
 # Columns of the `results` view (created by the migrations): one row per (experiment, trial).
@@ -226,3 +358,22 @@ RESULTS_VIEW_COLUMNS: tuple[str, ...] = (
     "experiment", "trial_id", "spec_hash", "status", *KEY_COLUMNS,
     *FINAL_METRICS, "duration_s", "last_epoch", "finished_at",
 )
+RESULTS_VIEW_COMMENT = "one row per (experiment, trial) with the key fields and final metrics; start here"
+# The view's own columns (and spec_hash, not unique in the view); the others mean what `trials`' column does.
+RESULTS_VIEW_ONLY_COLUMNS: dict[str, str] = {
+    "experiment": "experiments.name",
+    "trial_id": "trials.id",
+    "spec_hash": "trials.spec_hash",
+    "last_epoch": "the last epoch with recorded metrics",
+}
+
+
+def results_view_comments() -> dict[str, str]:
+    """Column -> meaning for every column of the `results` view, in the view's order."""
+    trials = Base.metadata.tables["trials"].c
+    return {name: RESULTS_VIEW_ONLY_COLUMNS.get(name) or trials[name].comment or "" for name in RESULTS_VIEW_COLUMNS}
+
+
+def status_values(group: Collection[str]) -> tuple[str, ...]:
+    """The statuses of `group` as plain strings, in lifecycle order (stable SQL `IN (...)` lists)."""
+    return tuple(status.value for status in TrialStatus if status in group)

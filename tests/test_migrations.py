@@ -2,7 +2,8 @@
 
 Covers: empty -> head, head -> base -> head, previous revision -> head (with a throw-away
 revision `test_next` written after a copy of the real scripts), the schema check on open
-(new, behind, unknown revision, unreachable), and that migrations and db/models.py agree.
+(new, behind, unknown revision, unreachable), and that migrations and db/models.py agree
+(column and table comments included: revision 0003 stores them on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from importlib import import_module
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from db.session import (
     SCRIPT_LOCATION,
     DatabaseError,
     SchemaOutOfDate,
+    _script,
     alembic_config,
     current_revision,
     downgrade,
@@ -167,8 +170,6 @@ def scripts_with_0002(tmp_path: Path) -> str:
 
 
 def test_revisions_form_one_chain_from_the_initial_one() -> None:
-    from db.session import _script
-
     chain = [script.revision for script in _script(SCRIPT_LOCATION).walk_revisions()]  # head first
     assert chain[0] == head_revision() and chain[-1] == "0001"
     assert len(chain) == len(set(chain))
@@ -247,6 +248,80 @@ def test_previous_revision_to_head(db_url: str, scripts_with_0002: str, tmp_path
     assert _counts(db_url) == (1, 2, 1), "a table rebuild cascaded into the child tables"
     assert _results_rows(db_url) == 1
     assert _constraint_names(db_url) == _model_constraint_names(tmp_path), "the rebuild lost or renamed constraints"
+
+
+COMMENTS_REVISION = "0003"  # stores the models' comments (PostgreSQL); 0002 has none
+
+
+def _comments(url: str) -> dict[str, dict[str, str | None]]:
+    """Table -> {"": table comment, column: column comment} as the live database has them."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            inspector = inspect(connection)
+            stored = connection.dialect.supports_comments  # SQLite has none (its inspector raises)
+            return {table: {"": inspector.get_table_comment(table)["text"] if stored else None}
+                    | {c["name"]: c.get("comment") for c in inspector.get_columns(table)}
+                    for table in sorted(RTGRID_TABLES)}
+    finally:
+        engine.dispose()
+
+
+def _model_comments() -> dict[str, dict[str, str | None]]:
+    return {name: {"": table.comment} | {c.name: c.comment for c in table.columns}
+            for name, table in Base.metadata.tables.items()}
+
+
+def test_comments_revision_is_a_literal_copy_of_the_models() -> None:
+    """0003's comments equal db/models.py's (checked on SQLite too, where they are not stored)."""
+    script = _script(SCRIPT_LOCATION).get_revision(COMMENTS_REVISION)
+    assert script is not None and script.down_revision == "0002"
+    module = import_module(f"migrations.versions.{Path(script.path).stem}")
+    frozen = {table: {"": module.TABLE_COMMENTS[table]} | module.COLUMN_COMMENTS[table]
+              for table in module.TABLE_COMMENTS}
+    assert frozen == _model_comments()
+    assert "\nfrom db" not in Path(script.path).read_text(), "a revision is a frozen snapshot: no db.models import"
+
+
+@pytest.mark.parametrize("start", ["empty", "0002"])
+def test_upgrade_to_head_stores_the_comments(db_url: str, db_backend: str, start: str) -> None:
+    """empty -> head and 0002 -> 0003 (data kept) -> 0002 -> head: comments on PostgreSQL, none on SQLite."""
+    if start == "0002":
+        upgrade(db_url)
+        _seed(db_url)
+        downgrade(db_url, "0002")
+        assert current_revision(db_url) == "0002"
+        with pytest.raises(SchemaOutOfDate) as info:
+            open_database(db_url, create=True)  # an older database: the usual one-line refusal
+        assert "\n" not in str(info.value)
+        assert str(info.value).startswith(f"database is at revision 0002 but rtgrid needs {head_revision()}: "
+                                          "run `rtgrid db upgrade --db ")
+    no_comments = {table: dict.fromkeys(columns, None) for table, columns in _model_comments().items()}
+    if start == "0002":
+        assert _comments(db_url) == no_comments
+    upgrade(db_url, COMMENTS_REVISION)
+    expected = _model_comments() if db_backend == "postgresql" else no_comments
+    assert _comments(db_url) == expected
+    if db_backend == "postgresql":  # what a psql user reads
+        engine = make_engine(db_url)
+        try:
+            with engine.connect() as connection:
+                described = connection.execute(text(
+                    "SELECT col_description('trials'::regclass, a.attnum) FROM pg_attribute a "
+                    "WHERE a.attrelid = 'trials'::regclass AND a.attname = 'status'")).scalar_one()
+                table = connection.execute(text("SELECT obj_description('er_baselines'::regclass)")).scalar_one()
+        finally:
+            engine.dispose()
+        assert described == "pending | running | completed | failed | cancelled"
+        assert table == Base.metadata.tables["er_baselines"].comment
+    downgrade(db_url, "0002")
+    assert _comments(db_url) == no_comments
+    upgrade(db_url)
+    assert current_revision(db_url) == head_revision()
+    assert _comments(db_url) == expected
+    if start == "0002":
+        assert _counts(db_url) == (1, 2, 1) and _results_rows(db_url) == 1
+    open_database(db_url, create=False).dispose()
 
 
 def test_alembic_command_line_config(tmp_path: Path) -> None:

@@ -200,7 +200,7 @@ def test_schema_describes_every_live_column(results_url: str) -> None:
             "results"} <= set(schema)
     missing = [f"{table}.{column}" for table, columns in schema.items() for column, _ in columns
                if not COLUMN_DOCS.get(table, {}).get(column)]
-    assert not missing, f"columns without a description in orchestrator/results/query.py COLUMN_DOCS: {missing}"
+    assert not missing, f"columns without a comment in db/models.py (comment=, or RESULTS_VIEW_ONLY_COLUMNS): {missing}"
     assert set(schema) <= set(TABLE_DOCS)
     stale = [f"{t}.{c}" for t, cols in COLUMN_DOCS.items() if t in schema for c in cols
              if c not in {name for name, _ in schema[t]}]
@@ -208,6 +208,19 @@ def test_schema_describes_every_live_column(results_url: str) -> None:
     result = _invoke("--schema", "--db", results_url)
     assert result.exit_code == 0
     assert "results: VIEW" in result.stdout and "subset_size" in result.stdout
+
+
+def test_comments_name_the_catalogs_methods() -> None:
+    """db/models.py's comments are literal (a migration copies them): they must follow workers' catalog."""
+    from db.models import Base
+    from workers.trainable import METHODS
+
+    trials = Base.metadata.tables["trials"].c
+    source = "/".join(n for n, m in METHODS.items() if m.kind == "source")
+    transfer = "/".join(n for n, m in METHODS.items() if m.kind == "transfer")
+    random_init = "/".join(n for n, m in METHODS.items() if m.random_init)
+    assert trials.method.comment == f"training method: {source} (source), {transfer} (transfer)"
+    assert f"Random-init trials: method {random_init} (source kept for ASR)" in (trials.source.comment or "")
 
 
 def test_bad_input_is_one_line(tmp_path: Path, results_sqlite: str) -> None:

@@ -34,9 +34,9 @@ import pandas as pd
 from sqlalchemy.engine import URL
 
 from db import readonly
+from db.models import RESULTS_VIEW_COMMENT, Base, results_view_comments
 from db.readonly import ReadOnlyViolation
 from orchestrator.errors import UserError, one_line
-from workers.trainable import METHODS
 
 
 class QueryRefused(UserError):
@@ -199,124 +199,25 @@ def _url_of(thing: Any) -> str:
 
 # --- schema documentation ------------------------------------------------------------------
 
-TABLE_DOCS: dict[str, str] = {
-    "experiments": "one row per named submission of a grid",
-    "trials": "one row per spec (deduplicated by spec_hash across experiments) with its final result",
-    "experiment_trials": "which trials belong to which experiment (many-to-many)",
-    "epoch_metrics": "metrics of a trial at each evaluation epoch",
-    "artifacts": "work shared by many trials: source checkpoints, cached adversarial sets",
-    "er_baselines": "linear fits (logit/probit space) predicting OOD accuracy from ID accuracy, for ER",
-    "alembic_version": "the schema revision (Alembic)",
-    "results": "VIEW: one row per (experiment, trial) with the key fields and final metrics; start here",
-}
+# The meanings live in the schema (db/models.py: table and column comments, the results view's
+# docs); only Alembic's own table is described here.
+_ALEMBIC_TABLE = "alembic_version"
+_ALEMBIC_DOCS = ("the schema revision (Alembic)", {"version_num": "the current schema revision"})
+_VIEW_PREFIX = "VIEW: "
 
-_FRACTION = "fraction in [0,1]"
-_TRIAL_KEYS: dict[str, str] = {
-    "kind": "source (trains a source model) | transfer (fine-tunes a source on a target)",
-    "arch": "architecture, e.g. resnet50, tiny_resnet",
-    "source": "pre-trained weights: torchvision:<arch> (natural), robustness:<name> (Madry robust), "
-              "spec:<spec_hash> (a source trial), file:<name> (its sha256 in spec_json), scratch (random init); "
-              "NULL for source trials. "
-              f"Random-init trials: method {'/'.join(n for n, m in METHODS.items() if m.random_init)} "
-              "(source kept for ASR) or source scratch",
-    "dataset": "training / ID dataset (target of a transfer)",
-    "ood": "OOD evaluation set (cifar10.1, noise-3, ...); NULL = none",
-    "method": f"training method: {'/'.join(n for n, m in METHODS.items() if m.kind == 'source')} (source), "
-              f"{'/'.join(n for n, m in METHODS.items() if m.kind == 'transfer')} (transfer)",
-    "blocks": "residual blocks fine-tuned besides the head (Utrera: 0/1/3/9); NULL = all",
-    "subset_size": "training images used (random class-covering subset); NULL = the full training set",
-    "seed": "random seed (also fixes the training subset: runs pair by seed)",
-    "epochs": "training epochs",
-}
-_TRIAL_FINALS: dict[str, str] = {
-    "test_acc": f"final (last-epoch) ID test accuracy, {_FRACTION}",
-    "ood_acc": f"final OOD accuracy, {_FRACTION}",
-    "asr": f"attack success rate of the penultimate-layer attack on the pre-trained source, {_FRACTION}",
-    "adv_acc": f"accuracy on the attack's adversarial images, {_FRACTION}",
-    "clean_acc": f"accuracy on the attack's clean images, {_FRACTION}",
-    "er": "effective robustness at the last epoch: OOD acc - baseline-predicted OOD acc, fraction in [-1,1]",
-    "robust_acc": f"PGD robust test accuracy (source trials), {_FRACTION}",
-    "duration_s": "wall-clock seconds the trial's kernel ran",
-}
 
-COLUMN_DOCS: dict[str, dict[str, str]] = {
-    "experiments": {
-        "id": "primary key",
-        "name": "experiment name (unique), e.g. utrera2021",
-        "grid": "grid preset name or grid file path",
-        "grid_json": "JSON summary of the expanded grid",
-        "created_at": "when the experiment was first submitted (UTC)",
-        "notes": "free text",
-    },
-    "trials": {
-        "id": "primary key",
-        "spec_hash": "sha256 of the canonical spec JSON: the deduplication key (unique)",
-        "spec_json": "the full TrialSpec as canonical JSON (params included)",
-        "status": "pending | running | completed | failed | cancelled",
-        "attempts": "how many times the trial was started",
-        "error": "one-line error of the last failed attempt",
-        "created_at": "when the trial was first planned (UTC)",
-        "started_at": "when the last attempt started (UTC)",
-        "finished_at": "when the trial completed or failed (UTC)",
-        "heartbeat_at": "last sign of life of a running trial (UTC)",
-        "checkpoint_uri": "the trained model's checkpoint (source trials)",
-        **_TRIAL_KEYS,
-        **_TRIAL_FINALS,
-        "worker": "node / host that ran the trial",
-        "claimed_by": "the driver that has queued the trial (concurrent drivers never run it twice); NULL = none",
-    },
-    "experiment_trials": {
-        "experiment_id": "experiments.id",
-        "trial_id": "trials.id",
-    },
-    "epoch_metrics": {
-        "id": "primary key",
-        "trial_id": "trials.id",
-        "epoch": "evaluation epoch, 1-based",
-        "train_loss": "mean training loss over the epoch",
-        "train_acc": f"training accuracy over the epoch, {_FRACTION}",
-        "test_acc": f"ID test accuracy at this epoch, {_FRACTION}",
-        "ood_acc": f"OOD accuracy at this epoch, {_FRACTION}",
-        "er": "effective robustness at this epoch (filled when a baseline is fitted), fraction in [-1,1]",
-        "lr": "learning rate at the end of the epoch",
-        "seconds": "wall-clock seconds of this epoch",
-        "robust_acc": f"PGD robust test accuracy at this epoch (source trials), {_FRACTION}",
-        "recorded_at": "when the row was written (UTC)",
-    },
-    "artifacts": {
-        "id": "primary key",
-        "key_hash": "content key (unique): what the artifact was computed from",
-        "kind": "artifact kind, e.g. source-checkpoint, adversarial-set",
-        "uri": "where the artifact is stored",
-        "meta_json": "JSON metadata",
-        "created_at": "when it was recorded (UTC)",
-    },
-    "er_baselines": {
-        "id": "primary key",
-        "id_dataset": "ID dataset of the fit, e.g. cifar10",
-        "ood_dataset": "OOD dataset of the fit, e.g. cifar10.1",
-        "transform": "logit | probit: the space of the linear fit",
-        "slope": "a in transform(OOD) = a * transform(ID) + b",
-        "intercept": "b in transform(OOD) = a * transform(ID) + b",
-        "n_points": "number of models the fit used",
-        "r": "correlation of the fit in transformed space",
-        "fitted_from": "published:NAME | csv:PATH | experiment:NAME",
-        "created_at": "when the fit was stored (UTC)",
-    },
-    "alembic_version": {
-        "version_num": "the current schema revision",
-    },
-    "results": {
-        "experiment": "experiments.name",
-        "trial_id": "trials.id",
-        "spec_hash": "trials.spec_hash",
-        "status": "pending | running | completed | failed | cancelled",
-        **_TRIAL_KEYS,
-        **_TRIAL_FINALS,
-        "last_epoch": "the last epoch with recorded metrics",
-        "finished_at": "when the trial completed or failed (UTC)",
-    },
-}
+def _schema_docs() -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """(table -> meaning, table -> column -> meaning), tables in schema order, from db/models.py."""
+    tables = {name: table.comment or "" for name, table in Base.metadata.tables.items()}
+    columns = {name: {column.name: column.comment or "" for column in table.columns}
+               for name, table in Base.metadata.tables.items()}
+    tables[_ALEMBIC_TABLE], columns[_ALEMBIC_TABLE] = _ALEMBIC_DOCS[0], dict(_ALEMBIC_DOCS[1])
+    tables["results"] = _VIEW_PREFIX + RESULTS_VIEW_COMMENT
+    columns["results"] = results_view_comments()
+    return tables, columns
+
+
+TABLE_DOCS, COLUMN_DOCS = _schema_docs()
 
 
 def live_schema(db: ReadOnlyDatabase) -> dict[str, list[tuple[str, str]]]:
