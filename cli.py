@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 import click
 
+from db.models import TrialStatus
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 logger = logging.getLogger("rtgrid")
@@ -176,8 +178,8 @@ def run_options(func: F) -> F:
                      help="Also print the workers' output here (it is always in Ray's log files; every "
                           "failure is recorded on its trial and shown in the summary)."),
         click.option("--stale-after", "stale_after_s", type=float, default=120.0, show_default=True,
-                     help="Seconds without a heartbeat after which a 'running' trial counts as interrupted "
-                          "(0: every running trial; use when no other driver runs this experiment)."),
+                     help=f"Seconds without a heartbeat after which a '{TrialStatus.RUNNING.value}' trial counts as "
+                          "interrupted (0: every running trial; use when no other driver runs this experiment)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -248,8 +250,9 @@ def resume(experiment: str, db_url: str | None, **run: Any) -> None:
 
 @main.command()
 @click.argument("experiment")
-@click.option("--failed", "statuses", flag_value="failed", default=True, help="Retry failed trials (default).")
-@click.option("--cancelled", "statuses", flag_value="cancelled", help="Retry cancelled trials.")
+@click.option("--failed", "statuses", flag_value=TrialStatus.FAILED.value, default=True,
+              help="Retry failed trials (default).")
+@click.option("--cancelled", "statuses", flag_value=TrialStatus.CANCELLED.value, help="Retry cancelled trials.")
 @db_option
 @run_options
 def retry(experiment: str, statuses: str, db_url: str | None, **run: Any) -> None:

@@ -15,7 +15,17 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Table, case, func, select, update
 
-from db.models import EPOCH_METRICS, FINAL_METRICS, Artifact, Base, EpochMetric, Trial
+from db.models import (
+    EPOCH_METRICS,
+    FINAL_METRICS,
+    STARTABLE,
+    Artifact,
+    Base,
+    EpochMetric,
+    Trial,
+    TrialStatus,
+    status_values,
+)
 
 
 def table_of(model: type[Base]) -> Table:
@@ -73,13 +83,13 @@ class TrialWriter:
     def mark_started(self, spec_hash: str, worker: str | None = None) -> bool:
         """pending/failed/running -> running (attempts + 1). Completed and cancelled stay put."""
         now = utc_now()
-        values: dict[str, Any] = {"status": "running", "attempts": TRIALS.c.attempts + 1, "started_at": now,
-                                  "heartbeat_at": now, "finished_at": None, "error": None}
+        values: dict[str, Any] = {"status": TrialStatus.RUNNING.value, "attempts": TRIALS.c.attempts + 1,
+                                  "started_at": now, "heartbeat_at": now, "finished_at": None, "error": None}
         if worker:
             values["worker"] = worker
         stmt = (
             update(TRIALS)
-            .where(TRIALS.c.spec_hash == spec_hash, TRIALS.c.status.in_(("pending", "running", "failed")))
+            .where(TRIALS.c.spec_hash == spec_hash, TRIALS.c.status.in_(status_values(STARTABLE)))
             .values(**values)
         )
         return self.connection.execute(stmt).rowcount > 0
@@ -91,7 +101,7 @@ class TrialWriter:
         if unknown:
             raise ValueError(f"unknown epoch metric(s): {', '.join(sorted(unknown))}")
         trial = self._trial(spec_hash)
-        if trial.status == "completed":
+        if trial.status == TrialStatus.COMPLETED:
             return False
         now = utc_now()
         values = {"trial_id": trial.id, "epoch": int(epoch), "recorded_at": now,
@@ -107,7 +117,7 @@ class TrialWriter:
         """Where an unfinished trial's resume state lies (and the trial is alive)."""
         stmt = (
             update(TRIALS)
-            .where(TRIALS.c.spec_hash == spec_hash, TRIALS.c.status != "completed")
+            .where(TRIALS.c.spec_hash == spec_hash, TRIALS.c.status != TrialStatus.COMPLETED.value)
             .values(checkpoint_uri=uri, heartbeat_at=utc_now())
         )
         return self.connection.execute(stmt).rowcount > 0
@@ -123,7 +133,7 @@ class TrialWriter:
         if unknown:
             raise ValueError(f"unknown final field(s): {', '.join(sorted(unknown))}")
         trial = self._trial(spec_hash)
-        if trial.status == "completed":
+        if trial.status == TrialStatus.COMPLETED:
             return False
         now = utc_now()
         values = {name: value for name, value in final.items() if value is not None}
@@ -134,8 +144,8 @@ class TrialWriter:
             values["duration_s"] = max(0.0, (now - started).total_seconds())
         stmt = (
             update(TRIALS)
-            .where(TRIALS.c.id == trial.id, TRIALS.c.status != "completed")
-            .values(status="completed", finished_at=now, heartbeat_at=now, error=None, **values)
+            .where(TRIALS.c.id == trial.id, TRIALS.c.status != TrialStatus.COMPLETED.value)
+            .values(status=TrialStatus.COMPLETED.value, finished_at=now, heartbeat_at=now, error=None, **values)
         )
         return self.connection.execute(stmt).rowcount > 0
 
@@ -143,8 +153,9 @@ class TrialWriter:
         """Record a failure. A completed trial is untouched; a cancelled one keeps its status."""
         stmt = (
             update(TRIALS)
-            .where(TRIALS.c.spec_hash == spec_hash, TRIALS.c.status != "completed")
-            .values(status=case((TRIALS.c.status == "cancelled", "cancelled"), else_="failed"),
+            .where(TRIALS.c.spec_hash == spec_hash, TRIALS.c.status != TrialStatus.COMPLETED.value)
+            .values(status=case((TRIALS.c.status == TrialStatus.CANCELLED.value, TrialStatus.CANCELLED.value),
+                                 else_=TrialStatus.FAILED.value),
                     error=str(error)[:20_000], finished_at=utc_now())
         )
         return self.connection.execute(stmt).rowcount > 0
@@ -156,7 +167,7 @@ class TrialWriter:
         for chunk in chunks(list(spec_hashes)):
             stmt = (
                 update(TRIALS)
-                .where(TRIALS.c.spec_hash.in_(chunk), TRIALS.c.status == "running")
+                .where(TRIALS.c.spec_hash.in_(chunk), TRIALS.c.status == TrialStatus.RUNNING.value)
                 .values(heartbeat_at=now)
             )
             count += self.connection.execute(stmt).rowcount

@@ -12,7 +12,7 @@ This module must not import orchestrator (the dependency points cli -> orchestra
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,8 +23,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from db.lifecycle import TrialWriter, aware, chunks, table_of, utc_now
 from db.models import (
+    ACTIVE,
     EPOCH_METRICS,
     KEY_COLUMNS,
+    RETRYABLE,
+    RUNNABLE,
     STATUSES,
     Artifact,
     EpochMetric,
@@ -32,6 +35,8 @@ from db.models import (
     Experiment,
     ExperimentTrial,
     Trial,
+    TrialStatus,
+    status_values,
 )
 from db.records import (
     ArtifactRecord,
@@ -49,9 +54,6 @@ LINKS = table_of(ExperimentTrial)
 EPOCHS = table_of(EpochMetric)
 ARTIFACTS = table_of(Artifact)
 BASELINES = table_of(ErBaseline)
-
-RETRYABLE = frozenset({"failed", "cancelled", "running", "pending"})
-
 
 class GridConflict(Exception):
     """A grid was planned into an experiment that was created from another grid."""
@@ -207,7 +209,7 @@ class Repository:
             unique.setdefault(row["spec_hash"], row)
         now = utc_now()
         values = [
-            {"spec_hash": spec_hash, "spec_json": row["spec_json"], "status": "pending", "attempts": 0,
+            {"spec_hash": spec_hash, "spec_json": row["spec_json"], "status": TrialStatus.PENDING.value, "attempts": 0,
              "created_at": now, **{name: row.get(name) for name in KEY_COLUMNS}}
             for spec_hash, row in unique.items()
         ]
@@ -217,8 +219,8 @@ class Repository:
             existing = dict(connection.execute(
                 select(TRIALS.c.spec_hash, TRIALS.c.status).where(TRIALS.c.spec_hash.in_(hashes))
             ).all())
-            completed += sum(1 for status in existing.values() if status == "completed")
-            other += sum(1 for status in existing.values() if status != "completed")
+            completed += sum(1 for status in existing.values() if status == TrialStatus.COMPLETED)
+            other += sum(1 for status in existing.values() if status != TrialStatus.COMPLETED)
             missing = [value for value in chunk if value["spec_hash"] not in existing]
             if missing:  # replanning a known grid inserts nothing: only the SELECT above runs
                 insert = self._insert(TRIALS).on_conflict_do_nothing(index_elements=["spec_hash"])
@@ -248,17 +250,17 @@ class Repository:
             return list(connection.execute(query).scalars())
 
     def trials_to_run(self, experiment_id: int, stale_after_s: float,
-                      statuses: Sequence[str] = ("pending", "failed")) -> list[RunnableTrial]:
+                      statuses: Collection[str] = RUNNABLE) -> list[RunnableTrial]:
         """Trials of the experiment to (re)run: those in `statuses`, and running ones whose
         heartbeat is older than `stale_after_s` (their driver died). Cancelled trials run
         again only after reset_for_retry."""
         cutoff = utc_now() - timedelta(seconds=stale_after_s)
         heartbeat = TRIALS.c.heartbeat_at
-        stale = and_(TRIALS.c.status == "running", or_(heartbeat.is_(None), heartbeat <= cutoff))
+        stale = and_(TRIALS.c.status == TrialStatus.RUNNING.value, or_(heartbeat.is_(None), heartbeat <= cutoff))
         query = (
             select(TRIALS.c.id, TRIALS.c.spec_hash, TRIALS.c.spec_json, TRIALS.c.status)
             .join(LINKS, LINKS.c.trial_id == TRIALS.c.id)
-            .where(LINKS.c.experiment_id == experiment_id, or_(TRIALS.c.status.in_(list(statuses)), stale))
+            .where(LINKS.c.experiment_id == experiment_id, or_(TRIALS.c.status.in_(status_values(statuses)), stale))
             .order_by(TRIALS.c.id)
         )
         with self._read() as connection:
@@ -310,8 +312,8 @@ class Repository:
         stale = self._stale(stale_after_s)
         mine = TRIALS.c.claimed_by == driver
         claimable = or_(
-            and_(TRIALS.c.status.in_(("pending", "failed")), or_(TRIALS.c.claimed_by.is_(None), mine, stale)),
-            and_(TRIALS.c.status == "running", or_(mine, stale)),
+            and_(TRIALS.c.status.in_(status_values(RUNNABLE)), or_(TRIALS.c.claimed_by.is_(None), mine, stale)),
+            and_(TRIALS.c.status == TrialStatus.RUNNING.value, or_(mine, stale)),
         )
         got: list[str] = []
         with self._write() as connection:
@@ -319,7 +321,7 @@ class Repository:
                 stmt = (
                     update(TRIALS)
                     .where(TRIALS.c.spec_hash.in_(chunk), claimable)
-                    .values(claimed_by=driver, status="pending", heartbeat_at=utc_now())
+                    .values(claimed_by=driver, status=TrialStatus.PENDING.value, heartbeat_at=utc_now())
                     .returning(TRIALS.c.spec_hash)
                 )
                 got += connection.execute(stmt).scalars().all()
@@ -329,7 +331,7 @@ class Repository:
         """The driver is alive: its queued and running trials stay claimed."""
         stmt = (
             update(TRIALS)
-            .where(TRIALS.c.claimed_by == driver, TRIALS.c.status.in_(("pending", "running")))
+            .where(TRIALS.c.claimed_by == driver, TRIALS.c.status.in_(status_values(ACTIVE)))
             .values(heartbeat_at=utc_now())
         )
         with self._write() as connection:
@@ -347,13 +349,14 @@ class Repository:
         with self._write() as connection:
             connection.execute(
                 update(TRIALS)
-                .where(TRIALS.c.claimed_by == driver, TRIALS.c.status == "pending", TRIALS.c.error.is_not(None))
-                .values(status="failed")
+                .where(TRIALS.c.claimed_by == driver, TRIALS.c.status == TrialStatus.PENDING.value,
+                       TRIALS.c.error.is_not(None))
+                .values(status=TrialStatus.FAILED.value)
             )
             interrupted = connection.execute(
                 update(TRIALS)
-                .where(TRIALS.c.claimed_by == driver, TRIALS.c.status == "running")
-                .values(status="failed", error=interrupted_error, finished_at=utc_now())
+                .where(TRIALS.c.claimed_by == driver, TRIALS.c.status == TrialStatus.RUNNING.value)
+                .values(status=TrialStatus.FAILED.value, error=interrupted_error, finished_at=utc_now())
             ).rowcount
             connection.execute(update(TRIALS).where(TRIALS.c.claimed_by == driver).values(claimed_by=None))
         return interrupted
@@ -373,29 +376,29 @@ class Repository:
         with self._read() as connection:
             for chunk in chunks(list(spec_hashes)):
                 query = select(TRIALS.c.spec_hash, TRIALS.c.error).where(
-                    TRIALS.c.spec_hash.in_(chunk), TRIALS.c.status == "failed")
-                found.update({h: e or "failed" for h, e in connection.execute(query)})
+                    TRIALS.c.spec_hash.in_(chunk), TRIALS.c.status == TrialStatus.FAILED.value)
+                found.update({h: e or TrialStatus.FAILED.value for h, e in connection.execute(query)})
         return found
 
     def cancel_experiment(self, experiment_id: int) -> int:
         """pending/running -> cancelled for the experiment's trials (shared trials included)."""
         stmt = (
             update(TRIALS)
-            .where(self._experiment_filter(experiment_id), TRIALS.c.status.in_(("pending", "running")))
-            .values(status="cancelled", finished_at=utc_now())
+            .where(self._experiment_filter(experiment_id), TRIALS.c.status.in_(status_values(ACTIVE)))
+            .values(status=TrialStatus.CANCELLED.value, finished_at=utc_now())
         )
         with self._write() as connection:
             return connection.execute(stmt).rowcount
 
-    def reset_for_retry(self, experiment_id: int, statuses: Sequence[str] = ("failed",)) -> int:
+    def reset_for_retry(self, experiment_id: int, statuses: Collection[str] = (TrialStatus.FAILED,)) -> int:
         """The experiment's trials in `statuses` -> pending. Completed trials are never reset."""
         bad = set(statuses) - RETRYABLE
         if bad:
             raise ValueError(f"cannot reset trials that are {', '.join(sorted(bad))}")
         stmt = (
             update(TRIALS)
-            .where(self._experiment_filter(experiment_id), TRIALS.c.status.in_(list(statuses)))
-            .values(status="pending", error=None, started_at=None, finished_at=None, heartbeat_at=None)
+            .where(self._experiment_filter(experiment_id), TRIALS.c.status.in_(status_values(statuses)))
+            .values(status=TrialStatus.PENDING.value, error=None, started_at=None, finished_at=None, heartbeat_at=None)
         )
         with self._write() as connection:
             return connection.execute(stmt).rowcount
@@ -424,7 +427,8 @@ class Repository:
     def any_cancelled(self, spec_hashes: Sequence[str]) -> bool:
         with self._read() as connection:
             for chunk in chunks(list(spec_hashes)):
-                query = select(TRIALS.c.id).where(TRIALS.c.spec_hash.in_(chunk), TRIALS.c.status == "cancelled")
+                query = select(TRIALS.c.id).where(TRIALS.c.spec_hash.in_(chunk),
+                                                  TRIALS.c.status == TrialStatus.CANCELLED.value)
                 if connection.execute(query.limit(1)).first() is not None:
                     return True
         return False
@@ -443,7 +447,8 @@ class Repository:
         now = utc_now()
         since = now - timedelta(minutes=minutes)
         query = select(func.count(), func.avg(TRIALS.c.duration_s), func.min(TRIALS.c.started_at)).where(
-            self._experiment_filter(experiment), TRIALS.c.status == "completed", TRIALS.c.finished_at >= since
+            self._experiment_filter(experiment), TRIALS.c.status == TrialStatus.COMPLETED.value,
+            TRIALS.c.finished_at >= since,
         )
         with self._read() as connection:
             count, mean_duration, first_start = connection.execute(query).one()
@@ -515,7 +520,8 @@ class Repository:
         """(trial_id, test_acc, ood_acc) of the completed trials of that (ID, OOD) pair."""
         query = (
             select(TRIALS.c.id.label("trial_id"), TRIALS.c.test_acc, TRIALS.c.ood_acc)
-            .where(TRIALS.c.dataset == id_dataset, TRIALS.c.ood == ood_dataset, TRIALS.c.status == "completed",
+            .where(TRIALS.c.dataset == id_dataset, TRIALS.c.ood == ood_dataset,
+                   TRIALS.c.status == TrialStatus.COMPLETED.value,
                    TRIALS.c.test_acc.is_not(None), TRIALS.c.ood_acc.is_not(None))
             .order_by(TRIALS.c.id)
         )
@@ -531,7 +537,8 @@ class Repository:
             select(TRIALS.c.test_acc, TRIALS.c.ood_acc)
             .where(self._experiment_filter(experiment_id), TRIALS.c.kind == "transfer",
                    or_(TRIALS.c.method.in_(list(methods)), TRIALS.c.source == "scratch"),
-                   TRIALS.c.dataset == id_dataset, TRIALS.c.ood == ood_dataset, TRIALS.c.status == "completed",
+                   TRIALS.c.dataset == id_dataset, TRIALS.c.ood == ood_dataset,
+                   TRIALS.c.status == TrialStatus.COMPLETED.value,
                    TRIALS.c.test_acc.is_not(None), TRIALS.c.ood_acc.is_not(None))
             .order_by(TRIALS.c.id)
         )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from db.models import FINISHED, TrialStatus
+
 
 class GridProgress:
     def __init__(self, total: int, quiet: bool = False) -> None:
@@ -35,11 +37,12 @@ class GridProgress:
 
     @property
     def done(self) -> int:
-        return sum(self.counts.get(status, 0) for status in ("completed", "failed", "cancelled"))
+        return sum(self.counts.get(status, 0) for status in FINISHED)
 
     def detail(self) -> str:
         get = self.counts.get
-        return f"ok {get('completed', 0)} failed {get('failed', 0)} running {get('running', 0)}"
+        return (f"ok {get(TrialStatus.COMPLETED, 0)} failed {get(TrialStatus.FAILED, 0)} "
+                f"running {get(TrialStatus.RUNNING, 0)}")
 
     def set_counts(self, counts: dict[str, int]) -> None:
         self.counts = dict(counts)

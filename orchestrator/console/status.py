@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from db.models import ACTIVE
 from db.repository import Repository
 from orchestrator.console.views import format_status
 from orchestrator.errors import UserError
@@ -21,7 +22,7 @@ def status_report(repo: Repository, experiment: str | None) -> str:
         raise UserError(f"unknown experiment {experiment!r}")
     counts = repo.status_counts(experiment)
     per_hour = repo.completed_per_hour(experiment)
-    remaining = counts.get("pending", 0) + counts.get("running", 0)
+    remaining = sum(counts.get(status, 0) for status in ACTIVE)
     header = f"experiment {experiment}" if experiment else "all experiments"
     extra = {"throughput": f"{per_hour:.1f} trials/h (last hour)", "eta": _eta(remaining, per_hour)}
     text = f"{header}\n" + format_status(counts, extra)

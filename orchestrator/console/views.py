@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from db.models import STATUSES, TrialStatus
 from orchestrator.plan.grids import Grid
 
 if TYPE_CHECKING:
@@ -40,9 +41,8 @@ def format_plan(experiment: str, result: PlanResult) -> str:
 
 
 def format_status(counts: Mapping[str, int], extra: Mapping[str, Any] | None = None) -> str:
-    order = ("pending", "running", "completed", "failed", "cancelled")
     total = sum(counts.values())
-    parts = [f"{name} {counts.get(name, 0)}" for name in order]
+    parts = [f"{name} {counts.get(name, 0)}" for name in STATUSES]
     line = f"{total} trials: " + ", ".join(parts)
     if extra:
         line += "".join(f"\n{key}: {value}" for key, value in extra.items())
@@ -60,5 +60,5 @@ def format_run(summary: RunSummary) -> str:
         line += f"\n  failed {spec_hash[:12]}: {error}"
     if len(summary.failures) > 10:
         line += (f"\n  … {len(summary.failures) - 10} more failures "
-                 "(rtgrid query \"SELECT spec_hash, error FROM trials WHERE status='failed'\")")
+                 f"(rtgrid query \"SELECT spec_hash, error FROM trials WHERE status='{TrialStatus.FAILED.value}'\")")
     return line

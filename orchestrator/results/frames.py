@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from db.models import FINAL_METRICS
+from db.models import FINAL_METRICS, TrialStatus
 from orchestrator.errors import UserError
 from orchestrator.plan.sources import SCRATCH, SourceRef
 from orchestrator.results.query import Database, ReadOnlyDatabase, reading
@@ -185,6 +185,11 @@ def results_frame(experiment: str, db: Database | Any = None) -> pd.DataFrame:
     if "spec_hash" in frame:
         frame["spec_hash"] = frame["spec_hash"].astype(str).str.strip()
     return nullable_ints(frame, INT_COLUMNS)
+
+
+def completed_transfers_sql(alias: str = "t") -> str:
+    """SQL condition: the trial of table alias `alias` is a completed transfer (what the reports read)."""
+    return f"{alias}.kind = 'transfer' AND {alias}.status = '{TrialStatus.COMPLETED.value}'"
 
 
 def random_init_sql(alias: str = "t") -> str:

@@ -24,6 +24,7 @@ from orchestrator.results import stats
 from orchestrator.results.frames import (
     NATURAL,
     add_source_labels,
+    completed_transfers_sql,
     nullable_ints,
     require_experiment,
     require_one_trial_per_seed,
@@ -86,7 +87,7 @@ def accuracy_delta_frame(db: ReadOnlyDatabase, experiment: str, blocks: int = DE
     """Per (robust source, target, subset size): pairs, mean and CI of robust − natural final test
     accuracy, paired by seed. Columns: source_label, dataset, subset_size, n, mean, sd, ci95."""
     frame = trial_frame(db, experiment, "t.dataset, t.subset_size, t.source, t.seed, t.test_acc, t.spec_json",
-                         "AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks = :blocks "
+                         f"AND {completed_transfers_sql()} AND t.blocks = :blocks "
                          "AND t.test_acc IS NOT NULL", {"blocks": int(blocks)})
     require_rows(frame, f"completed transfer trials with blocks = {blocks}", experiment)
     require_one_trial_per_seed(frame, ("dataset", "subset_size", "source"), "plot accuracy-delta")
@@ -159,14 +160,14 @@ def learning_curve_frame(db: ReadOnlyDatabase, experiment: str, blocks: int = DE
     sql = ("SELECT t.id AS trial_id, t.dataset, t.source, t.subset_size, t.seed, m.epoch, m.test_acc "
            "FROM epoch_metrics m "
            "JOIN trials t ON t.id = m.trial_id JOIN experiment_trials et ON et.trial_id = t.id "
-           "JOIN experiments e ON e.id = et.experiment_id WHERE e.name = :experiment AND t.kind = 'transfer' "
-           "AND t.status = 'completed' AND t.blocks = :blocks AND m.test_acc IS NOT NULL")
+           "JOIN experiments e ON e.id = et.experiment_id WHERE e.name = :experiment "
+           f"AND {completed_transfers_sql()} AND t.blocks = :blocks AND m.test_acc IS NOT NULL")
     frame = nullable_ints(db.frame(sql, {"experiment": experiment, "blocks": int(blocks)}), ("subset_size", "epoch"))
     require_rows(frame, f"epoch metrics of completed transfers with blocks = {blocks}", experiment)
     size = _default_subset(frame, subset_size)
     frame = _at_subset(frame, size).copy()
     runs = frame.drop_duplicates("trial_id").merge(trial_specs(
-        db, experiment, "AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks = :blocks",
+        db, experiment, f"AND {completed_transfers_sql()} AND t.blocks = :blocks",
         {"blocks": int(blocks)}), on="trial_id")
     require_one_trial_per_seed(runs, ("dataset", "source", "subset_size"), "plot learning-curve")
     frame = add_source_labels(frame, db)

@@ -21,6 +21,7 @@ from orchestrator.errors import UserError
 from orchestrator.results import stats
 from orchestrator.results.frames import (
     add_source_labels,
+    completed_transfers_sql,
     experiment_trials_sql,
     is_random_init,
     nullable_ints,
@@ -85,7 +86,7 @@ def _sorted_labels(labels: Sequence[str]) -> list[str]:
 # --- utrera-table7 -----------------------------------------------------------------------------
 
 TABLE7_CELL = ("dataset", "subset_size", "source")
-TABLE7_WHERE = ("AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks = :blocks "
+TABLE7_WHERE = (f"AND {completed_transfers_sql()} AND t.blocks = :blocks "
                 "AND t.test_acc IS NOT NULL")
 # n != seeds flags a cell with two trials of one seed, without fetching the trials (the usual case)
 TABLE7_SQL = experiment_trials_sql(
@@ -162,7 +163,7 @@ def blocks_frame(db: ReadOnlyDatabase, experiment: str, caller: str = "report ut
     and source. Columns: dataset, subset_size, source_label, blocks, n, mean, sd, ci95."""
     frame = trial_frame(db, experiment,
                          "t.dataset, t.subset_size, t.source, t.blocks, t.seed, t.test_acc, t.spec_json",
-                         "AND t.kind = 'transfer' AND t.status = 'completed' AND t.blocks IS NOT NULL "
+                         f"AND {completed_transfers_sql()} AND t.blocks IS NOT NULL "
                          "AND t.test_acc IS NOT NULL")
     require_rows(frame, "completed transfer trials with a block setting", experiment)
     require_one_trial_per_seed(frame, ("dataset", "subset_size", "source", "blocks"), caller)
@@ -212,7 +213,7 @@ def renofeation_frame(db: ReadOnlyDatabase, experiment: str, caller: str = "repo
     plus an `avg` pseudo-dataset (mean of the per-dataset means of that row).
     Columns: arch, method, dataset, metric (clean_acc | asr), n, mean, sd, ci95."""
     frame = trial_frame(db, experiment, "t.arch, t.dataset, t.method, t.seed, t.test_acc, t.asr, t.spec_json",
-                         "AND t.kind = 'transfer' AND t.status = 'completed'")
+                         f"AND {completed_transfers_sql()}")
     require_rows(frame, "completed transfer trials", experiment)
     frame["method"] = [method_variant(m, json.loads(s).get("params") or {})
                        for m, s in zip(frame["method"], frame["spec_json"], strict=True)]
@@ -255,7 +256,7 @@ ER_SQL = (
     "SELECT t.dataset, t.ood, t.arch, t.source, t.method, t.seed, t.id AS trial_id, m.epoch, m.test_acc, m.er "
     "FROM epoch_metrics m JOIN trials t ON t.id = m.trial_id "
     "JOIN experiment_trials et ON et.trial_id = t.id JOIN experiments e ON e.id = et.experiment_id "
-    "WHERE e.name = :experiment AND t.kind = 'transfer' AND t.status = 'completed' "
+    f"WHERE e.name = :experiment AND {completed_transfers_sql()} "
     "AND m.er IS NOT NULL AND m.test_acc IS NOT NULL"
 )
 ER_BINS = 100
@@ -278,7 +279,7 @@ def er_frame(db: ReadOnlyDatabase, experiment: str, bins: int = ER_BINS, caller:
     require_rows(frame, "epochs with an ER value (fit a baseline: rtgrid er fit)", experiment)
     frame["init"] = np.where(is_random_init(frame["method"], frame["source"]), "random", "pretrained")
     runs = frame.drop_duplicates("trial_id").merge(
-        trial_specs(db, experiment, "AND t.kind = 'transfer' AND t.status = 'completed'"), on="trial_id")
+        trial_specs(db, experiment, f"AND {completed_transfers_sql()}"), on="trial_id")
     require_one_trial_per_seed(runs, ("dataset", "ood", "arch", "init"), caller, pooled=ER_POOLED)
     records = []
     for (dataset, ood, arch, init), group in frame.groupby(["dataset", "ood", "arch", "init"], sort=True):
@@ -316,7 +317,7 @@ def demo_sql(experiment: str) -> str:
         "SELECT r.dataset AS target, COALESCE(s.method, r.source) AS source, r.subset_size,\n"
         "       COUNT(*) AS runs, ROUND(CAST(100 * AVG(r.test_acc) AS NUMERIC), 1) AS test_acc_pct\n"
         "FROM results r LEFT JOIN trials s ON s.spec_hash = substr(r.source, 6)\n"
-        f"WHERE r.experiment = '{name}' AND r.kind = 'transfer' AND r.status = 'completed'\n"
+        f"WHERE r.experiment = '{name}' AND {completed_transfers_sql('r')}\n"
         f"  AND NOT {random_init_sql('r')} AND r.test_acc IS NOT NULL\n"
         "GROUP BY r.dataset, COALESCE(s.method, r.source), r.subset_size\n"
         "ORDER BY 1, 2, 3"
@@ -333,7 +334,7 @@ def demo_frames(db: ReadOnlyDatabase, experiment: str) -> tuple[pd.DataFrame, pd
     """
     frame = trial_frame(db, experiment,
                          "t.dataset, t.source, t.subset_size, t.blocks, t.seed, t.test_acc, t.asr, t.er, t.spec_json",
-                         f"AND t.kind = 'transfer' AND t.status = 'completed' AND NOT {random_init_sql()}")
+                         f"AND {completed_transfers_sql()} AND NOT {random_init_sql()}")
     require_rows(frame, "completed transfer trials", experiment)
     # table 1 pools block settings, table 2 block settings and subset sizes (their captions say so), with
     # what a subset size sets in the presets (Utrera: 100 or 150 epochs, evaluated every 20 or 10)

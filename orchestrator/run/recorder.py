@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, assert_never
 
 from db.lifecycle import TrialWriter
-from db.models import EPOCH_METRICS, FINAL_METRICS
+from db.models import EPOCH_METRICS, FINAL_METRICS, TrialStatus
 from db.repository import Repository
 from workers.trainable import (
     Checkpoint,
@@ -90,7 +90,7 @@ def apply_event(writer: TrialWriter, event: Event) -> None:
         logger.warning("spec %s failed: %s", event.spec_hash[:12], event.error)
         if event.detail:
             logger.debug("spec %s traceback:\n%s", event.spec_hash[:12], event.detail)
-        writer.fail(event.spec_hash, event.error or "failed")
+        writer.fail(event.spec_hash, event.error or TrialStatus.FAILED.value)
     elif isinstance(event, Retrying):
         logger.info("spec %s raised, retrying from its last checkpoint: %s", event.spec_hash[:12], event.error)
         writer.heartbeat([event.spec_hash])

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from db.models import FINISHED
 from db.records import BaselineRecord
 from db.repository import Repository
 from orchestrator.errors import UserError, one_line
@@ -37,7 +38,6 @@ MAX_PACK_SIZE = 64
 # A local instance talks over loopback only. Ray rewrites "127.0.0.1" to the host's outward IP,
 # but not another loopback address.
 LOCAL_NODE_IP = "127.0.0.2"
-FINISHED = frozenset({"completed", "failed", "cancelled"})
 # Test hook for a driver started as a subprocess (`python -m cli submit …`): Diagnostics as JSON.
 # Nothing in production sets it; RunOptions.diagnostics, when given, wins.
 DIAGNOSTICS_ENV = "RTGRID_DIAGNOSTICS"

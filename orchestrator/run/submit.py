@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from db.models import TrialStatus
 from db.records import BaselineRecord
 from db.repository import PlanResult, Repository
 from orchestrator.errors import UserError
@@ -54,7 +55,7 @@ def _source_inputs(repo: Repository, specs: list[TrialSpec]) -> tuple[dict[str, 
     missing: dict[str, str] = {}
     for source_hash in needed:
         trial = repo.trial_by_hash(source_hash)
-        if trial is not None and trial.status == "completed" and trial.checkpoint_uri:
+        if trial is not None and trial.status == TrialStatus.COMPLETED and trial.checkpoint_uri:
             paths[source_hash] = trial.checkpoint_uri
             artifact = repo.get_artifact(source_hash)
             sha256 = artifact.meta.get("sha256") if artifact is not None else None
@@ -127,8 +128,8 @@ def submit(repo: Repository, grid: Grid, experiment: str, options: RunOptions,
                 progress.close()
     hashes = [s.spec_hash for s in todo]
     counts = repo.status_counts_for(hashes)
-    summary.completed = counts.get("completed", 0)
-    summary.failed = counts.get("failed", 0)
+    summary.completed = counts.get(TrialStatus.COMPLETED, 0)
+    summary.failed = counts.get(TrialStatus.FAILED, 0)
     summary.skipped = summary.runnable - summary.completed - summary.failed
     summary.failures = repo.errors_of(hashes)
     summary.seconds = time.time() - started
@@ -156,4 +157,5 @@ def grid_for_experiment(repo: Repository, experiment: str) -> Grid:
 
 def summary_json(result: SubmitResult) -> str:
     return json.dumps({"experiment": result.experiment, "runnable": result.run.runnable,
-                       "completed": result.run.completed, "failed": result.run.failed})
+                       TrialStatus.COMPLETED.value: result.run.completed,
+                       TrialStatus.FAILED.value: result.run.failed})
