@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workers import catalog
 from workers.errors import KernelInputError
 from workers.io import file_identity, save_atomically, sha256_file
 
@@ -144,21 +145,31 @@ class Classifier(nn.Module):
         return torch.flatten(net.avgpool(x), 1)
 
 
+def constructor(arch: str) -> Callable[[int], nn.Module]:
+    """The constructor of `arch`; an unknown name fails with the catalog's one-line message."""
+    build = ARCHS.get(catalog.check_arch(arch))
+    if build is None:
+        raise catalog.CatalogError(f"architecture {arch!r} is in the catalog but has no constructor in workers.models")
+    return build
+
+
 def build_model(arch: str, num_classes: int) -> Classifier:
-    if arch not in ARCHS:
-        raise KernelInputError(f"unknown arch {arch!r} (known: {', '.join(ARCHS)})")
+    build = constructor(arch)
     if num_classes < 1:
         raise KernelInputError(f"num_classes must be >= 1, got {num_classes}")
-    return Classifier(arch, ARCHS[arch](num_classes))
+    return Classifier(arch, build(num_classes))
 
 
 # ---------------------------------------------------------------- heads, blocks, freezing
 
 
 def replace_head(
-    model: Classifier, num_classes: int, init: str = "normal", generator: torch.Generator | None = None
+    model: Classifier, num_classes: int, init: str = catalog.PARAMS["head_init"].default,
+    generator: torch.Generator | None = None,
 ) -> nn.Linear:
-    """A new Linear head. "normal": weight ~ N(0, 1), bias 0 (Utrera); "default": PyTorch's init."""
+    """A new Linear head (init: a catalog head_init choice). "normal": weight ~ N(0, 1), bias 0 (Utrera);
+    "default": PyTorch's init."""
+    catalog.check_choice("head_init", init)
     old = model.head
     head = nn.Linear(old.in_features, num_classes)
     with torch.no_grad():
@@ -171,7 +182,7 @@ def replace_head(
             bound = 1 / old.in_features**0.5
             head.bias.uniform_(-bound, bound, generator=generator)
         else:
-            raise KernelInputError(f"unknown head_init {init!r} (known: normal, default)")
+            raise KernelInputError(f"head_init {init!r} is in the catalog but has no implementation in workers.models")
     head = head.to(device=old.weight.device, dtype=old.weight.dtype)
     parent_name, _, child = model.head_name.rpartition(".")
     parent = model.net.get_submodule(parent_name) if parent_name else model.net
@@ -358,8 +369,7 @@ def load_source_model(arch: str, path: str | os.PathLike[str]) -> Classifier:
     Read from disk once per process per (arch, file path, size, mtime); every call returns its own
     deep copy, so no two trials ever share (or mutate each other's) weights.
     """
-    if arch not in ARCHS:
-        raise KernelInputError(f"unknown arch {arch!r} (known: {', '.join(ARCHS)})")
+    constructor(arch)
     file = Path(path)
     if not file.is_file():
         raise KernelInputError(f"checkpoint not found: {file}")

@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from workers import catalog
 from workers.errors import KernelInputError
 
-SCHEDULES = ("thirds", "step-every-third", "cosine", "constant")
+# The LR schedules LRSchedule implements: the catalog's `schedule` choices (a contract test builds each).
+SCHEDULES: tuple[str, ...] = catalog.PARAMS["schedule"].choices
 
 # (model, x) -> (logits, aux): the training forward; aux (e.g. stage outputs) goes to the extra loss
 Forward = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, Any]]
@@ -35,25 +37,6 @@ Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------------- seeding
-
-# Hyper-parameters every kernel reads, with the values a spec gets when it names none.
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "input_size": 32,
-    "batch_size": 128,
-    "lr": 0.1,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "schedule": "thirds",
-    "iterations_per_epoch": 0,
-    "eval_epochs": [],
-    "eval_images": 0,
-    "adv_eps": 0.0,
-    "adv_step": 0.0,
-    "adv_steps": 0,
-    "noise_sigma": 0.0,
-    "augment": None,  # transform recipe (data.RECIPES); None = the dataset's paper recipe
-}
-
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -151,6 +134,8 @@ class LRSchedule:
             # CosineAnnealingLR(T_max=total, eta_min=0) stepped per iteration: 0 after the last step.
             progress = min(step, self.total_steps) / max(1, self.total_steps)
             return self.base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if self.name not in ("thirds", "step-every-third"):
+            raise KernelInputError(f"schedule {self.name!r} has no implementation in workers.training")
         epoch = step // max(1, self.iterations_per_epoch)
         decays = sum(1 for m in self.milestones() if epoch >= m)
         return self.base_lr * (0.1**decays)
@@ -169,8 +154,7 @@ class LRSchedule:
 
 def make_lr_schedule(name: str, base_lr: float, epochs: int, iterations_per_epoch: int) -> LRSchedule:
     """A checked LRSchedule (name in SCHEDULES, at least one epoch and one step per epoch)."""
-    if name not in SCHEDULES:
-        raise KernelInputError(f"unknown schedule {name!r} (known: {', '.join(SCHEDULES)})")
+    catalog.check_choice("schedule", name)
     if epochs < 1 or iterations_per_epoch < 1:
         raise KernelInputError(f"schedule needs epochs >= 1 and iterations >= 1, got {epochs}, {iterations_per_epoch}")
     return LRSchedule(name, float(base_lr), int(epochs), int(iterations_per_epoch))

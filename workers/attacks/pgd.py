@@ -15,10 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workers import catalog
 from workers.errors import KernelInputError
 from workers.training import restored_modes
 
-NORMS = ("l2", "linf")
+# The threat models pgd implements: the catalog's adv_norm choices.
+NORMS: tuple[str, ...] = catalog.PARAMS["adv_norm"].choices
 
 
 def _per_sample_norm(x: Tensor) -> Tensor:
