@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from workers import catalog
 from workers.data.imageset import ImageSet
-from workers.data.transforms import RECIPES, augment_batch, renofeation_batch
+from workers.data.transforms import RECIPES
 from workers.errors import KernelInputError
 
 
@@ -90,8 +91,9 @@ class _BatchFetcher(Dataset):
     """Turns a planned batch into (images B×C×S×S in [0,1], labels) with optional augmentation."""
 
     def __init__(self, source: ImageSet, input_size: int, augment: bool, recipe: str = "utrera") -> None:
-        if recipe not in RECIPES:
-            raise KernelInputError(f"unknown augment {recipe!r} (known: {', '.join(RECIPES)})")
+        self.transform = RECIPES.get(catalog.check_augment(recipe))
+        if self.transform is None:
+            raise KernelInputError(f"augment recipe {recipe!r} is in the catalog but has no transform in workers.data")
         self.source = source
         self.input_size = input_size
         self.augment = augment
@@ -103,12 +105,7 @@ class _BatchFetcher(Dataset):
     def __getitem__(self, item: tuple[int | None, list[int]]) -> tuple[Tensor, Tensor]:
         aug_seed, indices = item
         generator = torch.Generator().manual_seed(aug_seed) if self.augment and aug_seed is not None else None
-        if self.recipe == "renofeation":
-            images = renofeation_batch(self.source, indices, self.input_size, generator)
-        else:
-            images = self.source.batch(indices, self.input_size)  # Resize (and CenterCrop: a no-op after it)
-            if generator is not None and self.recipe == "utrera":
-                images = augment_batch(images, generator)
+        images = self.transform(self.source, indices, self.input_size, generator)
         labels = torch.tensor([self.source.targets[i] for i in indices], dtype=torch.long)
         return images.contiguous(), labels
 
