@@ -69,14 +69,16 @@ class CifarResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        logits: Tensor = self.fc(torch.flatten(self.avgpool(x), 1))
+        return logits
 
 
 def _torchvision(name: str) -> Callable[[int], nn.Module]:
     def build(num_classes: int) -> nn.Module:
         import torchvision.models as tvm
 
-        return getattr(tvm, name)(weights=None, num_classes=num_classes)  # never downloads
+        net: nn.Module = getattr(tvm, name)(weights=None, num_classes=num_classes)  # never downloads
+        return net
 
     return build
 
@@ -105,6 +107,9 @@ class Classifier(nn.Module):
     that are already normalised (the penultimate attack works in normalised units).
     """
 
+    mean: Tensor  # buffers (register_buffer)
+    std: Tensor
+
     def __init__(self, arch: str, net: nn.Module) -> None:
         super().__init__()
         self.arch = arch
@@ -132,7 +137,8 @@ class Classifier(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, x: Tensor, normalized: bool = False) -> Tensor:
-        return self.net(x if normalized else self.normalize(x))
+        logits: Tensor = self.net(x if normalized else self.normalize(x))
+        return logits
 
     def features(self, x: Tensor, normalized: bool = False) -> Tensor:
         """Penultimate features: the global-average-pooled output that the head consumes."""
@@ -413,7 +419,7 @@ def convert_trusted_checkpoint(in_path: str | os.PathLike[str], out_path: str | 
     if not file.is_file():
         raise KernelInputError(f"checkpoint not found: {file}")
     try:
-        import dill  # type: ignore[import-untyped]  # the robustness library pickled with dill
+        import dill  # the robustness library pickled with dill (untyped: ignore_missing_imports in pyproject)
 
         pickle_module: Any = dill
     except ImportError:

@@ -64,7 +64,8 @@ def rng_state() -> dict[str, Any]:
         "numpy": (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    # torch.cuda.is_initialized is unannotated in torch's own sources
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -90,7 +91,7 @@ def make_optimizer(
     weight_decay: float,
 ) -> torch.optim.SGD:
     """SGD over the parameters (or groups); fails loudly when nothing is trainable."""
-    params = list(params_or_groups)
+    params: list[Any] = list(params_or_groups)  # parameters or param groups: SGD takes either
     if not params:
         raise KernelInputError("nothing to train: no parameter requires a gradient")
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -173,7 +174,7 @@ class BatchStream:
     batch plan) is replayed, and a loader over just the needed plan items is built.
     """
 
-    def __init__(self, make_pass_loader: Callable[[int], DataLoader], seed: int) -> None:
+    def __init__(self, make_pass_loader: Callable[[int], DataLoader[Any]], seed: int) -> None:
         self.make_pass_loader = make_pass_loader
         self.seed = int(seed)
         first = make_pass_loader(derive_seed(self.seed, "pass", 0))
@@ -201,12 +202,12 @@ class BatchStream:
             items.append(self._plan(pass_index)[k])
         return items
 
-    def loader(self, first_batch: int, count: int) -> DataLoader:
+    def loader(self, first_batch: int, count: int) -> DataLoader[Any]:
         """Batches first_batch .. first_batch+count-1 of the endless stream."""
         template = self._template
         items = self.plan_items(first_batch, count)
         if template.batch_size is None:
-            return DataLoader(template.dataset, sampler=items, batch_size=None,  # type: ignore[arg-type]
+            return DataLoader(template.dataset, sampler=items, batch_size=None,
                               num_workers=template.num_workers, pin_memory=template.pin_memory)
         return DataLoader(template.dataset, batch_sampler=items, num_workers=template.num_workers,
                           pin_memory=template.pin_memory, collate_fn=template.collate_fn)
@@ -291,7 +292,7 @@ def train_epoch(
             ce = F.cross_entropy(logits.float(), y)
             loss = ce if extra_loss is None else ce + extra_loss(x, y, logits, aux)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
         optimizer.step()
         step += 1
         if after_step is not None:
@@ -310,7 +311,9 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: str | torch.device
+) -> tuple[float, float]:
     """(top-1 accuracy fraction, mean cross-entropy) in eval mode; the model's mode is restored."""
     device = torch.device(device)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)

@@ -108,7 +108,7 @@ def predict_normalised(model: models.Classifier, images_normalised: Tensor, batc
     device = torch.device(device) if device is not None else next(model.parameters()).device
     with restored_modes(model, training=False):
         preds = [model(chunk.to(device), normalized=True).argmax(1).cpu()
-                 for chunk in images_normalised.split(batch_size)]
+                 for chunk in torch.split(images_normalised, batch_size)]
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 

@@ -107,6 +107,7 @@ def load_imagefolder(name: str, train: bool, root: str | None) -> ImageSet:
 
     def load_image(index: int) -> Tensor:
         with Image.open(paths[index]) as img:
-            return TF.pil_to_tensor(img.convert("RGB")).float().div_(255)
+            image: Tensor = TF.pil_to_tensor(img.convert("RGB")).float().div_(255)
+            return image
 
     return ImageSet(name, ds.targets, len(ds.classes), 3, load_image=load_image)

@@ -26,7 +26,8 @@ def resize(x: Tensor, size: int) -> Tensor:
         return x
     from torchvision.transforms.v2 import functional as TF
 
-    return TF.resize(x, [size, size], antialias=True).clamp_(0, 1)
+    resized: Tensor = TF.resize(x, [size, size], antialias=True).clamp_(0, 1)
+    return resized
 
 
 def augment_batch(x: Tensor, generator: torch.Generator) -> Tensor:

@@ -147,7 +147,8 @@ def _training_perturbation(method: str, params: Mapping[str, Any]) -> Perturb | 
 
 
 def _robust_evaluator(
-    threat: tuple[str, float] | None, steps: int, loader: DataLoader, device: torch.device, seed: int
+    threat: tuple[str, float] | None, steps: int, loader: DataLoader[tuple[Tensor, Tensor]], device: torch.device,
+    seed: int,
 ) -> Callable[[nn.Module], float] | None:
     """robust_acc of a model at an eval epoch: PGD from random starts seeded by the spec, the same at every
     epoch; None when robust_eval_steps is 0."""

@@ -218,7 +218,14 @@ def make_extra_loss(built: TransferModels, params: Mapping[str, Any], device: to
 
 def make_forward(built: TransferModels) -> Forward | None:
     """The forward that also returns stage outputs, when distillation needs them."""
-    return (lambda model, x: models.forward_with_stages(model, x)) if built.teacher is not None else None
+    if built.teacher is None:
+        return None
+
+    def with_stages(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        assert isinstance(model, models.Classifier)  # train_epoch passes the student back
+        return models.forward_with_stages(model, x)
+
+    return with_stages
 
 
 def make_perturbation(params: Mapping[str, Any]) -> Perturb | None:
