@@ -28,7 +28,7 @@ def _names_under(model: models.Classifier, prefixes: tuple[str, ...]) -> list[st
 
 
 def test_unknown_arch() -> None:
-    with pytest.raises(KernelInputError, match="unknown arch 'vgg11'"):
+    with pytest.raises(KernelInputError, match="unknown architecture 'vgg11'"):
         models.build_model("vgg11", 10)
     with pytest.raises(KernelInputError, match="unknown arch"):
         models.load_source_model("vgg11", "/nonexistent.pt")

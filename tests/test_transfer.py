@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from workers import data, models
+from workers import catalog, data, models
 from workers.context import KernelContext
 from workers.errors import KernelInputError
-from workers.kernels import METHODS, resolve_transfer_params, run_transfer
+from workers.kernels import resolve_transfer_params, run_transfer
 from workers.training import BatchStream, make_optimizer, seed_everything, train_epoch
 
 INPUT = 16
@@ -132,7 +132,7 @@ def test_reinitialised_student_shares_no_weights_with_the_source(source: str, tm
     assert names and all(not torch.equal(trained[f"net.{n}"], original[n]) for n in names)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", catalog.methods("transfer"))
 def test_every_method_runs_end_to_end(source: str, tmp_path: Path, method: str) -> None:
     params: dict[str, Any] = {
         "l2sp": {"lambda_sp": 0.01},

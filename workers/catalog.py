@@ -21,8 +21,9 @@ from workers.errors import KernelInputError
 __all__ = [
     "ARCHS", "AUGMENT_RECIPES", "CORRUPTIONS", "CORRUPTION_SEVERITIES", "CatalogError", "DATASETS",
     "DATASET_PATTERNS", "Derived", "EVENT_KINDS", "KERNEL_VERSION", "KINDS", "METHODS", "MethodTraits", "OOD_SETS",
-    "PARAMS", "Param", "SCRATCH", "SOURCE_SCHEMES", "check_arch", "check_augment", "check_dataset", "check_ood",
-    "check_param", "check_source_scheme", "method", "methods", "param_default", "param_types",
+    "PARAMS", "Param", "SCRATCH", "SOURCE_SCHEMES", "check_arch", "check_augment", "check_choice", "check_dataset",
+    "check_ood", "check_param", "check_source_scheme", "method", "methods", "param_default", "param_defaults",
+    "param_types",
 ]
 
 # Bump when a kernel changes numerically: old results stay in the DB, new specs hash anew.
@@ -286,6 +287,25 @@ def check_param(name: object) -> Param:
     if name not in PARAMS:
         raise _unknown("param", name, PARAMS)
     return PARAMS[str(name)]
+
+
+def check_choice(name: str, value: object) -> str:
+    """`value` as one of the choices of the string param `name` (adv_norm, bn_mode, head_init, schedule, ...)."""
+    choices = check_param(name).choices
+    if value not in choices:
+        raise _unknown(name, value, choices)
+    return str(value)
+
+
+def param_defaults(kind: Kind, method_name: str) -> dict[str, Any]:
+    """Every param a `kind` kernel reads, with its default for `method_name`. A Derived default comes back as
+    the Derived (the kernel applies its rule); a tuple default as a fresh list, for list-typed params."""
+    defaults: dict[str, Any] = {}
+    for name, p in PARAMS.items():
+        if kind in p.kinds:
+            value = p.default_for(method_name)
+            defaults[name] = list(value) if p.type is list and isinstance(value, tuple) else value
+    return defaults
 
 
 def param_types() -> dict[str, type]:

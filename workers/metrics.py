@@ -52,19 +52,23 @@ def _clipped(p: ArrayLike) -> np.ndarray:
 
 def logit(p: ArrayLike) -> np.ndarray:
     q = _clipped(p)
-    return np.log(q / (1 - q))
+    z: np.ndarray = np.log(q / (1 - q))
+    return z
 
 
 def inverse_logit(z: ArrayLike) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+    p: np.ndarray = 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+    return p
 
 
 def probit(p: ArrayLike) -> np.ndarray:
-    return np.vectorize(_NORMAL.inv_cdf, otypes=[np.float64])(_clipped(p))
+    z: np.ndarray = np.vectorize(_NORMAL.inv_cdf, otypes=[np.float64])(_clipped(p))
+    return z
 
 
 def inverse_probit(z: ArrayLike) -> np.ndarray:
-    return np.vectorize(_NORMAL.cdf, otypes=[np.float64])(np.asarray(z, dtype=np.float64))
+    p: np.ndarray = np.vectorize(_NORMAL.cdf, otypes=[np.float64])(np.asarray(z, dtype=np.float64))
+    return p
 
 
 def forward_transform(p: ArrayLike, name: str) -> np.ndarray:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workers import catalog
 from workers.errors import KernelInputError
 from workers.io import file_identity, save_atomically, sha256_file
 
@@ -68,14 +69,16 @@ class CifarResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        logits: Tensor = self.fc(torch.flatten(self.avgpool(x), 1))
+        return logits
 
 
 def _torchvision(name: str) -> Callable[[int], nn.Module]:
     def build(num_classes: int) -> nn.Module:
         import torchvision.models as tvm
 
-        return getattr(tvm, name)(weights=None, num_classes=num_classes)  # never downloads
+        net: nn.Module = getattr(tvm, name)(weights=None, num_classes=num_classes)  # never downloads
+        return net
 
     return build
 
@@ -104,6 +107,9 @@ class Classifier(nn.Module):
     that are already normalised (the penultimate attack works in normalised units).
     """
 
+    mean: Tensor  # buffers (register_buffer)
+    std: Tensor
+
     def __init__(self, arch: str, net: nn.Module) -> None:
         super().__init__()
         self.arch = arch
@@ -131,7 +137,8 @@ class Classifier(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, x: Tensor, normalized: bool = False) -> Tensor:
-        return self.net(x if normalized else self.normalize(x))
+        logits: Tensor = self.net(x if normalized else self.normalize(x))
+        return logits
 
     def features(self, x: Tensor, normalized: bool = False) -> Tensor:
         """Penultimate features: the global-average-pooled output that the head consumes."""
@@ -144,21 +151,31 @@ class Classifier(nn.Module):
         return torch.flatten(net.avgpool(x), 1)
 
 
+def constructor(arch: str) -> Callable[[int], nn.Module]:
+    """The constructor of `arch`; an unknown name fails with the catalog's one-line message."""
+    build = ARCHS.get(catalog.check_arch(arch))
+    if build is None:
+        raise catalog.CatalogError(f"architecture {arch!r} is in the catalog but has no constructor in workers.models")
+    return build
+
+
 def build_model(arch: str, num_classes: int) -> Classifier:
-    if arch not in ARCHS:
-        raise KernelInputError(f"unknown arch {arch!r} (known: {', '.join(ARCHS)})")
+    build = constructor(arch)
     if num_classes < 1:
         raise KernelInputError(f"num_classes must be >= 1, got {num_classes}")
-    return Classifier(arch, ARCHS[arch](num_classes))
+    return Classifier(arch, build(num_classes))
 
 
 # ---------------------------------------------------------------- heads, blocks, freezing
 
 
 def replace_head(
-    model: Classifier, num_classes: int, init: str = "normal", generator: torch.Generator | None = None
+    model: Classifier, num_classes: int, init: str = catalog.PARAMS["head_init"].default,
+    generator: torch.Generator | None = None,
 ) -> nn.Linear:
-    """A new Linear head. "normal": weight ~ N(0, 1), bias 0 (Utrera); "default": PyTorch's init."""
+    """A new Linear head (init: a catalog head_init choice). "normal": weight ~ N(0, 1), bias 0 (Utrera);
+    "default": PyTorch's init."""
+    catalog.check_choice("head_init", init)
     old = model.head
     head = nn.Linear(old.in_features, num_classes)
     with torch.no_grad():
@@ -171,7 +188,7 @@ def replace_head(
             bound = 1 / old.in_features**0.5
             head.bias.uniform_(-bound, bound, generator=generator)
         else:
-            raise KernelInputError(f"unknown head_init {init!r} (known: normal, default)")
+            raise KernelInputError(f"head_init {init!r} is in the catalog but has no implementation in workers.models")
     head = head.to(device=old.weight.device, dtype=old.weight.dtype)
     parent_name, _, child = model.head_name.rpartition(".")
     parent = model.net.get_submodule(parent_name) if parent_name else model.net
@@ -358,8 +375,7 @@ def load_source_model(arch: str, path: str | os.PathLike[str]) -> Classifier:
     Read from disk once per process per (arch, file path, size, mtime); every call returns its own
     deep copy, so no two trials ever share (or mutate each other's) weights.
     """
-    if arch not in ARCHS:
-        raise KernelInputError(f"unknown arch {arch!r} (known: {', '.join(ARCHS)})")
+    constructor(arch)
     file = Path(path)
     if not file.is_file():
         raise KernelInputError(f"checkpoint not found: {file}")
@@ -403,7 +419,7 @@ def convert_trusted_checkpoint(in_path: str | os.PathLike[str], out_path: str | 
     if not file.is_file():
         raise KernelInputError(f"checkpoint not found: {file}")
     try:
-        import dill  # type: ignore[import-untyped]  # the robustness library pickled with dill
+        import dill  # the robustness library pickled with dill (untyped: ignore_missing_imports in pyproject)
 
         pickle_module: Any = dill
     except ImportError:

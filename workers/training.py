@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from workers import catalog
 from workers.errors import KernelInputError
 
-SCHEDULES = ("thirds", "step-every-third", "cosine", "constant")
+# The LR schedules LRSchedule implements: the catalog's `schedule` choices (a contract test builds each).
+SCHEDULES: tuple[str, ...] = catalog.PARAMS["schedule"].choices
 
 # (model, x) -> (logits, aux): the training forward; aux (e.g. stage outputs) goes to the extra loss
 Forward = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, Any]]
@@ -35,25 +37,6 @@ Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------------- seeding
-
-# Hyper-parameters every kernel reads, with the values a spec gets when it names none.
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "input_size": 32,
-    "batch_size": 128,
-    "lr": 0.1,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "schedule": "thirds",
-    "iterations_per_epoch": 0,
-    "eval_epochs": [],
-    "eval_images": 0,
-    "adv_eps": 0.0,
-    "adv_step": 0.0,
-    "adv_steps": 0,
-    "noise_sigma": 0.0,
-    "augment": None,  # transform recipe (data.RECIPES); None = the dataset's paper recipe
-}
-
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -81,7 +64,8 @@ def rng_state() -> dict[str, Any]:
         "numpy": (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    # torch.cuda.is_initialized is unannotated in torch's own sources
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -107,7 +91,7 @@ def make_optimizer(
     weight_decay: float,
 ) -> torch.optim.SGD:
     """SGD over the parameters (or groups); fails loudly when nothing is trainable."""
-    params = list(params_or_groups)
+    params: list[Any] = list(params_or_groups)  # parameters or param groups: SGD takes either
     if not params:
         raise KernelInputError("nothing to train: no parameter requires a gradient")
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -151,6 +135,8 @@ class LRSchedule:
             # CosineAnnealingLR(T_max=total, eta_min=0) stepped per iteration: 0 after the last step.
             progress = min(step, self.total_steps) / max(1, self.total_steps)
             return self.base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if self.name not in ("thirds", "step-every-third"):
+            raise KernelInputError(f"schedule {self.name!r} has no implementation in workers.training")
         epoch = step // max(1, self.iterations_per_epoch)
         decays = sum(1 for m in self.milestones() if epoch >= m)
         return self.base_lr * (0.1**decays)
@@ -169,8 +155,7 @@ class LRSchedule:
 
 def make_lr_schedule(name: str, base_lr: float, epochs: int, iterations_per_epoch: int) -> LRSchedule:
     """A checked LRSchedule (name in SCHEDULES, at least one epoch and one step per epoch)."""
-    if name not in SCHEDULES:
-        raise KernelInputError(f"unknown schedule {name!r} (known: {', '.join(SCHEDULES)})")
+    catalog.check_choice("schedule", name)
     if epochs < 1 or iterations_per_epoch < 1:
         raise KernelInputError(f"schedule needs epochs >= 1 and iterations >= 1, got {epochs}, {iterations_per_epoch}")
     return LRSchedule(name, float(base_lr), int(epochs), int(iterations_per_epoch))
@@ -189,7 +174,7 @@ class BatchStream:
     batch plan) is replayed, and a loader over just the needed plan items is built.
     """
 
-    def __init__(self, make_pass_loader: Callable[[int], DataLoader], seed: int) -> None:
+    def __init__(self, make_pass_loader: Callable[[int], DataLoader[Any]], seed: int) -> None:
         self.make_pass_loader = make_pass_loader
         self.seed = int(seed)
         first = make_pass_loader(derive_seed(self.seed, "pass", 0))
@@ -217,12 +202,12 @@ class BatchStream:
             items.append(self._plan(pass_index)[k])
         return items
 
-    def loader(self, first_batch: int, count: int) -> DataLoader:
+    def loader(self, first_batch: int, count: int) -> DataLoader[Any]:
         """Batches first_batch .. first_batch+count-1 of the endless stream."""
         template = self._template
         items = self.plan_items(first_batch, count)
         if template.batch_size is None:
-            return DataLoader(template.dataset, sampler=items, batch_size=None,  # type: ignore[arg-type]
+            return DataLoader(template.dataset, sampler=items, batch_size=None,
                               num_workers=template.num_workers, pin_memory=template.pin_memory)
         return DataLoader(template.dataset, batch_sampler=items, num_workers=template.num_workers,
                           pin_memory=template.pin_memory, collate_fn=template.collate_fn)
@@ -307,7 +292,7 @@ def train_epoch(
             ce = F.cross_entropy(logits.float(), y)
             loss = ce if extra_loss is None else ce + extra_loss(x, y, logits, aux)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
         optimizer.step()
         step += 1
         if after_step is not None:
@@ -326,7 +311,9 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: str | torch.device
+) -> tuple[float, float]:
     """(top-1 accuracy fraction, mean cross-entropy) in eval mode; the model's mode is restored."""
     device = torch.device(device)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)

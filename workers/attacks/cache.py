@@ -50,7 +50,8 @@ def read_adversarial_set(path: Path, key_hash: str) -> Tensor | None:
         stored.get("adv"), Tensor
     ):
         return None
-    return stored["adv"]
+    adv: Tensor = stored["adv"]
+    return adv
 
 
 def write_adversarial_set(path: Path, key_hash: str, adv: Tensor, meta: Mapping[str, Any]) -> None:
@@ -91,7 +92,7 @@ def adversarial_set(
         penultimate_attack(source_model, chunk.to(device), eps=float(params["eps"]), step=float(params["step"]),
                            steps=int(params["steps"]), m=float(params["m"]), clamp=float(params["clamp"]),
                            generator=generator).cpu()
-        for chunk in clean.split(ATTACK_BATCH)
+        for chunk in torch.split(clean, ATTACK_BATCH)
     ])
     write_adversarial_set(path, key_hash, adv, {"source_sha256": source_sha256, "dataset": dataset_name,
                                                 "images": len(eval_indices), "params": dict(params)})

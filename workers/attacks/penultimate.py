@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workers import models
+from workers import catalog, models
 from workers.errors import KernelInputError
 from workers.training import restored_modes
 
@@ -45,8 +45,8 @@ def penultimate_attack(
     eps: float,
     step: float,
     steps: int,
-    m: float = 1000.0,
-    clamp: float = 2.2,
+    m: float = catalog.PARAMS["attack_m"].default,
+    clamp: float = catalog.PARAMS["attack_clamp"].default,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """L∞ PGD (advertorch LinfPGDAttack semantics) that minimises the batch mean of
@@ -108,7 +108,7 @@ def predict_normalised(model: models.Classifier, images_normalised: Tensor, batc
     device = torch.device(device) if device is not None else next(model.parameters()).device
     with restored_modes(model, training=False):
         preds = [model(chunk.to(device), normalized=True).argmax(1).cpu()
-                 for chunk in images_normalised.split(batch_size)]
+                 for chunk in torch.split(images_normalised, batch_size)]
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 

@@ -15,15 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workers import catalog
 from workers.errors import KernelInputError
 from workers.training import restored_modes
 
-NORMS = ("l2", "linf")
+# The threat models pgd implements: the catalog's adv_norm choices.
+NORMS: tuple[str, ...] = catalog.PARAMS["adv_norm"].choices
 
 
 def _per_sample_norm(x: Tensor) -> Tensor:
     """ℓ2 norm of each sample, shaped to broadcast against x."""
-    return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+    norms: Tensor = x.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+    return norms
 
 
 def _project(x: Tensor, x0: Tensor, norm: str, eps: float) -> Tensor:

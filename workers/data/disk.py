@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +14,24 @@ from torch import Tensor
 from workers.data.imageset import ImageSet
 from workers.errors import KernelInputError
 
-TORCHVISION_SETS = ("cifar10", "cifar100", "svhn", "fmnist", "kmnist", "mnist")
+# torchvision sets: name -> where its split lies under the data root (the registry's torchvision loader
+# reads each; the catalog's TORCHVISION_DATASETS names them).
+TORCHVISION_LAYOUT: dict[str, Callable[[Path, bool], Path]] = {
+    "cifar10": lambda base, train: base / "cifar-10-batches-py",
+    "cifar100": lambda base, train: base / "cifar-100-python",
+    "svhn": lambda base, train: base / ("train_32x32.mat" if train else "test_32x32.mat"),
+    "mnist": lambda base, train: base / "MNIST" / "raw",
+    "fmnist": lambda base, train: base / "FashionMNIST" / "raw",
+    "kmnist": lambda base, train: base / "KMNIST" / "raw",
+}
 
 
 def _expected_path(name: str, train: bool, root: str) -> Path:
-    base = Path(root)
-    return {
-        "cifar10": base / "cifar-10-batches-py",
-        "cifar100": base / "cifar-100-python",
-        "svhn": base / ("train_32x32.mat" if train else "test_32x32.mat"),
-        "mnist": base / "MNIST" / "raw",
-        "fmnist": base / "FashionMNIST" / "raw",
-        "kmnist": base / "KMNIST" / "raw",
-    }[name]
+    return TORCHVISION_LAYOUT[name](Path(root), train)
 
 
 def load_torchvision(name: str, train: bool, root: str | None, download: bool) -> ImageSet:
-    """A torchvision set (TORCHVISION_SETS) held in memory as uint8."""
+    """A torchvision set (TORCHVISION_LAYOUT) held in memory as uint8."""
     import torchvision.datasets as tvd
 
     if root is None:
@@ -105,6 +107,7 @@ def load_imagefolder(name: str, train: bool, root: str | None) -> ImageSet:
 
     def load_image(index: int) -> Tensor:
         with Image.open(paths[index]) as img:
-            return TF.pil_to_tensor(img.convert("RGB")).float().div_(255)
+            image: Tensor = TF.pil_to_tensor(img.convert("RGB")).float().div_(255)
+            return image
 
     return ImageSet(name, ds.targets, len(ds.classes), 3, load_image=load_image)

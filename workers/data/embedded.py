@@ -15,9 +15,6 @@ from torch import Tensor
 from workers.data.imageset import ImageSet
 from workers.errors import KernelInputError
 
-SYNTHETIC_SETS = ("synthetic-source", "synthetic-target-a", "synthetic-target-b")
-EMBEDDED_SETS = ("digits", *SYNTHETIC_SETS)
-
 
 @functools.lru_cache(maxsize=4)
 def load_digits(train: bool) -> ImageSet:
@@ -195,7 +192,7 @@ def generate_synthetic(
 
 @functools.lru_cache(maxsize=16)
 def load_synthetic(name: str, train: bool, num_classes: int | None, train_images: int | None) -> ImageSet:
-    """A split of a generated set (SYNTHETIC_SETS); None sizes take the defaults."""
+    """A split of a generated set (a SYNTHETIC_FAMILIES name); None sizes take the defaults."""
     classes = num_classes if num_classes is not None else SYNTHETIC_DEFAULT_CLASSES[name]
     if train:
         count = train_images if train_images is not None else SYNTHETIC_DEFAULT_TRAIN

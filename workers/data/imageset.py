@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from workers.data.transforms import resize, to_float
 
 
-class ImageSet(Dataset):
+class ImageSet(Dataset[tuple[Tensor, int]]):
     """A labelled image set; `data` (N×C×H×W, uint8 or float in [0,1]) when held in memory."""
 
     def __init__(

@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from workers import catalog
 from workers.data.imageset import ImageSet
-from workers.data.transforms import RECIPES, augment_batch, renofeation_batch
+from workers.data.transforms import RECIPES
 from workers.errors import KernelInputError
 
 
@@ -57,7 +58,7 @@ def eval_indices(size: int, limit: int) -> list[int]:
     return sorted(order[:limit])
 
 
-class _BatchPlan(Sampler):
+class _BatchPlan(Sampler[tuple[int | None, list[int]]]):
     """Yields (augmentation seed, batch indices). Seeds come from the sampler's generator in the
     main process, so batches and augmentation are reproducible for any num_workers."""
 
@@ -86,12 +87,14 @@ class _BatchPlan(Sampler):
             yield aug_seed, batch
 
 
-class _BatchFetcher(Dataset):
+class _BatchFetcher(Dataset[tuple[Tensor, Tensor]]):
     """Turns a planned batch into (images B×C×S×S in [0,1], labels) with optional augmentation."""
 
     def __init__(self, source: ImageSet, input_size: int, augment: bool, recipe: str = "utrera") -> None:
-        if recipe not in RECIPES:
-            raise KernelInputError(f"unknown augment {recipe!r} (known: {', '.join(RECIPES)})")
+        transform = RECIPES.get(catalog.check_augment(recipe))
+        if transform is None:
+            raise KernelInputError(f"augment recipe {recipe!r} is in the catalog but has no transform in workers.data")
+        self.transform = transform
         self.source = source
         self.input_size = input_size
         self.augment = augment
@@ -103,12 +106,7 @@ class _BatchFetcher(Dataset):
     def __getitem__(self, item: tuple[int | None, list[int]]) -> tuple[Tensor, Tensor]:
         aug_seed, indices = item
         generator = torch.Generator().manual_seed(aug_seed) if self.augment and aug_seed is not None else None
-        if self.recipe == "renofeation":
-            images = renofeation_batch(self.source, indices, self.input_size, generator)
-        else:
-            images = self.source.batch(indices, self.input_size)  # Resize (and CenterCrop: a no-op after it)
-            if generator is not None and self.recipe == "utrera":
-                images = augment_batch(images, generator)
+        images = self.transform(self.source, indices, self.input_size, generator)
         labels = torch.tensor([self.source.targets[i] for i in indices], dtype=torch.long)
         return images.contiguous(), labels
 
@@ -123,7 +121,7 @@ def make_train_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     recipe: str = "utrera",
-) -> DataLoader:
+) -> DataLoader[tuple[Tensor, Tensor]]:
     """Shuffled batches of `indices` (a fresh permutation per pass), deterministic given seed.
 
     Each iteration over the loader is one epoch; iterating again continues the same random stream,
@@ -149,7 +147,7 @@ def make_eval_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     recipe: str = "utrera",
-) -> DataLoader:
+) -> DataLoader[tuple[Tensor, Tensor]]:
     """Batches of `indices` in order with the recipe's test transform: Resize(input_size) (utrera,
     none) or Resize(input_size·256/224) → CenterCrop(input_size) (renofeation)."""
     plan = _BatchPlan(indices, batch_size, shuffle=False, seed=None)

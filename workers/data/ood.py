@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from workers import catalog
 from workers.data.imageset import ImageSet
 from workers.data.registry import load_split
 from workers.data.transforms import to_float
-from workers.errors import KernelInputError
 
-CORRUPTIONS = ("noise", "blur", "contrast")
-
-_SEVERITY = {
+# corruption -> its parameter at each catalog severity (CORRUPTION_SEVERITIES): the catalog names the
+# corruptions, this table implements them. Its order fixes each corruption's noise seed: append only.
+_SEVERITY: dict[str, tuple[float, ...]] = {
     "noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # Gaussian noise std (CIFAR-10-C levels)
     "blur": (0.4, 0.6, 0.7, 0.8, 1.0),  # Gaussian blur sigma in pixels (CIFAR-10-C levels)
     "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),  # contrast factor (CIFAR-10-C levels)
 }
-_OOD_PATTERN = re.compile(r"^(noise|blur|contrast)-([1-5])$")
-OOD_CHOICES = "cifar10.1 (cifar10 only), noise-1..5, blur-1..5, contrast-1..5"
+CORRUPTIONS: tuple[str, ...] = tuple(_SEVERITY)
 
 
 def load_ood(
@@ -34,14 +32,15 @@ def load_ood(
     download: bool = False,
     params: Mapping[str, Any] | None = None,
 ) -> ImageSet:
-    """The OOD evaluation set `ood` of `dataset` (params: the synthetic sizes of the test split)."""
-    if ood == "cifar10.1":
-        if dataset != "cifar10":
-            raise KernelInputError(f"OOD set cifar10.1 applies to cifar10 only, not {dataset!r}")
-        return load_split("cifar10.1", False, data_root)
-    match = _OOD_PATTERN.match(ood or "")
-    if not match:
-        raise KernelInputError(f"unknown OOD set {ood!r} for {dataset!r} (valid: {OOD_CHOICES})")
+    """The OOD evaluation set `ood` of `dataset` (params: the synthetic sizes of the test split).
+
+    The name is checked by catalog.check_ood: a natural shift (catalog.OOD_SETS: cifar10.1, of cifar10
+    only) is its own test split; a corruption <kind>-<severity> corrupts the ID test split."""
+    catalog.check_ood(ood, dataset)
+    if ood in catalog.OOD_SETS:
+        return load_split(ood, False, data_root)
+    match = catalog.OOD_PATTERN.match(ood)
+    assert match is not None  # check_ood accepted it
     test = load_split(dataset, False, data_root, download, params)
     return _corrupt(test, match.group(1), int(match.group(2)))
 
@@ -71,8 +70,8 @@ def _corruption(x: Tensor, kind: str, level: float, generator: torch.Generator) 
 
 
 def _corrupt_uncached(test: ImageSet, kind: str, severity: int) -> ImageSet:
-    level = _SEVERITY[kind][severity - 1]
-    base_seed = 1000 * CORRUPTIONS.index(kind) + severity
+    level = _SEVERITY[kind][catalog.CORRUPTION_SEVERITIES.index(severity)]
+    base_seed = 1000 * list(_SEVERITY).index(kind) + severity
     name = f"{test.name}/{kind}-{severity}"
     if test.data is None:
         # Images of any size read on demand: corrupted one at a time, at native size, with noise

@@ -33,7 +33,8 @@ def _lazy_rgb_set(name: str, paths: Sequence[Path], targets: Sequence[int], num_
 
     def load_image(index: int) -> Tensor:
         with Image.open(files[index]) as img:
-            return TF.pil_to_tensor(img.convert("RGB")).float().div_(255)
+            image: Tensor = TF.pil_to_tensor(img.convert("RGB")).float().div_(255)
+            return image
 
     return ImageSet(name, targets, num_classes, 3, load_image=load_image)
 
@@ -68,7 +69,8 @@ def _loadmat(name: str, path: Path) -> dict[str, Any]:
     from scipy.io import loadmat
 
     try:
-        return loadmat(str(_need(name, path)))
+        contents: dict[str, Any] = loadmat(str(_need(name, path)))
+        return contents
     except (ValueError, OSError, TypeError) as exc:
         raise KernelInputError(f"dataset {name}: {path} is not a readable .mat file ({exc})") from None
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,9 +13,6 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from workers.data.imageset import ImageSet
-
-# Train/test transform families: utrera (REFERENCE C), renofeation (REFERENCE A), none (resize only).
-RECIPES = ("utrera", "renofeation", "none")
 
 
 def to_float(x: Tensor) -> Tensor:
@@ -28,7 +26,8 @@ def resize(x: Tensor, size: int) -> Tensor:
         return x
     from torchvision.transforms.v2 import functional as TF
 
-    return TF.resize(x, [size, size], antialias=True).clamp_(0, 1)
+    resized: Tensor = TF.resize(x, [size, size], antialias=True).clamp_(0, 1)
+    return resized
 
 
 def augment_batch(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -114,3 +113,25 @@ def renofeation_batch(ds: ImageSet, indices: Sequence[int], size: int, generator
                 image = image.flip(-1)
         images.append(image.clamp(0, 1))
     return torch.stack(images)
+
+
+def utrera_batch(ds: ImageSet, indices: Sequence[int], size: int, generator: torch.Generator | None) -> Tensor:
+    """REFERENCE C: Resize(size) (the CenterCrop after it is a no-op); train (a generator): + augment_batch."""
+    images = ds.batch(indices, size)
+    return augment_batch(images, generator) if generator is not None else images
+
+
+def resize_batch(ds: ImageSet, indices: Sequence[int], size: int, generator: torch.Generator | None) -> Tensor:
+    """Resize(size) only, train and test alike."""
+    return ds.batch(indices, size)
+
+
+# (images, indices, size, augmentation generator or None for the test transform) -> the batch
+RecipeBatch = Callable[["ImageSet", Sequence[int], int, "torch.Generator | None"], Tensor]
+# The one place a transform recipe (catalog.AUGMENT_RECIPES, the `augment` param) maps to its batch transform:
+# utrera (REFERENCE C), renofeation (REFERENCE A), none (resize only).
+RECIPES: Mapping[str, RecipeBatch] = MappingProxyType({
+    "utrera": utrera_batch,
+    "renofeation": renofeation_batch,
+    "none": resize_batch,
+})

@@ -1,17 +1,16 @@
 """The kernels: source training and transfer, and the evaluate-report-checkpoint step they share.
 
 Each kernel is `run_*(spec, ctx, report) -> final metrics`: plain arguments and a report(epoch, metrics)
-callable, so it runs without Ray or a database.
+callable, so it runs without Ray or a database. Names, method traits and param defaults come from
+workers.catalog.
 """
 
 from workers.kernels.common import KernelData, evaluate_report_checkpoint, load_kernel_data, resume
 from workers.kernels.source import resolve_source_params, robust_eval_threat, run_source, spec_digest
-from workers.kernels.transfer import METHODS, Method, resolve_transfer_params, run_transfer, transfer_asr
+from workers.kernels.transfer import resolve_transfer_params, run_transfer, transfer_asr
 
 __all__ = [
-    "METHODS",
     "KernelData",
-    "Method",
     "evaluate_report_checkpoint",
     "load_kernel_data",
     "resolve_source_params",

@@ -31,10 +31,10 @@ class KernelData:
     batch_size: int
     input_size: int
     recipe: str
-    test_loader: DataLoader
-    ood_loader: DataLoader | None
+    test_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]]
+    ood_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None
 
-    def pass_loader(self, pass_seed: int) -> DataLoader:
+    def pass_loader(self, pass_seed: int) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
         """One augmented, shuffled pass over the training subset (BatchStream's pass factory)."""
         return data.make_train_loader(self.train_ds, self.train_idx, self.batch_size, self.input_size,
                                       seed=pass_seed, augment=True, recipe=self.recipe)

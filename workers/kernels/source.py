@@ -22,13 +22,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from workers import models
-from workers.attacks import NORMS, gaussian_noise, pgd, pgd1, robust_accuracy
+from workers import catalog, models
+from workers.attacks import gaussian_noise, pgd, pgd1, robust_accuracy
 from workers.context import KernelContext, Report
 from workers.errors import KernelInputError
 from workers.kernels.common import evaluate_report_checkpoint, load_kernel_data, resume
 from workers.training import (
-    TRAINING_DEFAULTS,
     BatchStream,
     Perturb,
     derive_seed,
@@ -47,8 +46,6 @@ DEFAULT_EVAL_NORM, DEFAULT_EVAL_EPS = "linf", 8 / 255
 # about as much as that for the smoke sources and little next to a training epoch.
 NATURAL_EVAL_STEPS = 4
 
-DEFAULTS: dict[str, Any] = {**TRAINING_DEFAULTS, "robust_eval_steps": None}
-
 
 def spec_digest(spec: Mapping[str, Any]) -> str:
     """sha256 of the spec's canonical JSON; equals TrialSpec.spec_hash for a TrialSpec.to_dict()."""
@@ -56,44 +53,59 @@ def spec_digest(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _fixed_steps(method: str) -> int | None:
+    """The adv_steps a method fixes (the catalog's per-method adv_steps: pgd1's single step), else None."""
+    fixed = catalog.PARAMS["adv_steps"].per_method.get(method)
+    return None if fixed is None else int(fixed)
+
+
 def resolve_source_params(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The spec's params over the defaults, with the method's threat model checked and filled in."""
+    """The spec's params over the catalog's defaults for its method (workers.catalog.PARAMS), checked
+    against the method's traits (adversarial, norm, noise), the Derived defaults applied."""
     method = spec["method"]
+    traits = catalog.method(method, "source")
     given = dict(spec.get("params") or {})
-    params = {**DEFAULTS, **given}
-    if method in ("pgd-l2", "pgd-linf"):
-        norm = method.removeprefix("pgd-")
+    params = {**catalog.param_defaults("source", method), **given}
+    adversarial = "/".join(name for name in catalog.methods("source") if catalog.METHODS[name].adversarial)
+    if traits.adversarial and traits.norm is not None:  # PGD in the ball the method names
+        norm = traits.norm
         if given.get("adv_norm", norm) != norm:
             raise KernelInputError(f"method {method} trains in the {norm} ball, got adv_norm={given['adv_norm']!r}")
         params["adv_norm"] = norm
         if params["adv_eps"] <= 0 or params["adv_step"] <= 0 or params["adv_steps"] < 1:
             raise KernelInputError(f"method {method} needs adv_eps > 0, adv_step > 0 and adv_steps >= 1")
-    elif method == "pgd1":
-        params["adv_norm"] = given.get("adv_norm", "linf")
-        if params["adv_eps"] <= 0 or params["adv_steps"] > 1:
-            raise KernelInputError("method pgd1 needs adv_eps > 0 (adv_steps is 1; adv_step defaults to adv_eps)")
-        params["adv_steps"] = 1
-        params["adv_step"] = params["adv_step"] if params["adv_step"] > 0 else params["adv_eps"]
-    elif method in ("natural", "gaussian"):
-        params["adv_norm"] = given.get("adv_norm", DEFAULT_EVAL_NORM)
+    elif traits.adversarial:  # a fixed number of steps in the adv_norm ball (pgd1: one)
+        steps = _fixed_steps(method)
+        if steps is None:
+            raise KernelInputError(f"method {method} names neither a norm nor a number of steps in the catalog")
+        if params["adv_eps"] <= 0 or params["adv_steps"] > steps:
+            raise KernelInputError(f"method {method} needs adv_eps > 0 (adv_steps is {steps}; adv_step defaults to "
+                                   "adv_eps)")
+        params["adv_steps"] = steps
+        # Derived("adv_eps"): also when the spec gives 0 (0 = unset)
+        step = params["adv_step"]
+        params["adv_step"] = step if not isinstance(step, catalog.Derived) and step > 0 else params["adv_eps"]
+    else:  # natural / gaussian: adv_norm is only the robust evaluation's threat model
         if params["adv_steps"] > 0:
-            raise KernelInputError(f"adv_steps > 0 is adversarial training (pgd-l2/pgd-linf/pgd1), not {method}")
-        if method == "gaussian" and params["noise_sigma"] <= 0:
-            raise KernelInputError("method gaussian needs noise_sigma > 0")
-    else:
-        raise KernelInputError(f"unknown source method {method!r} (known: natural, pgd-l2, pgd-linf, pgd1, gaussian)")
-    if method != "gaussian" and params["noise_sigma"] > 0:
-        raise KernelInputError(f"noise_sigma > 0 is method gaussian, not {method}")
-    if params["adv_norm"] not in NORMS:
-        raise KernelInputError(f"unknown adv_norm {params['adv_norm']!r} (known: {', '.join(NORMS)})")
+            raise KernelInputError(f"adv_steps > 0 is adversarial training ({adversarial}), not {method}")
+        if traits.noise and params["noise_sigma"] <= 0:
+            raise KernelInputError(f"method {method} needs noise_sigma > 0")
+    if not traits.noise and params["noise_sigma"] > 0:
+        noisy = "/".join(name for name in catalog.methods("source") if catalog.METHODS[name].noise)
+        raise KernelInputError(f"noise_sigma > 0 is method {noisy}, not {method}")
+    catalog.check_choice("adv_norm", params["adv_norm"])
     for name in ("batch_size", "input_size"):
         if params[name] < 1:
             raise KernelInputError(f"{name} must be >= 1, got {params[name]}")
-    if params["robust_eval_steps"] is None:  # every source reports robust accuracy unless told 0
+    # every source reports robust accuracy unless told 0: Derived("2 * adv_steps if adv_steps > 0 else 4")
+    if isinstance(params["robust_eval_steps"], catalog.Derived) or params["robust_eval_steps"] is None:
         adv_steps = int(params["adv_steps"])
         params["robust_eval_steps"] = 2 * adv_steps if adv_steps > 0 else NATURAL_EVAL_STEPS
     if params["robust_eval_steps"] < 0:
         raise KernelInputError(f"robust_eval_steps must be >= 0, got {params['robust_eval_steps']}")
+    derived = [name for name, value in params.items() if isinstance(value, catalog.Derived)]
+    if derived:
+        raise KernelInputError(f"no kernel rule for the derived default of {', '.join(derived)} ({method})")
     return params
 
 
@@ -110,20 +122,21 @@ def robust_eval_threat(params: Mapping[str, Any]) -> tuple[str, float] | None:
 
 
 def _training_perturbation(method: str, params: Mapping[str, Any]) -> Perturb | None:
-    """The method's input perturbation for training (None for natural)."""
+    """The method's input perturbation for training, by its traits (None for natural)."""
+    traits = catalog.method(method, "source")
     norm, eps, step, steps = params["adv_norm"], float(params["adv_eps"]), float(params["adv_step"]), \
         int(params["adv_steps"])
-    if method in ("pgd-l2", "pgd-linf"):
+    if traits.adversarial and _fixed_steps(method) is None:
         def adversarial(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
             return pgd(model, x, y, norm=norm, eps=eps, step=step, steps=steps, random_start=False, use_best=True)
 
         return adversarial
-    if method == "pgd1":
+    if traits.adversarial:
         def single_step(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
             return pgd1(model, x, y, norm=norm, eps=eps, step=step)
 
         return single_step
-    if method == "gaussian":
+    if traits.noise:
         sigma = float(params["noise_sigma"])
 
         def noisy(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -134,7 +147,8 @@ def _training_perturbation(method: str, params: Mapping[str, Any]) -> Perturb | 
 
 
 def _robust_evaluator(
-    threat: tuple[str, float] | None, steps: int, loader: DataLoader, device: torch.device, seed: int
+    threat: tuple[str, float] | None, steps: int, loader: DataLoader[tuple[Tensor, Tensor]], device: torch.device,
+    seed: int,
 ) -> Callable[[nn.Module], float] | None:
     """robust_acc of a model at an eval epoch: PGD from random starts seeded by the spec, the same at every
     epoch; None when robust_eval_steps is 0."""

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers import attacks, data, models
+from workers import attacks, catalog, data, models
 from workers.attacks import (
     ATTACK_BATCH,
     adversarial_set,
@@ -48,7 +48,6 @@ from workers.kernels.common import KernelData, evaluate_report_checkpoint, load_
 from workers.losses import fc_penalty, feature_distillation_loss, l2sp_penalty, snapshot_parameters
 from workers.swa import WeightAverager, recalibrate_bn
 from workers.training import (
-    TRAINING_DEFAULTS,
     BatchStream,
     ExtraLoss,
     Forward,
@@ -64,74 +63,39 @@ from workers.training import (
 
 # ---------------------------------------------------------------------------------------------- parameters and methods
 
-DEFAULTS: dict[str, Any] = {
-    **TRAINING_DEFAULTS,
-    "head_init": "normal",
-    "bn_mode": "train",
-    "lambda_feat": 0.0,
-    "lambda_sp": 0.0,
-    "beta_fc": 0.0,
-    "dropout": 0.0,
-    "swa_epochs": 0,
-    "swa_lr": 0.005,
-    "swa_every": 500,
-    "adv_norm": "linf",
-    "attack_eps": 0.1,
-    "attack_step": 0.01,
-    "attack_steps": 0,
-    "attack_m": 1000.0,
-    "attack_clamp": 2.2,
-    "attack_images": 1000,
-}
-
-
-@dataclass(frozen=True)
-class Method:
-    """A transfer method's traits (what the kernel does differently for it)."""
-
-    reinit: bool  # re-initialise the student (the source stays the teacher and the attack model)
-    distill: bool  # feature distillation from the frozen source (needs lambda_feat > 0)
-    l2sp: bool = False  # needs lambda_sp > 0
-    linear: bool = False  # head only, backbone in eval mode
-
-
-METHODS: dict[str, Method] = {
-    "finetune": Method(reinit=False, distill=False),
-    "linear": Method(reinit=False, distill=False, linear=True),
-    "l2sp": Method(reinit=False, distill=False, l2sp=True),
-    "delta": Method(reinit=False, distill=True),
-    "delta-r": Method(reinit=True, distill=True),
-    "retrain": Method(reinit=True, distill=False),
-    "renofeation": Method(reinit=True, distill=True),
-}
 STATE_KIND = "transfer"
 
 
+def _with_trait(trait: str) -> str:
+    """The transfer methods that have `trait`, for messages (e.g. "delta/renofeation/delta-r")."""
+    return "/".join(name for name in catalog.methods("transfer") if getattr(catalog.METHODS[name], trait))
+
+
 def resolve_transfer_params(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The spec's params over the defaults, with the method-specific defaults and checks."""
+    """The spec's params over the catalog's defaults for its method (workers.catalog.PARAMS), the
+    Derived defaults applied, checked against the method's traits."""
     method = spec["method"]
-    if method not in METHODS:
-        raise KernelInputError(f"unknown transfer method {method!r} (known: {', '.join(METHODS)})")
+    traits = catalog.method(method, "transfer")
     given = dict(spec.get("params") or {})
-    params = {**DEFAULTS, **given}
-    if method == "renofeation":
-        if "dropout" not in given:
-            params["dropout"] = 0.1
-        if "swa_epochs" not in given:
-            params["swa_epochs"] = max(1, int(spec["epochs"]) // 3)
-    info = METHODS[method]
-    if info.distill and params["lambda_feat"] <= 0:
+    params = {**catalog.param_defaults("transfer", method), **given}
+    # Derived defaults: the catalog documents the rule, the kernel applies it.
+    if isinstance(params["swa_epochs"], catalog.Derived):  # max(1, epochs // 3): the code's 30k:90k
+        params["swa_epochs"] = max(1, int(spec["epochs"]) // 3)
+    derived = [name for name, value in params.items() if isinstance(value, catalog.Derived)]
+    if derived:
+        raise KernelInputError(f"no kernel rule for the derived default of {', '.join(derived)} ({method})")
+    if traits.distils and params["lambda_feat"] <= 0:
         raise KernelInputError(f"method {method} needs lambda_feat > 0")
-    if not info.distill and params["lambda_feat"] > 0:
-        raise KernelInputError(f"lambda_feat > 0 is method delta/delta-r/renofeation, not {method}")
-    if info.l2sp and params["lambda_sp"] <= 0:
-        raise KernelInputError("method l2sp needs lambda_sp > 0")
-    if not info.l2sp and params["lambda_sp"] > 0:
-        raise KernelInputError(f"lambda_sp > 0 is method l2sp, not {method}")
-    if params["bn_mode"] not in ("train", "eval"):
-        raise KernelInputError(f"unknown bn_mode {params['bn_mode']!r} (known: train, eval)")
-    if info.linear and spec.get("blocks") not in (None, 0):
-        raise KernelInputError(f"method linear trains the head only, got blocks={spec.get('blocks')}")
+    if not traits.distils and params["lambda_feat"] > 0:
+        raise KernelInputError(f"lambda_feat > 0 is method {_with_trait('distils')}, not {method}")
+    if traits.l2sp and params["lambda_sp"] <= 0:
+        raise KernelInputError(f"method {method} needs lambda_sp > 0")
+    if not traits.l2sp and params["lambda_sp"] > 0:
+        raise KernelInputError(f"lambda_sp > 0 is method {_with_trait('l2sp')}, not {method}")
+    catalog.check_choice("bn_mode", params["bn_mode"])
+    catalog.check_choice("head_init", params["head_init"])
+    if traits.linear and spec.get("blocks") not in (None, 0):
+        raise KernelInputError(f"method {method} trains the head only, got blocks={spec.get('blocks')}")
     if params["adv_steps"] > 0 and (params["adv_eps"] <= 0 or params["adv_step"] <= 0):
         raise KernelInputError("adversarial fine-tuning (adv_steps > 0) needs adv_eps > 0 and adv_step > 0")
     if params["attack_steps"] > 0 and (params["attack_eps"] <= 0 or params["attack_step"] <= 0):
@@ -149,7 +113,7 @@ def resolve_transfer_params(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def _load_source(spec: Mapping[str, Any], ctx: KernelContext) -> models.Classifier | None:
     """The pre-trained source of the spec (None for scratch); resolves ctx.source_path when unset."""
-    if spec["source"] == "scratch":
+    if spec["source"] == catalog.SCRATCH:
         return None
     path = ctx.source_path
     if path is None:
@@ -194,12 +158,12 @@ class TransferModels:
     set_mode: Callable[[nn.Module], None]
 
 
-def build_models(spec: Mapping[str, Any], ctx: KernelContext, params: Mapping[str, Any], method: Method,
-                 num_classes: int, device: torch.device, seed: int) -> TransferModels:
+def build_models(spec: Mapping[str, Any], ctx: KernelContext, params: Mapping[str, Any],
+                 method: catalog.MethodTraits, num_classes: int, device: torch.device, seed: int) -> TransferModels:
     """Load the source and derive the student: new head, optional re-init, dropout, trainable blocks."""
     source = _load_source(spec, ctx)
-    if source is None and method.distill:
-        raise KernelInputError(f"method {spec['method']} needs a pre-trained source (got source scratch)")
+    if source is None and method.distils:
+        raise KernelInputError(f"method {spec['method']} needs a pre-trained source (got source {catalog.SCRATCH})")
     if source is None:
         torch.manual_seed(derive_seed(seed, "scratch-init"))
         student = models.build_model(spec["arch"], num_classes)
@@ -209,7 +173,7 @@ def build_models(spec: Mapping[str, Any], ctx: KernelContext, params: Mapping[st
     models.replace_head(student, num_classes, init=params["head_init"], generator=head_generator)
     # w0 after loading and the new head, before any re-init (REFERENCE A)
     w0 = snapshot_parameters(student) if method.l2sp else None
-    if method.reinit:
+    if method.random_init:
         torch.manual_seed(derive_seed(seed, "reinit"))
         models.reinitialize(student.net)
         models.replace_head(student, num_classes, init=params["head_init"], generator=head_generator)
@@ -222,7 +186,7 @@ def build_models(spec: Mapping[str, Any], ctx: KernelContext, params: Mapping[st
     teacher = None
     if source is not None:
         source.to(device).eval().requires_grad_(False)
-        teacher = source if method.distill else None
+        teacher = source if method.distils else None
     if w0 is not None:
         w0 = {k: v.to(device) for k, v in w0.items()}
     return TransferModels(source, student, teacher, w0, _mode_setter(method.linear, params["bn_mode"]))
@@ -254,7 +218,14 @@ def make_extra_loss(built: TransferModels, params: Mapping[str, Any], device: to
 
 def make_forward(built: TransferModels) -> Forward | None:
     """The forward that also returns stage outputs, when distillation needs them."""
-    return (lambda model, x: models.forward_with_stages(model, x)) if built.teacher is not None else None
+    if built.teacher is None:
+        return None
+
+    def with_stages(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        assert isinstance(model, models.Classifier)  # train_epoch passes the student back
+        return models.forward_with_stages(model, x)
+
+    return with_stages
 
 
 def make_perturbation(params: Mapping[str, Any]) -> Perturb | None:
@@ -433,7 +404,7 @@ def run_transfer(spec: dict[str, Any], ctx: KernelContext, report: Report) -> di
     if spec.get("kind", "transfer") != "transfer":
         raise KernelInputError(f"run_transfer got a {spec.get('kind')!r} spec")
     params = resolve_transfer_params(spec)
-    method = METHODS[spec["method"]]
+    method = catalog.method(spec["method"], "transfer")
     seed = int(spec["seed"])
     epochs = int(spec["epochs"])
     device = torch.device(ctx.device)
