@@ -20,7 +20,7 @@ from workers.errors import KernelInputError
 
 __all__ = [
     "ARCHS", "AUGMENT_RECIPES", "CORRUPTIONS", "CORRUPTION_SEVERITIES", "CatalogError", "DATASETS",
-    "DATASET_PATTERNS", "Derived", "EVENT_KINDS", "KERNEL_VERSION", "KINDS", "METHODS", "MethodTraits", "OOD_SETS",
+    "DATASET_PATTERNS", "Derived", "KERNEL_VERSION", "KINDS", "METHODS", "MethodTraits", "OOD_SETS",
     "PARAMS", "Param", "SCRATCH", "SOURCE_SCHEMES", "check_arch", "check_augment", "check_choice", "check_dataset",
     "check_ood", "check_param", "check_source_scheme", "method", "methods", "param_default", "param_defaults",
     "param_types",
@@ -316,8 +316,3 @@ def param_types() -> dict[str, type]:
 def param_default(name: str, method_name: str) -> Any:
     """The default a kernel uses for `name` under `method_name` (a Derived rule where it computes one)."""
     return check_param(name).default_for(method_name)
-
-
-# --- the PackRunner's event kinds (workers.trainable emits, orchestrator.run.recorder applies) ------
-
-EVENT_KINDS: tuple[str, ...] = ("started", "epoch", "checkpoint", "retrying", "failed", "final", "batch")

@@ -18,7 +18,6 @@ from typing import Any
 
 from workers import catalog
 from workers.catalog import (
-    EVENT_KINDS,
     KERNEL_VERSION,
     METHODS,
     PARAMS,
@@ -61,7 +60,7 @@ from workers.sources import resolve_source_path, verify_checksum
 # What the orchestrator may use besides the trainable (it reaches workers through this module only).
 __all__ = [
     # the catalog (names, method traits, the parameter schema): torch-free, like this module at import
-    "EVENT_KINDS", "KERNEL_VERSION", "METHODS", "PARAMS", "SCRATCH", "SOURCE_SCHEMES", "CatalogError", "MethodTraits",
+    "KERNEL_VERSION", "METHODS", "PARAMS", "SCRATCH", "SOURCE_SCHEMES", "CatalogError", "MethodTraits",
     "Param", "catalog",
     # file identity
     "sha256_file",
