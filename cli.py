@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from db.models import TrialStatus
+from orchestrator import TrialStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -16,11 +16,13 @@ _EXPORTS: dict[str, str] = {
     "PRESETS": "orchestrator.plan.grids",
     "results_frame": "orchestrator.results.frames",
     "UserError": "orchestrator.errors",
+    "TrialStatus": "db.models",
 }
 
-__all__ = ["PRESETS", "Grid", "TrialSpec", "UserError", "load_grid", "results_frame"]
+__all__ = ["PRESETS", "Grid", "TrialSpec", "TrialStatus", "UserError", "load_grid", "results_frame"]
 
 if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names
+    from db.models import TrialStatus
     from orchestrator.errors import UserError
     from orchestrator.plan.grids import PRESETS, Grid, load_grid
     from orchestrator.plan.spec import TrialSpec

@@ -1,4 +1,4 @@
-"""The layout's contracts (docs: DESIGN.md "Layout"), checked on the source text with `ast`, plus a
+"""The layout's contracts (docs/ARCHITECTURE.md, "Import rules"), checked on the source text with `ast`, plus a
 subprocess import check for the torch-free modules.
 
 - `workers/` never imports `orchestrator` or `db`; `db/` never imports `orchestrator` or `workers`;
@@ -139,6 +139,14 @@ def test_workers_never_import_orchestrator_or_db() -> None:
 def test_db_never_imports_orchestrator_or_workers() -> None:
     bad = _violations("db", {"orchestrator", "workers"})
     assert not bad, "db/ must not import orchestrator or workers:\n" + "\n".join(bad)
+
+
+def test_cli_reaches_only_the_orchestrator() -> None:
+    """cli -> orchestrator -> db: the CLI parses and prints; what it needs of db or workers comes through the API."""
+    cli = ROOT / "cli.py"
+    bad = [f"{imp.site} imports {imp.module}" for imp in _imports(cli) if _top(imp.module) in {"db", "workers"}]
+    assert any(_top(imp.module) == "orchestrator" for imp in _imports(cli)), "the check no longer sees cli.py's imports"
+    assert not bad, "cli.py must reach db and workers through orchestrator:\n" + "\n".join(bad)
 
 
 def test_only_cli_imports_click() -> None:

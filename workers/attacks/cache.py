@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ from workers.errors import KernelInputError
 from workers.io import save_atomically
 
 ATTACK_PARAMS = ("eps", "step", "steps", "m", "clamp")  # what adversarial_set needs in its params
+
+logger = logging.getLogger(__name__)
 
 
 def attack_key(source_sha256: str, dataset_name: str, eval_indices: Sequence[int], params: Mapping[str, Any]) -> str:
@@ -45,6 +48,7 @@ def read_adversarial_set(path: Path, key_hash: str) -> Tensor | None:
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - an unreadable cache entry is recomputed, not fatal
+        logger.warning("unreadable adversarial set %s: it is computed again", path, exc_info=True)
         return None
     if not isinstance(stored, Mapping) or stored.get("key_hash") != key_hash or not isinstance(
         stored.get("adv"), Tensor
