@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from workers.diagnostics import Diagnostics
 
@@ -107,10 +107,11 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
-class Retrying:
-    """The kernel raised; the spec runs again in-process (from its last resume checkpoint)."""
+class _SpecError:
+    """What Retrying and Failed share: the spec, its one-line error and a short traceback."""
 
-    kind: ClassVar[str] = "retrying"
+    kind: ClassVar[str]
+    default_error: ClassVar[str] = ""
     spec_hash: str
     error: str
     detail: str = ""
@@ -119,23 +120,24 @@ class Retrying:
         return {"event": self.kind, "spec_hash": self.spec_hash, "error": self.error, "detail": self.detail}
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> Retrying:
-        return cls(str(payload["spec_hash"]), str(payload.get("error") or ""), str(payload.get("detail") or ""))
+    def from_payload(cls, payload: Mapping[str, Any]) -> Self:
+        return cls(str(payload["spec_hash"]), str(payload.get("error") or cls.default_error),
+                   str(payload.get("detail") or ""))
 
 
 @dataclass(frozen=True)
-class Failed:
+class Retrying(_SpecError):
+    """The kernel raised; the spec runs again in-process (from its last resume checkpoint)."""
+
+    kind: ClassVar[str] = "retrying"
+
+
+@dataclass(frozen=True)
+class Failed(_SpecError):
+    """The spec failed for good (bad input, or its last retry raised)."""
+
     kind: ClassVar[str] = "failed"
-    spec_hash: str
-    error: str
-    detail: str = ""
-
-    def to_payload(self) -> dict[str, Any]:
-        return {"event": self.kind, "spec_hash": self.spec_hash, "error": self.error, "detail": self.detail}
-
-    @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> Failed:
-        return cls(str(payload["spec_hash"]), str(payload.get("error") or "failed"), str(payload.get("detail") or ""))
+    default_error: ClassVar[str] = "failed"
 
 
 @dataclass(frozen=True)
