@@ -176,8 +176,8 @@ class Trial(Base):
         comment=(
             "pre-trained weights: torchvision:<arch> (natural), robustness:<name> (Madry robust), "
             "spec:<spec_hash> (a source trial), file:<name> (its sha256 in spec_json), scratch (random init); "
-            "NULL for source trials. Random-init trials: method retrain/renofeation/delta-r (source kept for "
-            "ASR) or source scratch"
+            "NULL for source trials. Random-init trials: a method with the catalog trait random_init (source "
+            "kept for ASR) or source scratch"
         ),
     )
     dataset: Mapped[str] = mapped_column(String, index=True, comment="training / ID dataset (target of a transfer)")
@@ -188,8 +188,7 @@ class Trial(Base):
     method: Mapped[str] = mapped_column(
         String, index=True,
         comment=(
-            "training method: natural/pgd-l2/pgd-linf/pgd1/gaussian (source), "
-            "linear/finetune/l2sp/delta/retrain/renofeation/delta-r (transfer)"
+            "training method, a name of workers/catalog.py's METHODS"
         ),
     )
     blocks: Mapped[int | None] = mapped_column(

@@ -59,12 +59,11 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "arch": "architecture, e.g. resnet50, tiny_resnet",
         "source": ("pre-trained weights: torchvision:<arch> (natural), robustness:<name> (Madry robust), "
                    "spec:<spec_hash> (a source trial), file:<name> (its sha256 in spec_json), scratch (random init); "
-                   "NULL for source trials. Random-init trials: method retrain/renofeation/delta-r (source kept for "
-                   "ASR) or source scratch"),
+                   "NULL for source trials. Random-init trials: a method with the catalog trait random_init (source "
+                   "kept for ASR) or source scratch"),
         "dataset": "training / ID dataset (target of a transfer)",
         "ood": "OOD evaluation set (cifar10.1, noise-3, ...); NULL = none",
-        "method": ("training method: natural/pgd-l2/pgd-linf/pgd1/gaussian (source), "
-                   "linear/finetune/l2sp/delta/retrain/renofeation/delta-r (transfer)"),
+        "method": "training method, a name of workers/catalog.py's METHODS",
         "blocks": "residual blocks fine-tuned besides the head (Utrera: 0/1/3/9); NULL = all",
         "subset_size": "training images used (random class-covering subset); NULL = the full training set",
         "seed": "random seed (also fixes the training subset: runs pair by seed)",

@@ -37,6 +37,7 @@ from db import readonly
 from db.models import RESULTS_VIEW_COMMENT, Base, results_view_comments
 from db.readonly import ReadOnlyViolation
 from orchestrator.errors import UserError, one_line
+from workers.trainable import METHODS
 
 
 class QueryRefused(UserError):
@@ -214,7 +215,18 @@ def _schema_docs() -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     tables[_ALEMBIC_TABLE], columns[_ALEMBIC_TABLE] = _ALEMBIC_DOCS[0], dict(_ALEMBIC_DOCS[1])
     tables["results"] = _VIEW_PREFIX + RESULTS_VIEW_COMMENT
     columns["results"] = results_view_comments()
+    for table in ("trials", "results"):
+        _add_catalog_names(columns[table])
     return tables, columns
+
+
+def _add_catalog_names(docs: dict[str, str]) -> None:
+    """The method names come from the catalog at display time, so the stored comments never list them."""
+    by_kind = {kind: "/".join(name for name, traits in METHODS.items() if traits.kind == kind)
+               for kind in ("source", "transfer")}
+    random_init = "/".join(name for name, traits in METHODS.items() if traits.random_init)
+    docs["method"] = f"{docs['method']}: {by_kind['source']} (source), {by_kind['transfer']} (transfer)"
+    docs["source"] = f"{docs['source']}; random_init methods: {random_init}"
 
 
 TABLE_DOCS, COLUMN_DOCS = _schema_docs()
