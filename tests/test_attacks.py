@@ -14,6 +14,7 @@ from workers.attacks import (
     adversarial_set_path,
     attack_key,
     attack_success_rate,
+    clean_digest,
     evaluate_asr,
     penultimate_attack,
     penultimate_objective,
@@ -116,7 +117,8 @@ def test_adversarial_set_is_computed_once_per_key(source: models.Classifier, cle
                                                   tmp_path: Path) -> None:
     x = source.normalize(clean)
     indices = list(range(len(x)))
-    key = attack_key("a" * 64, "synthetic-source", indices, PARAMS)
+    digest = clean_digest(x)
+    key = attack_key("a" * 64, "synthetic-source", indices, PARAMS, digest)
     path = adversarial_set_path(tmp_path, key)
     first = adversarial_set(source, "a" * 64, "synthetic-source", indices, x, PARAMS, tmp_path)
     assert path.is_file()
@@ -127,12 +129,14 @@ def test_adversarial_set_is_computed_once_per_key(source: models.Classifier, cle
 
     # Another source checkpoint, another evaluation subset or other params: a new set.
     other = adversarial_set(source, "b" * 64, "synthetic-source", indices, x, PARAMS, tmp_path)
-    assert adversarial_set_path(tmp_path, attack_key("b" * 64, "synthetic-source", indices, PARAMS)).is_file()
-    assert attack_key("b" * 64, "synthetic-source", indices, PARAMS) != key
+    assert adversarial_set_path(tmp_path, attack_key("b" * 64, "synthetic-source", indices, PARAMS, digest)).is_file()
+    assert attack_key("b" * 64, "synthetic-source", indices, PARAMS, digest) != key
     assert not torch.equal(other, first)  # the random start is seeded from the key
     fewer = adversarial_set(source, "a" * 64, "synthetic-source", indices[:8], x[:8], PARAMS, tmp_path)
     assert fewer.shape[0] == 8
-    assert adversarial_set_path(tmp_path, attack_key("a" * 64, "synthetic-source", indices[:8], PARAMS)).is_file()
+    assert adversarial_set_path(
+        tmp_path, attack_key("a" * 64, "synthetic-source", indices[:8], PARAMS, clean_digest(x[:8]))
+    ).is_file()
     assert len(list((tmp_path / "adv").glob("*.pt"))) == 3  # one file per key
     # A loader of [0,1] batches gives the same set as the normalised tensor (and hits the cache).
     ds = data.load_split("synthetic-source", False, params={"num_classes": 6})

@@ -2,13 +2,17 @@
 
 pgd          PGD (ℓ2 / ℓ∞), single-step PGD, Gaussian noise, robust accuracy under PGD.
 penultimate  Renofeation's penultimate-layer attack on the source, and the attack success rate.
-cache        adversarial sets computed once per (source, dataset, images, attack) key and stored.
+cache        adversarial sets computed once per (source, clean images' content, attack, kernel version) key and stored.
 """
 
 from workers.attacks.cache import (
+    AdversarialSet,
     adversarial_set,
     adversarial_set_path,
     attack_key,
+    attack_seed,
+    cached_adversarial_set,
+    clean_digest,
     read_adversarial_set,
     write_adversarial_set,
 )
@@ -25,11 +29,15 @@ from workers.attacks.pgd import NORMS, gaussian_noise, pgd, pgd1, robust_accurac
 
 __all__ = [
     "ATTACK_BATCH",
+    "AdversarialSet",
     "NORMS",
     "adversarial_set",
     "adversarial_set_path",
     "attack_key",
+    "attack_seed",
     "attack_success_rate",
+    "cached_adversarial_set",
+    "clean_digest",
     "evaluate_asr",
     "gaussian_noise",
     "normalised_images",

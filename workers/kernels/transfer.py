@@ -35,9 +35,7 @@ from torch import nn
 from workers import attacks, catalog, data, models
 from workers.attacks import (
     ATTACK_BATCH,
-    adversarial_set,
-    adversarial_set_path,
-    attack_key,
+    cached_adversarial_set,
     evaluate_asr,
     normalised_images,
 )
@@ -382,16 +380,15 @@ def transfer_asr(
     source.to(device)
     clean = normalised_images(source, loader)
     labels = torch.tensor([test_ds.targets[i] for i in indices], dtype=torch.long)
-    cache_dir = ctx.work_dir()
-    # The test split's identity: generated datasets differ by their size params under one name.
+    # The name only labels the set; the key holds the digest of `clean` and `labels` (the images as
+    # loaded from this data root and test-transformed), so another root or changed images get another set.
     dataset_id = f"{spec['dataset']}|classes={test_ds.num_classes}|size={len(test_ds)}"
-    adv = adversarial_set(source, source_sha256, dataset_id, indices, clean, attack_params, cache_dir)
-    result = evaluate_asr(student, adv, clean, labels)
-    key_hash = attack_key(source_sha256, dataset_id, indices, attack_params)
-    artifact = {"key_hash": key_hash, "kind": "adversarial_set",
-                "uri": str(adversarial_set_path(cache_dir, key_hash).resolve()),
+    cached = cached_adversarial_set(source, source_sha256, dataset_id, indices, clean, attack_params,
+                                    ctx.work_dir(), labels)
+    result = evaluate_asr(student, cached.adv, clean, labels)
+    artifact = {"key_hash": cached.key_hash, "kind": "adversarial_set", "uri": str(cached.path.resolve()),
                 "meta": {"source_sha256": source_sha256, "dataset": spec["dataset"], "images": len(indices),
-                         "params": attack_params}}
+                         "params": attack_params, "clean_digest": cached.clean_digest}}
     return {"asr": result["asr"], "clean_acc": result["clean_acc"], "adv_acc": result["adv_acc"],
             "artifacts": [artifact]}
 
@@ -428,6 +425,6 @@ def run_transfer(spec: dict[str, Any], ctx: KernelContext, report: Report) -> di
         "artifacts": [],
     }
     if int(params["attack_steps"]) > 0 and built.source is not None:
-        # crafted on the pre-trained source (cached per source/dataset/images/attack), run on the student
+        # crafted on the pre-trained source (cached per source/clean images/attack), run on the student
         final.update(transfer_asr(spec, ctx, params, built.source, built.student, kernel_data.test_ds, device))
     return final
