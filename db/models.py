@@ -57,6 +57,27 @@ RUNNABLE: frozenset[TrialStatus] = frozenset({TrialStatus.PENDING, TrialStatus.F
 STARTABLE: frozenset[TrialStatus] = RUNNABLE | {TrialStatus.RUNNING}  # a worker may (re)start
 RETRYABLE: frozenset[TrialStatus] = frozenset(TrialStatus) - {TrialStatus.COMPLETED}  # may be reset to pending
 STATUSES: tuple[str, ...] = tuple(status.value for status in TrialStatus)  # in lifecycle order
+
+
+class TrialInit(StrEnum):
+    """A trial's `trials.init`: where its backbone's weights start and what it learns from.
+
+    The one owner of the names (the CHECK lists exactly these). The planner writes the value from
+    the spec and the catalog's method traits (orchestrator/plan/planner.py `trial_init`); the
+    database cannot ask the catalog, so the value is stored.
+    """
+
+    # from the source's weights (e.g. finetune, linear, l2sp, delta)
+    PRETRAINED = "pretrained"
+    # random weights, learns from nothing pre-trained: the ER testbed (e.g. retrain, any method from source
+    # scratch) and every source trial (it trains a source model from scratch)
+    RANDOM = "random"
+    # random weights, learns from the pre-trained source as a teacher (e.g. renofeation, delta-r): not random
+    # init in the ER sense
+    DISTILLED = "distilled"
+
+
+INITS: tuple[str, ...] = tuple(init.value for init in TrialInit)
 KINDS: tuple[str, ...] = ("source", "transfer")
 TRANSFORMS: tuple[str, ...] = ("logit", "probit")
 
@@ -69,6 +90,15 @@ FINAL_METRICS: tuple[str, ...] = ("test_acc", "ood_acc", "asr", "adv_acc", "clea
 # Per-epoch metrics of `epoch_metrics`.
 EPOCH_METRICS: tuple[str, ...] = (
     "train_loss", "train_acc", "test_acc", "ood_acc", "er", "lr", "seconds", "robust_acc",
+)
+
+# Columns of `trials` the planner derives from a spec (not spec fields): every planned row carries them.
+DERIVED_COLUMNS: tuple[str, ...] = ("init",)
+INIT_COMMENT = (
+    "how the backbone starts: pretrained (from the source's weights) | random (random weights, learns from "
+    "nothing pre-trained: the ER testbed, source scratch, and every source trial) | distilled (random weights, "
+    "learns from the pre-trained source as a teacher: not random init in the ER sense); set at plan time from "
+    "the method's catalog traits"
 )
 
 # Deterministic constraint names: migrations refer to them, and both backends agree.
@@ -122,6 +152,7 @@ class Trial(Base):
     __table_args__ = (
         CheckConstraint(_in("status", STATUSES), name="status"),
         CheckConstraint(_in("kind", KINDS), name="kind"),
+        CheckConstraint(_in("init", INITS), name="init"),
         CheckConstraint("attempts >= 0", name="attempts"),
         CheckConstraint("epochs >= 1", name="epochs"),
         CheckConstraint("blocks >= 0", name="blocks"),
@@ -176,8 +207,8 @@ class Trial(Base):
         comment=(
             "pre-trained weights: torchvision:<arch> (natural), robustness:<name> (Madry robust), "
             "spec:<spec_hash> (a source trial), file:<name> (its sha256 in spec_json), scratch (random init); "
-            "NULL for source trials. Random-init trials: a method with the catalog trait random_init (source "
-            "kept for ASR) or source scratch"
+            "NULL for source trials. A method that starts from random weights keeps its source as teacher or for "
+            "ASR: see init, not source, for how a trial starts"
         ),
     )
     dataset: Mapped[str] = mapped_column(String, index=True, comment="training / ID dataset (target of a transfer)")
@@ -237,6 +268,8 @@ class Trial(Base):
         String(64), index=True,
         comment="the driver that has queued the trial (concurrent drivers never run it twice); NULL = none",
     )
+    # How the backbone starts, written by the planner from the method's catalog traits (revision 0004).
+    init: Mapped[str] = mapped_column(String(16), index=True, comment=INIT_COMMENT)
 
     experiments: Mapped[list[Experiment]] = relationship(
         secondary="experiment_trials", back_populates="trials", passive_deletes=True
@@ -354,7 +387,7 @@ class ErBaseline(Base):
 
 # Columns of the `results` view (created by the migrations): one row per (experiment, trial).
 RESULTS_VIEW_COLUMNS: tuple[str, ...] = (
-    "experiment", "trial_id", "spec_hash", "status", *KEY_COLUMNS,
+    "experiment", "trial_id", "spec_hash", "status", *KEY_COLUMNS, *DERIVED_COLUMNS,
     *FINAL_METRICS, "duration_s", "last_epoch", "finished_at",
 )
 RESULTS_VIEW_COMMENT = "one row per (experiment, trial) with the key fields and final metrics; start here"

@@ -58,6 +58,7 @@ class TrialRecord:
     duration_s: float | None
     worker: str | None
     claimed_by: str | None
+    init: str
 
 
 @dataclass(frozen=True)

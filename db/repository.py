@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from db.lifecycle import TrialWriter, aware, chunks, table_of, utc_now
 from db.models import (
     ACTIVE,
+    DERIVED_COLUMNS,
     EPOCH_METRICS,
     KEY_COLUMNS,
     RETRYABLE,
@@ -35,6 +36,7 @@ from db.models import (
     Experiment,
     ExperimentTrial,
     Trial,
+    TrialInit,
     TrialStatus,
     status_values,
 )
@@ -196,7 +198,8 @@ class Repository:
     def plan_trials(self, experiment_id: int, rows: Sequence[Mapping[str, Any]]) -> PlanResult:
         """Insert new specs as pending, link every spec to the experiment, count what existed.
 
-        Each row: spec_hash, spec_json and the key columns (KEY_COLUMNS). One transaction;
+        Each row: spec_hash, spec_json, the key columns (KEY_COLUMNS; a missing one is NULL) and the
+        derived ones (DERIVED_COLUMNS, required: the planner's `trial_row` writes them). One transaction;
         bulk statements of CHUNK rows. Running it again inserts and links nothing.
         """
         with self._write() as connection:
@@ -210,7 +213,8 @@ class Repository:
         now = utc_now()
         values = [
             {"spec_hash": spec_hash, "spec_json": row["spec_json"], "status": TrialStatus.PENDING.value, "attempts": 0,
-             "created_at": now, **{name: row.get(name) for name in KEY_COLUMNS}}
+             "created_at": now, **{name: row.get(name) for name in KEY_COLUMNS},
+             **{name: row[name] for name in DERIVED_COLUMNS}}
             for spec_hash, row in unique.items()
         ]
         new = completed = other = linked = 0
@@ -528,15 +532,14 @@ class Repository:
         with self._read() as connection:
             return [TrialAccuracy(int(t), float(a), float(o)) for t, a, o in connection.execute(query)]
 
-    def testbed_points(self, experiment_id: int, id_dataset: str, ood_dataset: str,
-                       methods: Sequence[str]) -> list[tuple[float, float]]:
+    def testbed_points(self, experiment_id: int, id_dataset: str, ood_dataset: str) -> list[tuple[float, float]]:
         """(test_acc, ood_acc) of the experiment's completed testbed transfers: trained on the ID
-        data alone, from random weights (a `methods` method, or any method from source 'scratch').
-        `methods` is the orchestrator's (the catalog's testbed trait): the db layer knows no methods."""
+        data alone, from random weights, with no teacher (`init` = random, which the planner derives
+        from the catalog's traits: distilled trials are not in the testbed)."""
         query = (
             select(TRIALS.c.test_acc, TRIALS.c.ood_acc)
             .where(self._experiment_filter(experiment_id), TRIALS.c.kind == "transfer",
-                   or_(TRIALS.c.method.in_(list(methods)), TRIALS.c.source == "scratch"),
+                   TRIALS.c.init == TrialInit.RANDOM.value,
                    TRIALS.c.dataset == id_dataset, TRIALS.c.ood == ood_dataset,
                    TRIALS.c.status == TrialStatus.COMPLETED.value,
                    TRIALS.c.test_acc.is_not(None), TRIALS.c.ood_acc.is_not(None))

@@ -197,7 +197,7 @@ def current_revision(engine: Engine | str) -> str | None:
 
 
 @contextmanager
-def _migration_transaction(engine: Engine) -> Iterator[Connection]:
+def migration_transaction(engine: Engine) -> Iterator[Connection]:
     """One transaction for a whole migration run, serialised against other rtgrid processes."""
     with engine.connect() as connection:
         sqlite = is_sqlite(engine.url)
@@ -237,7 +237,7 @@ def _migrate(url_or_engine: str | Engine, revision: str, script_location: str, d
     assert isinstance(engine, Engine)
     safe = safe_url(engine.url)
     try:
-        with _migration_transaction(engine) as connection:
+        with migration_transaction(engine) as connection:
             config = alembic_config(script_location)
             config.attributes["connection"] = connection
             getattr(command, direction)(config, revision)

@@ -12,7 +12,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from db.models import Base
-from db.session import make_engine, normalise_url, resolve_url
+from db.session import make_engine, migration_transaction, normalise_url, resolve_url
 
 config = context.config
 target_metadata = Base.metadata
@@ -51,9 +51,10 @@ def run_migrations_online() -> None:
         return
     engine = make_engine(_url())
     try:
-        with engine.connect() as connection:
+        # rtgrid's own migration transaction: on SQLite a table rebuild (0004) must not fire ON DELETE
+        # CASCADE into epoch_metrics, so foreign keys are off while it runs (as under `rtgrid db upgrade`).
+        with migration_transaction(engine) as connection:
             _run(connection)
-            connection.commit()
     finally:
         engine.dispose()
 

@@ -31,6 +31,8 @@ from db.session import (
     safe_url,
 )
 
+INIT_OF_METHOD = {"retrain": "random", "renofeation": "distilled", "delta-r": "distilled"}
+
 
 def spec_row(i: int, **overrides: Any) -> dict[str, Any]:
     """A synthetic trials row shaped like orchestrator.plan.planner.trial_row."""
@@ -38,8 +40,10 @@ def spec_row(i: int, **overrides: Any) -> dict[str, Any]:
             "ood": "cifar10.1", "method": "finetune", "blocks": (0, 1, 3, 9)[i % 4],
             "subset_size": None if i % 10 == 0 else 100 * (1 + i % 9), "seed": i, "epochs": 10, **overrides}
     spec_json = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    # init as the planner derives it (tests/test_init_column.py checks the planner against the catalog)
+    init = "random" if spec["source"] == "scratch" else INIT_OF_METHOD.get(spec["method"], "pretrained")
     return {"spec_hash": hashlib.sha256(spec_json.encode()).hexdigest(), "spec_json": spec_json,
-            **{name: spec[name] for name in KEY_COLUMNS}}
+            **{name: spec[name] for name in KEY_COLUMNS}, "init": init}
 
 
 def sql(engine: Engine, statement: str, **params: Any) -> list[Any]:
@@ -65,7 +69,7 @@ def planned(repo: Repository, experiment: str, rows: list[dict[str, Any]]) -> tu
 def raw_trial(repo: Repository, spec_hash: str, **columns: Any) -> None:
     """INSERT a trials row with plain SQL (no repository code in the way)."""
     values = {"spec_hash": spec_hash, "spec_json": "{}", "status": "pending", "kind": "transfer", "arch": "a",
-              "dataset": "d", "method": "finetune", "seed": 0, "epochs": 1, **columns}
+              "dataset": "d", "method": "finetune", "seed": 0, "epochs": 1, "init": "pretrained", **columns}
     names = ", ".join(values)
     sql(repo.engine, f"INSERT INTO trials ({names}) VALUES ({', '.join(':' + n for n in values)})", **values)
 
@@ -83,6 +87,8 @@ def test_unique_spec_hash_is_enforced_by_the_database(repo: Repository) -> None:
     {"er": 1.5},
     {"epochs": 0},
     {"subset_size": 0},
+    {"init": "scratch"},  # pretrained | random | distilled
+    {"init": None},  # the planner always writes it
 ], ids=lambda c: next(iter(c)))
 def test_check_constraints(repo: Repository, columns: dict[str, Any]) -> None:
     with pytest.raises(IntegrityError):
@@ -408,7 +414,7 @@ def test_er_backfill(repo: Repository) -> None:
     trials = repo.trial_accuracies("digits", "noise-2")
     assert len(trials) == 5
     repo.set_trial_er([(row.trial_id, 0.05) for row in trials])
-    assert repo.testbed_points(experiment_id, "digits", "noise-2", ("retrain",)) == [
+    assert repo.testbed_points(experiment_id, "digits", "noise-2") == [
         pytest.approx((0.4, 0.25)), pytest.approx((0.5, 0.35)), pytest.approx((0.6, 0.45))]
     stored = [row.er for row in repo.epoch_rows(experiment_id) if row.epoch == 1]
     assert stored == [pytest.approx(-0.1)] * 5

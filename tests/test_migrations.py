@@ -125,7 +125,7 @@ def _seed(url: str) -> str:
         experiment = repo.ensure_experiment("seeded", "smoke")
         row = {"spec_hash": "a" * 64, "spec_json": "{}", "kind": "transfer", "arch": "tiny_resnet", "source": "scratch",
                "dataset": "digits", "ood": "noise-2", "method": "retrain", "blocks": None, "subset_size": 50,
-               "seed": 0, "epochs": 2}
+               "seed": 0, "epochs": 2, "init": "random"}
         repo.plan_trials(experiment, [row])
         repo.mark_started(row["spec_hash"], "host")
         repo.record_epoch(row["spec_hash"], 1, {"test_acc": 0.5, "ood_acc": 0.4})
@@ -287,9 +287,19 @@ def test_comments_revision_is_a_literal_snapshot() -> None:
     assert "\nfrom db" not in Path(script.path).read_text(), "a revision is a frozen snapshot: no db.models import"
 
 
+def _frozen_comments(revision: str) -> dict[str, dict[str, str | None]]:
+    """The comments a revision's literal snapshot stores (0003: every table and column of its schema)."""
+    script = _script(SCRIPT_LOCATION).get_revision(revision)
+    assert script is not None
+    module = import_module(f"migrations.versions.{Path(script.path).stem}")
+    return {table: {"": module.TABLE_COMMENTS[table]} | module.COLUMN_COMMENTS[table]
+            for table in module.TABLE_COMMENTS}
+
+
 @pytest.mark.parametrize("start", ["empty", "0002"])
 def test_upgrade_to_head_stores_the_comments(db_url: str, db_backend: str, start: str) -> None:
-    """empty -> head and 0002 -> 0003 (data kept) -> 0002 -> head: comments on PostgreSQL, none on SQLite."""
+    """empty -> 0003 -> head and 0002 -> 0003 (data kept) -> 0002 -> head: at 0003 its literal snapshot, at
+    head the models' comments, on PostgreSQL; none on SQLite."""
     if start == "0002":
         upgrade(db_url)
         _seed(db_url)
@@ -300,12 +310,14 @@ def test_upgrade_to_head_stores_the_comments(db_url: str, db_backend: str, start
         assert "\n" not in str(info.value)
         assert str(info.value).startswith(f"database is at revision 0002 but rtgrid needs {head_revision()}: "
                                           "run `rtgrid db upgrade --db ")
-    no_comments = {table: dict.fromkeys(columns, None) for table, columns in _model_comments().items()}
+    at_0003 = _frozen_comments(COMMENTS_REVISION)
+    no_comments_0003 = {table: dict.fromkeys(columns, None) for table, columns in at_0003.items()}
+    no_comments_head = {table: dict.fromkeys(columns, None) for table, columns in _model_comments().items()}
     if start == "0002":
-        assert _comments(db_url) == no_comments
+        assert _comments(db_url) == no_comments_0003
     upgrade(db_url, COMMENTS_REVISION)
-    expected = _model_comments() if db_backend == "postgresql" else no_comments
-    assert _comments(db_url) == expected
+    assert _comments(db_url) == (at_0003 if db_backend == "postgresql" else no_comments_0003)
+    expected = _model_comments() if db_backend == "postgresql" else no_comments_head
     if db_backend == "postgresql":  # what a psql user reads
         engine = make_engine(db_url)
         try:
@@ -319,10 +331,13 @@ def test_upgrade_to_head_stores_the_comments(db_url: str, db_backend: str, start
         assert described == "pending | running | completed | failed | cancelled"
         assert table == Base.metadata.tables["er_baselines"].comment
     downgrade(db_url, "0002")
-    assert _comments(db_url) == no_comments
+    assert _comments(db_url) == no_comments_0003
     upgrade(db_url)
     assert current_revision(db_url) == head_revision()
     assert _comments(db_url) == expected
+    downgrade(db_url, COMMENTS_REVISION)  # later revisions restore 0003's text
+    assert _comments(db_url) == (at_0003 if db_backend == "postgresql" else no_comments_0003)
+    upgrade(db_url)
     if start == "0002":
         assert _counts(db_url) == (1, 2, 1) and _results_rows(db_url) == 1
     open_database(db_url, create=False).dispose()

@@ -79,7 +79,7 @@ def _planned_trial(repo: Repository) -> str:
     spec_hash = hashlib.sha256(spec_json.encode()).hexdigest()
     experiment_id = repo.ensure_experiment("e", "test-grid")
     repo.plan_trials(experiment_id, [{"spec_hash": spec_hash, "spec_json": spec_json,
-                                      **{name: spec[name] for name in KEY_COLUMNS}}])
+                                      **{name: spec[name] for name in KEY_COLUMNS}, "init": "random"}])
     return spec_hash
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -220,10 +221,13 @@ def test_schema_docs_name_the_catalogs_methods() -> None:
     assert not any(name in (trials.method.comment or "") for name in ("finetune", "renofeation", "pgd-linf"))
     source = "/".join(n for n, m in METHODS.items() if m.kind == "source")
     transfer = "/".join(n for n, m in METHODS.items() if m.kind == "transfer")
-    random_init = "/".join(n for n, m in METHODS.items() if m.random_init)
+    init_words = set(re.findall(r"[\w-]+", trials.init.comment or ""))  # "pretrained" holds "retrain"
+    assert not init_words & {"retrain", "renofeation", "delta-r", "finetune"}
+    random = "/".join(n for n, m in METHODS.items() if m.random_init and not m.distils)
+    distilled = "/".join(n for n, m in METHODS.items() if m.random_init and m.distils)
     for table in ("trials", "results"):
         assert COLUMN_DOCS[table]["method"].endswith(f": {source} (source), {transfer} (transfer)")
-        assert COLUMN_DOCS[table]["source"].endswith(f"; random_init methods: {random_init}")
+        assert COLUMN_DOCS[table]["init"].endswith(f"; random methods: {random}; distilled methods: {distilled}")
 
 
 def test_bad_input_is_one_line(tmp_path: Path, results_sqlite: str) -> None:

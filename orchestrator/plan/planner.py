@@ -11,18 +11,38 @@ from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
-from db.models import KEY_COLUMNS
+from db.models import KEY_COLUMNS, TrialInit
 from db.repository import GridConflict, PlanResult, Repository
 from orchestrator.errors import UserError
 from orchestrator.plan.grids import Grid
+from orchestrator.plan.sources import SourceRef
 from orchestrator.plan.spec import TrialSpec
+from workers.trainable import catalog
+
+
+def trial_init(spec: TrialSpec) -> TrialInit:
+    """How the spec's backbone starts (`trials.init`), from the catalog's method traits.
+
+    random: a source trial (it trains from scratch), source scratch, or a testbed method
+    (random_init and not distils: retrain); distilled: random_init and distils (renofeation,
+    delta-r: random weights, the pre-trained source as teacher); pretrained: the rest.
+    Revision 0004 back-fills older rows with this rule as it was then.
+    """
+    ref = SourceRef.maybe(spec.source)
+    if spec.kind == "source" or (ref is not None and ref.is_scratch):
+        return TrialInit.RANDOM
+    traits = catalog.method(spec.method, spec.kind)
+    if traits.random_init:
+        return TrialInit.DISTILLED if traits.distils else TrialInit.RANDOM
+    return TrialInit.PRETRAINED
 
 
 def trial_row(spec: TrialSpec) -> dict[str, Any]:
-    """The `trials` row of a spec: its hash, canonical JSON and key fields as columns."""
+    """The `trials` row of a spec: its hash, canonical JSON, key fields as columns and its init."""
     row: dict[str, Any] = {name: getattr(spec, name) for name in KEY_COLUMNS}
     row["spec_hash"] = spec.spec_hash
     row["spec_json"] = spec.canonical_json()
+    row["init"] = trial_init(spec).value
     return row
 
 

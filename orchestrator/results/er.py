@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from db.repository import Repository
 from orchestrator.errors import UserError
 from workers.trainable import (
-    METHODS,
     PUBLISHED_BASELINES,
     Baseline,
     effective_robustness,
@@ -45,20 +44,16 @@ def _store_and_fill(repo: Repository, id_dataset: str, ood_dataset: str, fit: Ba
                       fitted_from, len(epoch_er), len(trial_er))
 
 
-# The ER testbed: models trained on the ID data alone from random weights. Renofeation and
-# DELTA-R start from random weights too, but learn from a pre-trained teacher: not in the testbed
-# (the catalog's MethodTraits.testbed rule: random_init and not distils).
-TESTBED_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.testbed)
-
-
 def fit_from_experiment(repo: Repository, experiment: str, id_dataset: str, ood_dataset: str,
                         transform: str = "logit") -> FitOutcome:
-    """Fit on the experiment's converged testbed runs (`retrain`, or any method from source
-    'scratch'): their final accuracies."""
+    """Fit on the experiment's converged testbed runs: its transfers with init = random (trained on
+    the ID data alone from random weights: `retrain`, or any method from source 'scratch'; the
+    distilled ones, Renofeation and DELTA-R, learn from a pre-trained teacher and are left out),
+    their final accuracies."""
     experiment_id = repo.experiment_id(experiment)
     if experiment_id is None:
         raise UserError(f"unknown experiment {experiment!r}")
-    rows = repo.testbed_points(experiment_id, id_dataset, ood_dataset, TESTBED_METHODS)
+    rows = repo.testbed_points(experiment_id, id_dataset, ood_dataset)
     if len(rows) < 3:
         raise UserError(f"experiment {experiment!r} has {len(rows)} completed testbed (retrain) runs on "
                         f"{id_dataset}->{ood_dataset}; a baseline needs at least 3")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from db.models import EPOCH_METRICS, KEY_COLUMNS
+from db.models import DERIVED_COLUMNS, EPOCH_METRICS, KEY_COLUMNS
 from orchestrator.errors import UserError
 from orchestrator.results.frames import add_source_labels, experiment_trials_sql, nullable_ints, require_experiment
 from orchestrator.results.query import Database, reading
@@ -16,7 +16,7 @@ from orchestrator.results.query import Database, reading
 TABLES = ("trials", "epochs")
 FORMATS = ("csv", "parquet")
 # From the schema: a new key column or epoch metric is exported without an edit here.
-_TRIAL_KEYS = ", ".join(f"t.{column}" for column in ("spec_hash", "status", *KEY_COLUMNS))
+_TRIAL_KEYS = ", ".join(f"t.{column}" for column in ("spec_hash", "status", *KEY_COLUMNS, *DERIVED_COLUMNS))
 _EPOCH_COLUMNS = ", ".join(f"m.{column}" for column in ("epoch", *EPOCH_METRICS, "recorded_at"))
 
 

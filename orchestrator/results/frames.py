@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from db.models import FINAL_METRICS, TrialStatus
+from db.models import FINAL_METRICS, TrialInit, TrialStatus
 from orchestrator.errors import UserError
 from orchestrator.plan.sources import SCRATCH, SourceRef
 from orchestrator.results.query import Database, ReadOnlyDatabase, reading
@@ -24,10 +24,11 @@ PUBLISHED_LABELS = {
     "robustness:imagenet_linf_8": "linf-8",
 }
 NATURAL = "natural"
-# Random-init trials (the ER testbed, Andreassen's init=random, Renofeation's re-training family):
-# these methods start from random weights whatever `source` names (the source is kept so that ASR
-# can be crafted on it); source "scratch" is the older way to say the same. The catalog's
-# `random_init` trait decides.
+# Methods whose backbone starts from random weights whatever `source` names (the catalog's
+# `random_init` trait): the ER testbed (retrain: the source only serves ASR) AND the distilling
+# ones (renofeation, delta-r: the source is their teacher). Not a report filter: reports and frames
+# read the stored `init` column (pretrained | random | distilled, db.models.TrialInit), which the
+# planner derives from the same traits and which tells the two apart.
 RANDOM_INIT_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.random_init)
 
 Lookup = Mapping[str, str] | Callable[[str], str | None]
@@ -158,6 +159,11 @@ def results_frame(experiment: str, db: Database | Any = None) -> pd.DataFrame:
       method such as pgd-l2 for ``spec:`` sources; see ``source_label``), ``dataset``, ``ood``,
       ``method``, ``blocks`` and ``subset_size`` (nullable ``Int64``; ``subset_size`` <NA> =
       the full training set), ``seed``, ``epochs``;
+    - ``init``: how the backbone starts, ``pretrained`` (from the source's weights), ``random``
+      (random weights, nothing pre-trained: retrain and source ``scratch``, the ER testbed; and every
+      source trial) or ``distilled`` (random weights, the source as a teacher: renofeation, delta-r).
+      A retrain trial keeps the natural source for its ASR attack, so its ``source_label`` reads
+      "natural": group by ``init`` too, or keep ``init == "pretrained"``, to compare sources;
     - final metrics as FRACTIONS in [0, 1] (NaN when not measured or not finished):
       ``test_acc``, ``ood_acc``, ``asr``, ``adv_acc``, ``clean_acc``, ``robust_acc``;
       ``er`` (effective robustness at the last epoch, a fraction in [-1, 1]);
@@ -168,8 +174,8 @@ def results_frame(experiment: str, db: Database | Any = None) -> pd.DataFrame:
     Example
     -------
     >>> df = results_frame("utrera2021", db="sqlite:///utrera.db")
-    >>> done = df[df.status == "completed"]
-    >>> done.groupby(["dataset", "subset_size", "source_label"]).test_acc.mean().unstack()
+    >>> done = df[(df.status == "completed") & (df.kind == "transfer")]
+    >>> done.groupby(["dataset", "subset_size", "init", "source_label"]).test_acc.mean().unstack()
     """
     with reading(db) as database:
         require_experiment(database, experiment)
@@ -192,15 +198,9 @@ def completed_transfers_sql(alias: str = "t") -> str:
     return f"{alias}.kind = 'transfer' AND {alias}.status = '{TrialStatus.COMPLETED.value}'"
 
 
-def random_init_sql(alias: str = "t") -> str:
-    """SQL condition: the trial of table alias `alias` starts from random weights (see RANDOM_INIT_METHODS)."""
-    methods = ", ".join(f"'{method}'" for method in RANDOM_INIT_METHODS)
-    return f"({alias}.method IN ({methods}) OR COALESCE({alias}.source, '') = '{SCRATCH}')"
-
-
-def is_random_init(method: pd.Series, source: pd.Series) -> pd.Series:
-    """The same condition as random_init_sql, on DataFrame columns."""
-    return method.isin(RANDOM_INIT_METHODS) | (source.fillna("") == SCRATCH)
+def pretrained_sql(alias: str = "t") -> str:
+    """SQL condition: the trial of table alias `alias` starts from its source's weights (`init`)."""
+    return f"{alias}.init = '{TrialInit.PRETRAINED.value}'"
 
 
 # --- one trial per seed in a reported cell ---------------------------------------------------------

@@ -224,9 +224,10 @@ def _add_catalog_names(docs: dict[str, str]) -> None:
     """The method names come from the catalog at display time, so the stored comments never list them."""
     by_kind = {kind: "/".join(name for name, traits in METHODS.items() if traits.kind == kind)
                for kind in ("source", "transfer")}
-    random_init = "/".join(name for name, traits in METHODS.items() if traits.random_init)
+    random = "/".join(name for name, traits in METHODS.items() if traits.random_init and not traits.distils)
+    distilled = "/".join(name for name, traits in METHODS.items() if traits.random_init and traits.distils)
     docs["method"] = f"{docs['method']}: {by_kind['source']} (source), {by_kind['transfer']} (transfer)"
-    docs["source"] = f"{docs['source']}; random_init methods: {random_init}"
+    docs["init"] = f"{docs['init']}; random methods: {random}; distilled methods: {distilled}"
 
 
 TABLE_DOCS, COLUMN_DOCS = _schema_docs()

@@ -23,9 +23,8 @@ from orchestrator.results.frames import (
     add_source_labels,
     completed_transfers_sql,
     experiment_trials_sql,
-    is_random_init,
     nullable_ints,
-    random_init_sql,
+    pretrained_sql,
     require_experiment,
     require_one_trial_per_seed,
     require_rows,
@@ -253,7 +252,8 @@ def renofeation(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None
 # --- er --------------------------------------------------------------------------------------------
 
 ER_SQL = (
-    "SELECT t.dataset, t.ood, t.arch, t.source, t.method, t.seed, t.id AS trial_id, m.epoch, m.test_acc, m.er "
+    "SELECT t.dataset, t.ood, t.arch, t.source, t.method, t.init, t.seed, t.id AS trial_id, m.epoch, m.test_acc, "
+    "m.er "
     "FROM epoch_metrics m JOIN trials t ON t.id = m.trial_id "
     "JOIN experiment_trials et ON et.trial_id = t.id JOIN experiments e ON e.id = et.experiment_id "
     f"WHERE e.name = :experiment AND {completed_transfers_sql()} "
@@ -268,8 +268,9 @@ ER_POOLED = ("source", "source_checksum", "method", "blocks", "subset_size", "ep
 def er_frame(db: ReadOnlyDatabase, experiment: str, bins: int = ER_BINS, caller: str = "report er") -> pd.DataFrame:
     """Andreassen et al. Fig. 1 / 3: per-epoch ER against ID accuracy, binned into `bins`
     equal-width bins of ID accuracy over [0, 1] (workers.metrics.binned_er), the mean over every
-    checkpoint (epoch) of every run in the bin, per (dataset, ood, arch, init); init = random for
-    random-init trials (orchestrator.results.frames.RANDOM_INIT_METHODS or source scratch), else pretrained.
+    checkpoint (epoch) of every run in the bin, per (dataset, ood, arch, init); init is the trials'
+    column: pretrained, random (Andreassen's random init: the ER testbed) or distilled (random weights
+    and a pre-trained teacher, e.g. renofeation: a group of its own, not random init in the ER sense).
     Columns: dataset, ood, arch, init, runs (of the group), id_low, id_high, mean_er, checkpoints
     (epochs in the bin)."""
     from workers.trainable import binned_er
@@ -277,7 +278,6 @@ def er_frame(db: ReadOnlyDatabase, experiment: str, bins: int = ER_BINS, caller:
     require_experiment(db, experiment)
     frame = db.frame(ER_SQL, {"experiment": experiment})
     require_rows(frame, "epochs with an ER value (fit a baseline: rtgrid er fit)", experiment)
-    frame["init"] = np.where(is_random_init(frame["method"], frame["source"]), "random", "pretrained")
     runs = frame.drop_duplicates("trial_id").merge(
         trial_specs(db, experiment, f"AND {completed_transfers_sql()}"), on="trial_id")
     require_one_trial_per_seed(runs, ("dataset", "ood", "arch", "init"), caller, pooled=ER_POOLED)
@@ -318,7 +318,7 @@ def demo_sql(experiment: str) -> str:
         "       COUNT(*) AS runs, ROUND(CAST(100 * AVG(r.test_acc) AS NUMERIC), 1) AS test_acc_pct\n"
         "FROM results r LEFT JOIN trials s ON s.spec_hash = substr(r.source, 6)\n"
         f"WHERE r.experiment = '{name}' AND {completed_transfers_sql('r')}\n"
-        f"  AND NOT {random_init_sql('r')} AND r.test_acc IS NOT NULL\n"
+        f"  AND {pretrained_sql('r')} AND r.test_acc IS NOT NULL\n"
         "GROUP BY r.dataset, COALESCE(s.method, r.source), r.subset_size\n"
         "ORDER BY 1, 2, 3"
     )
@@ -328,13 +328,14 @@ def demo_frames(db: ReadOnlyDatabase, experiment: str) -> tuple[pd.DataFrame, pd
     """The demo's closing data: (accuracy, robustness, sql).
 
     accuracy: dataset, source_label, subset_size, n, mean, sd, ci95 — final test accuracy of the
-    transfers (random-init runs, the ER testbed, left out), mean over seeds and block settings.
+    pre-trained transfers (init = pretrained: the random-init ER testbed and the distilled runs left out),
+    mean over seeds and block settings.
     robustness: dataset, source_label, and per metric (test_acc, asr, er) its n / mean / ci95
     columns (`asr_mean`, `er_mean`, …) — mean over every transfer of that source.
     """
     frame = trial_frame(db, experiment,
                          "t.dataset, t.source, t.subset_size, t.blocks, t.seed, t.test_acc, t.asr, t.er, t.spec_json",
-                         f"AND {completed_transfers_sql()} AND NOT {random_init_sql()}")
+                         f"AND {completed_transfers_sql()} AND {pretrained_sql()}")
     require_rows(frame, "completed transfer trials", experiment)
     # table 1 pools block settings, table 2 block settings and subset sizes (their captions say so), with
     # what a subset size sets in the presets (Utrera: 100 or 150 epochs, evaluated every 20 or 10)
