@@ -16,7 +16,7 @@ from workers.attacks import gaussian_noise, pgd, pgd1
 from workers.context import KernelContext
 from workers.errors import KernelInputError
 from workers.kernels import resolve_source_params, robust_eval_threat, run_source, spec_digest
-from workers.kernels.source import DEFAULT_EVAL_EPS, DEFAULT_EVAL_NORM, NATURAL_EVAL_STEPS
+from workers.kernels.source import DEFAULT_EVAL_EPS, DEFAULT_EVAL_NORM
 
 INPUT = 16
 
@@ -165,10 +165,11 @@ def test_run_source_reports_checkpoints_and_resumes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("method", "params", "threat", "steps"), [
-    ("pgd-linf", {"adv_step": 2 / 255, "adv_steps": 3}, ("linf", 8 / 255), 6),  # training threat, 2x its steps
-    ("pgd-l2", {"adv_norm": "l2", "adv_eps": 0.5, "adv_step": 0.2, "adv_steps": 2}, ("l2", 0.5), 4),
-    ("pgd1", {}, ("linf", 8 / 255), 2),
-    ("natural", {"adv_eps": 0.0}, (DEFAULT_EVAL_NORM, DEFAULT_EVAL_EPS), NATURAL_EVAL_STEPS),
+    # the training threat, robustness's eval convention: 20 steps of 2.5*eps/20
+    ("pgd-linf", {"adv_step": 2 / 255, "adv_steps": 3}, ("linf", 8 / 255), 20),
+    ("pgd-l2", {"adv_norm": "l2", "adv_eps": 0.5, "adv_step": 0.2, "adv_steps": 2}, ("l2", 0.5), 20),
+    ("pgd1", {}, ("linf", 8 / 255), 20),
+    ("natural", {"adv_eps": 0.0}, (DEFAULT_EVAL_NORM, DEFAULT_EVAL_EPS), 20),
 ])
 def test_sources_report_robust_accuracy_by_default(tmp_path: Path, method: str, params: dict[str, Any],
                                                    threat: tuple[str, float], steps: int) -> None:
@@ -176,6 +177,7 @@ def test_sources_report_robust_accuracy_by_default(tmp_path: Path, method: str, 
     del spec["params"]["robust_eval_steps"]
     resolved = resolve_source_params(spec)
     assert resolved["robust_eval_steps"] == steps and robust_eval_threat(resolved) == threat
+    assert resolved["robust_eval_step"] == pytest.approx(2.5 * threat[1] / steps)
     if method == "natural":  # one real run: robust_acc at every eval epoch, reproducibly (seeded random starts)
         reports, final, _ = run(spec, tmp_path / "a")
         assert final["robust_acc"] == reports[-1][1]["robust_acc"] and 0.0 <= final["robust_acc"] <= 1.0

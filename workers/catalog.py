@@ -21,7 +21,8 @@ from workers.errors import KernelInputError
 __all__ = [
     "ARCHS", "AUGMENT_RECIPES", "CORRUPTIONS", "CORRUPTION_SEVERITIES", "CatalogError", "DATASETS",
     "DATASET_PATTERNS", "Derived", "KERNEL_VERSION", "KINDS", "METHODS", "MethodTraits", "OOD_SETS",
-    "PARAMS", "Param", "SCRATCH", "SOURCE_SCHEMES", "check_arch", "check_augment", "check_choice", "check_dataset",
+    "PARAMS", "Param", "RENOFEATION_CODE_METHODS", "SCRATCH", "SOURCE_SCHEMES", "check_arch", "check_augment",
+    "check_choice", "check_dataset",
     "check_ood", "check_param", "check_source_scheme", "method", "methods", "param_default", "param_defaults",
     "param_types",
 ]
@@ -29,7 +30,10 @@ __all__ = [
 # Bump when a kernel changes numerically: old results stay in the DB, new specs hash anew.
 # 2: cifar_resnet has ResNet-50's tail (1,1,6,3); sources report robust accuracy by default;
 #    OOD corruptions of on-disk images are built image by image.
-KERNEL_VERSION = "2"
+# 3: Gaussian noise projected onto the l2 ball of noise_l2_max (Utrera A.10); robust_acc of sources with the
+#    robustness eval convention (20 steps of 2.5*eps/20); retrain re-initialises with the architecture's
+#    constructor; per-method defaults (head_init, beta_fc, ...) from the papers.
+KERNEL_VERSION = "3"
 
 Kind = Literal["source", "transfer"]
 KINDS: tuple[Kind, ...] = ("source", "transfer")
@@ -235,26 +239,46 @@ class Param:
 _TRANSFER: tuple[Kind, ...] = ("transfer",)
 _SOURCE: tuple[Kind, ...] = ("source",)
 
+# The methods of the Renofeation code (REFERENCE A): PyTorch's default fc init and beta = 1e-2 always on, SGD
+# at batch 64 on a cosine schedule. `linear` is not in the released code; it takes the same defaults (those of
+# the renofeation2021 preset). finetune is Utrera's method (N(0,1) head, no fc penalty) and keeps the globals.
+RENOFEATION_CODE_METHODS = ("linear", "l2sp", "delta", "retrain", "renofeation", "delta-r")
+_RENO = RENOFEATION_CODE_METHODS
+# REFERENCE A's re-training and Renofeation stage-1 scripts (the same for every dataset; DELTA's are per dataset).
+_RENO_SCRATCH = ("retrain", "renofeation")
+
 PARAMS: Mapping[str, Param] = MappingProxyType({
     "input_size": Param(int, 32, "model input side in pixels"),
     "augment": Param(str, None, "training/test transforms (None = the dataset's paper recipe: renofeation for "
                      "its five targets, else utrera)", choices=AUGMENT_RECIPES),
-    "batch_size": Param(int, 128, "training (and evaluation) batch size"),
-    "lr": Param(float, 0.1, "peak learning rate"),
+    "batch_size": Param(int, 128, "training (and evaluation) batch size (Renofeation's methods: 64)",
+                        per_method=dict.fromkeys(_RENO, 64)),
+    "lr": Param(float, 0.1, "peak learning rate (retrain, renofeation: 1e-2, REFERENCE A)",
+                per_method=dict.fromkeys(_RENO_SCRATCH, 1e-2)),
     "momentum": Param(float, 0.9, "SGD momentum"),
-    "weight_decay": Param(float, 5e-4, "SGD weight decay (forced to 0 when lambda_sp > 0)"),
-    "schedule": Param(str, "thirds", "LR schedule", choices=("thirds", "step-every-third", "cosine", "constant")),
+    "weight_decay": Param(float, 5e-4, "SGD weight decay (forced to 0 when lambda_sp > 0; retrain, renofeation: "
+                          "5e-3, REFERENCE A)", per_method=dict.fromkeys(_RENO_SCRATCH, 5e-3)),
+    "schedule": Param(str, "thirds", "LR schedule (Renofeation's methods: cosine)",
+                      choices=("thirds", "step-every-third", "cosine", "constant"),
+                      per_method=dict.fromkeys(_RENO, "cosine")),
     "iterations_per_epoch": Param(int, 0, "0 = one pass over the (subset) training data"),
     "eval_epochs": Param(list, (), "1-based epochs at which ID/OOD accuracy is evaluated and reported "
                          "([] = every epoch)"),
     "eval_images": Param(int, 0, "cap on test / OOD images per evaluation (0 = all)"),
-    "head_init": Param(str, "normal", "new head's init: normal (paper: N(0,1)) | default (PyTorch)",
-                       choices=("normal", "default"), kinds=_TRANSFER),
+    "head_init": Param(str, "normal", "new head's init: normal (Utrera: N(0,1)) | default (PyTorch; the "
+                       "Renofeation code's methods)", choices=("normal", "default"),
+                       per_method=dict.fromkeys(_RENO, "default"), kinds=_TRANSFER),
+    "reinit": Param(str, "constructor", "how random-init methods re-initialise the backbone: constructor (the "
+                    "architecture's own init, a model trained from scratch) | reset (each Conv/BN/Linear's "
+                    "reset_parameters: the Renofeation code's re-init, REFERENCE A)", choices=("constructor", "reset"),
+                    per_method={"renofeation": "reset", "delta-r": "reset"}, kinds=_TRANSFER),
     "bn_mode": Param(str, "train", "train (paper) | eval (frozen BN layers use running stats)",
                      choices=("train", "eval"), kinds=_TRANSFER),
-    "lambda_feat": Param(float, 0.0, "DELTA / Renofeation feature-distillation weight", kinds=_TRANSFER),
+    "lambda_feat": Param(float, 0.0, "DELTA / Renofeation feature-distillation weight (renofeation: 5, the "
+                         "code's value but for CUB's 1)", per_method={"renofeation": 5.0}, kinds=_TRANSFER),
     "lambda_sp": Param(float, 0.0, "L2SP weight", kinds=_TRANSFER),
-    "beta_fc": Param(float, 0.0, "Renofeation's always-on fc weight penalty", kinds=_TRANSFER),
+    "beta_fc": Param(float, 0.0, "(beta/2)(|W_fc|^2 + |b_fc|^2): 1e-2 always on in the Renofeation code's "
+                     "methods, 0 for finetune (Utrera)", per_method=dict.fromkeys(_RENO, 1e-2), kinds=_TRANSFER),
     "dropout": Param(float, 0.0, "spatial dropout after each stage", per_method={"renofeation": 0.1},
                      kinds=_TRANSFER),
     "swa_epochs": Param(int, 0, "SWA stage length in epochs (0 = no SWA)",
@@ -268,16 +292,21 @@ PARAMS: Mapping[str, Param] = MappingProxyType({
                       per_method={"pgd1": Derived("adv_eps")}),
     "adv_steps": Param(int, 0, "PGD steps of adversarial training (0 = none)", per_method={"pgd1": 1}),
     "noise_sigma": Param(float, 0.0, "Gaussian-noise training std"),
-    "robust_eval_steps": Param(int, None, "PGD steps for the robust test accuracy of source models",
-                               per_method={m: Derived("2 * adv_steps if adv_steps > 0 else 4")
-                                           for m in ("natural", "pgd-l2", "pgd-linf", "pgd1", "gaussian")},
-                               kinds=_SOURCE),
+    "noise_l2_max": Param(float, 3.0, "Gaussian noise delta ~ N(0, noise_sigma^2) is projected per image onto the "
+                          "l2 ball of this radius, in [0,1] pixel units (Utrera A.10: 3); 0 = no projection"),
+    "robust_eval_steps": Param(int, 20, "PGD steps for the robust test accuracy of source models (robustness "
+                               "eval convention: 20 steps of 2.5*eps/steps; 0 = no robust_acc)", kinds=_SOURCE),
+    "robust_eval_step": Param(float, None, "PGD step of the robust test accuracy of source models",
+                              per_method={m: Derived("2.5 * eps / robust_eval_steps")
+                                          for m in ("natural", "pgd-l2", "pgd-linf", "pgd1", "gaussian")},
+                              kinds=_SOURCE),
     "attack_eps": Param(float, 0.1, "penultimate attack budget, normalised units", kinds=_TRANSFER),
     "attack_step": Param(float, 0.01, "penultimate attack step", kinds=_TRANSFER),
     "attack_steps": Param(int, 0, "penultimate attack steps (0 = no ASR attack)", kinds=_TRANSFER),
     "attack_m": Param(float, 1000.0, "penultimate attack target magnitude m", kinds=_TRANSFER),
     "attack_clamp": Param(float, 2.2, "penultimate attack box [-c, c], normalised units", kinds=_TRANSFER),
-    "attack_images": Param(int, 1000, "test images attacked for ASR", kinds=_TRANSFER),
+    "attack_images": Param(int, 1000, "test images attacked for ASR (0 = the whole test set, as in Renofeation)",
+                           kinds=_TRANSFER),
     "num_classes": Param(int, None, "synthetic datasets: classes to generate (None = the set's default)"),
     "train_images": Param(int, None, "synthetic datasets: training images to generate (None = 2000)"),
 })

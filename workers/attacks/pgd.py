@@ -145,26 +145,37 @@ def pgd1(
                random_start=random_start, use_best=False, generator=generator)
 
 
-def gaussian_noise(images: Tensor, *, sigma: float, generator: torch.Generator | None = None) -> Tensor:
-    """images + N(0, σ²) per pixel, clamped to [0,1] (torchattacks GN; the Classifier expects [0,1])."""
+def gaussian_noise(
+    images: Tensor, *, sigma: float, l2_max: float = 0.0, generator: torch.Generator | None = None
+) -> Tensor:
+    """images + δ, δ ~ N(0, σ²) per pixel, clamped to [0,1] (torchattacks GN; the Classifier expects [0,1]).
+
+    With l2_max > 0, each image's δ is first projected onto the ℓ2 ball of that radius (Utrera et al. A.10:
+    ‖δ‖₂ ≤ 3, [0,1] pixel units); the clamp only shrinks δ, so the bound holds for the returned images too.
+    """
     if sigma < 0:
         raise KernelInputError(f"noise sigma must be >= 0, got {sigma}")
-    noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-    return (images + sigma * noise).clamp(0, 1)
+    if l2_max < 0:
+        raise KernelInputError(f"noise l2_max must be >= 0 (0 = no projection), got {l2_max}")
+    delta = sigma * torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    if l2_max > 0:
+        delta = delta.renorm(p=2, dim=0, maxnorm=l2_max)
+    return (images + delta).clamp(0, 1)
 
 
 def robust_accuracy(
     model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], device: torch.device, *, norm: str, eps: float,
-    steps: int, random_start: bool = False, generator: torch.Generator | None = None,
+    steps: int, step: float | None = None, random_start: bool = False, generator: torch.Generator | None = None,
 ) -> float:
-    """Top-1 accuracy under PGD with the robustness eval convention: step 2.5·ε/steps, best iterate.
+    """Top-1 accuracy under PGD with the robustness eval convention: step 2.5·ε/steps (unless `step`), best
+    iterate.
     With random_start, the starts come from `generator` (seed it for a reproducible number); the best
     iterate includes the start. Model modes are restored."""
     correct = seen = 0
     with restored_modes(model):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            adv = pgd(model, x, y, norm=norm, eps=eps, step=2.5 * eps / steps, steps=steps,
+            adv = pgd(model, x, y, norm=norm, eps=eps, step=step or 2.5 * eps / steps, steps=steps,
                       random_start=random_start, use_best=True, generator=generator)
             model.eval()
             with torch.no_grad():

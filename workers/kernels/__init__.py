@@ -6,7 +6,13 @@ workers.catalog.
 """
 
 from workers.kernels.common import KernelData, evaluate_report_checkpoint, load_kernel_data, resume
-from workers.kernels.source import resolve_source_params, robust_eval_threat, run_source, spec_digest
+from workers.kernels.source import (
+    resolve_source_params,
+    robust_eval_threat,
+    run_source,
+    spec_digest,
+    training_perturbation,
+)
 from workers.kernels.transfer import resolve_transfer_params, run_transfer, transfer_asr
 
 __all__ = [
@@ -20,5 +26,6 @@ __all__ = [
     "run_source",
     "run_transfer",
     "spec_digest",
+    "training_perturbation",
     "transfer_asr",
 ]

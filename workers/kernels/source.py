@@ -6,7 +6,8 @@ Source methods (spec["method"]):
             or absent).
   pgd-linf  the same in the ℓ∞ ball (adv_norm linf or absent).
   pgd1      single-step PGD (FGSM-style) in the adv_norm ball: steps = 1, step = adv_step or adv_eps.
-  gaussian  inputs + N(0, noise_sigma²) noise, clamped to [0,1]; noise_sigma > 0.
+  gaussian  inputs + δ, δ ~ N(0, noise_sigma²) projected per image onto the ℓ2 ball of noise_l2_max (Utrera
+            A.10: 3), clamped to [0,1]; noise_sigma > 0.
 Training attacks use the robustness training defaults: no random start, best iterate (pgd1: final iterate).
 """
 
@@ -41,10 +42,9 @@ from workers.training import (
 STATE_KIND = "source"
 # Threat model of natural / gaussian sources' robust_acc when the spec names none (adv_eps = 0).
 DEFAULT_EVAL_NORM, DEFAULT_EVAL_EPS = "linf", 8 / 255
-# robust_eval_steps when the spec names none: adversarial sources get twice their training steps (a
-# little stronger than the attack they were trained on); natural / gaussian ones this many, which costs
-# about as much as that for the smoke sources and little next to a training epoch.
-NATURAL_EVAL_STEPS = 4
+# robust_acc: the robustness library's eval convention (REFERENCE B), robust_eval_steps (default 20) of
+# step 2.5·ε/steps, the catalog's Derived robust_eval_step.
+ROBUST_EVAL_STEP_FACTOR = 2.5
 
 
 def spec_digest(spec: Mapping[str, Any]) -> str:
@@ -97,12 +97,19 @@ def resolve_source_params(spec: Mapping[str, Any]) -> dict[str, Any]:
     for name in ("batch_size", "input_size"):
         if params[name] < 1:
             raise KernelInputError(f"{name} must be >= 1, got {params[name]}")
-    # every source reports robust accuracy unless told 0: Derived("2 * adv_steps if adv_steps > 0 else 4")
-    if isinstance(params["robust_eval_steps"], catalog.Derived) or params["robust_eval_steps"] is None:
-        adv_steps = int(params["adv_steps"])
-        params["robust_eval_steps"] = 2 * adv_steps if adv_steps > 0 else NATURAL_EVAL_STEPS
+    # every source reports robust accuracy unless told 0 (robust_eval_steps default: 20)
+    if params["robust_eval_steps"] is None:
+        params["robust_eval_steps"] = catalog.PARAMS["robust_eval_steps"].default
     if params["robust_eval_steps"] < 0:
         raise KernelInputError(f"robust_eval_steps must be >= 0, got {params['robust_eval_steps']}")
+    # Derived("2.5 * eps / robust_eval_steps"), eps of the robust evaluation's threat (0 or None = unset)
+    step = params["robust_eval_step"]
+    if isinstance(step, catalog.Derived) or step is None or step <= 0:
+        threat = robust_eval_threat(params)
+        params["robust_eval_step"] = (0.0 if threat is None
+                                      else ROBUST_EVAL_STEP_FACTOR * threat[1] / int(params["robust_eval_steps"]))
+    if params["noise_l2_max"] < 0:
+        raise KernelInputError(f"noise_l2_max must be >= 0 (0 = no projection), got {params['noise_l2_max']}")
     derived = [name for name, value in params.items() if isinstance(value, catalog.Derived)]
     if derived:
         raise KernelInputError(f"no kernel rule for the derived default of {', '.join(derived)} ({method})")
@@ -121,7 +128,7 @@ def robust_eval_threat(params: Mapping[str, Any]) -> tuple[str, float] | None:
     return DEFAULT_EVAL_NORM, DEFAULT_EVAL_EPS
 
 
-def _training_perturbation(method: str, params: Mapping[str, Any]) -> Perturb | None:
+def training_perturbation(method: str, params: Mapping[str, Any]) -> Perturb | None:
     """The method's input perturbation for training, by its traits (None for natural)."""
     traits = catalog.method(method, "source")
     norm, eps, step, steps = params["adv_norm"], float(params["adv_eps"]), float(params["adv_step"]), \
@@ -137,18 +144,18 @@ def _training_perturbation(method: str, params: Mapping[str, Any]) -> Perturb | 
 
         return single_step
     if traits.noise:
-        sigma = float(params["noise_sigma"])
+        sigma, l2_max = float(params["noise_sigma"]), float(params["noise_l2_max"])
 
         def noisy(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-            return gaussian_noise(x, sigma=sigma)
+            return gaussian_noise(x, sigma=sigma, l2_max=l2_max)
 
         return noisy
     return None
 
 
 def _robust_evaluator(
-    threat: tuple[str, float] | None, steps: int, loader: DataLoader[tuple[Tensor, Tensor]], device: torch.device,
-    seed: int,
+    threat: tuple[str, float] | None, steps: int, step: float, loader: DataLoader[tuple[Tensor, Tensor]],
+    device: torch.device, seed: int,
 ) -> Callable[[nn.Module], float] | None:
     """robust_acc of a model at an eval epoch: PGD from random starts seeded by the spec, the same at every
     epoch; None when robust_eval_steps is 0."""
@@ -158,8 +165,8 @@ def _robust_evaluator(
 
     def robust_acc(model: nn.Module) -> float:
         starts = torch.Generator(device=device).manual_seed(derive_seed(seed, "robust-eval"))
-        return robust_accuracy(model, loader, device, norm=norm, eps=eps, steps=steps, random_start=True,
-                               generator=starts)
+        return robust_accuracy(model, loader, device, norm=norm, eps=eps, steps=steps, step=step,
+                               random_start=True, generator=starts)
 
     return robust_acc
 
@@ -197,11 +204,12 @@ def run_source(spec: dict[str, Any], ctx: KernelContext, report: Report) -> dict
     per_epoch = int(params["iterations_per_epoch"]) or stream.batches_per_pass
     schedule = make_lr_schedule(params["schedule"], float(params["lr"]), epochs, per_epoch)
     eval_epochs = eval_epochs_of(params["eval_epochs"], epochs)
-    perturb = _training_perturbation(method, params)
+    perturb = training_perturbation(method, params)
 
     # ---- resume
     start_epoch, last = resume(ctx, model=model, optimizer=optimizer, state_kind=STATE_KIND, total_epochs=epochs)
-    robust_acc = _robust_evaluator(threat, int(params["robust_eval_steps"]), kernel_data.test_loader, device, seed)
+    robust_acc = _robust_evaluator(threat, int(params["robust_eval_steps"]), float(params["robust_eval_step"]),
+                                   kernel_data.test_loader, device, seed)
 
     for epoch in range(start_epoch + 1, epochs + 1):
         started = time.perf_counter()

@@ -9,12 +9,18 @@ Methods (REFERENCE A, C, E):
   delta        finetune + λ_feat·Σ_k MSE(student stage k, frozen source stage k) (lambda_feat > 0).
   delta-r      delta with the student re-initialised: Renofeation's "DELTA-R" ablation, i.e.
                renofeation without spatial dropout and without SWA.
-  retrain      re-initialised student, plain cross-entropy (the source only serves the ASR attack).
+  retrain      re-initialised student (by default with the architecture's constructor: a model trained from
+               scratch), plain cross-entropy (the source only serves the ASR attack).
   renofeation  re-init + λ_feat distillation + spatial dropout (default 0.1) + an SWA stage of
                swa_epochs (default ⌊epochs/3⌋, the code's 30k:90k) at the constant swa_lr.
                dropout=0 / swa_epochs=0 are the ablations.
+Random-init methods re-initialise by `reinit`: "constructor" (the architecture's constructor, fresh) or
+"reset" (each Conv/BN/Linear's reset_parameters: the Renofeation code, the default of renofeation and
+delta-r). Defaults differ by method (workers.catalog.PARAMS per_method): the Renofeation code's methods
+(linear, l2sp, delta, retrain, renofeation, delta-r) take PyTorch's default head init and beta_fc = 1e-2;
+finetune takes Utrera's N(0,1) head and no fc penalty.
 Any method: beta_fc > 0 adds (β/2)(‖W_fc‖²+‖b_fc‖²); adv_steps > 0 trains on PGD examples;
-noise_sigma > 0 trains on Gaussian-noised inputs.
+noise_sigma > 0 trains on Gaussian-noised inputs (δ projected per image onto the ℓ2 ball of noise_l2_max).
 
 Epochs: `epochs` main epochs, then `swa_epochs` SWA epochs numbered on (epochs+1 …). Reports at the
 eval epochs; the last report (and the returned test_acc) is of the final weights — after SWA the
@@ -92,6 +98,9 @@ def resolve_transfer_params(spec: Mapping[str, Any]) -> dict[str, Any]:
         raise KernelInputError(f"lambda_sp > 0 is method {_with_trait('l2sp')}, not {method}")
     catalog.check_choice("bn_mode", params["bn_mode"])
     catalog.check_choice("head_init", params["head_init"])
+    catalog.check_choice("reinit", params["reinit"])
+    if params["noise_l2_max"] < 0:
+        raise KernelInputError(f"noise_l2_max must be >= 0 (0 = no projection), got {params['noise_l2_max']}")
     if traits.linear and spec.get("blocks") not in (None, 0):
         raise KernelInputError(f"method {method} trains the head only, got blocks={spec.get('blocks')}")
     if params["adv_steps"] > 0 and (params["adv_eps"] <= 0 or params["adv_step"] <= 0):
@@ -145,6 +154,17 @@ def _mode_setter(linear: bool, bn_mode: str) -> Callable[[nn.Module], None]:
     return set_mode
 
 
+def reinitialize(student: models.Classifier, how: str, arch: str, num_classes: int) -> None:
+    """Re-initialise the student's network in place (torch's global RNG): "constructor" loads the weights and
+    buffers of a fresh `models.constructor(arch)` (the architecture's own init, e.g. torchvision's kaiming
+    fan-out convs, BN weight 1 / bias 0); "reset" calls each Conv/BN/Linear's reset_parameters (REFERENCE A)."""
+    if catalog.check_choice("reinit", how) == "reset":
+        models.reinitialize(student.net)
+        return
+    fresh = models.constructor(arch)(num_classes)
+    student.net.load_state_dict(fresh.state_dict())
+
+
 @dataclass
 class TransferModels:
     """The untouched source (teacher, attack model), the student, and what the loss terms need."""
@@ -173,7 +193,7 @@ def build_models(spec: Mapping[str, Any], ctx: KernelContext, params: Mapping[st
     w0 = snapshot_parameters(student) if method.l2sp else None
     if method.random_init:
         torch.manual_seed(derive_seed(seed, "reinit"))
-        models.reinitialize(student.net)
+        reinitialize(student, params["reinit"], spec["arch"], num_classes)
         models.replace_head(student, num_classes, init=params["head_init"], generator=head_generator)
     if params["dropout"] > 0:
         models.set_spatial_dropout(student, float(params["dropout"]))
@@ -236,11 +256,11 @@ def make_perturbation(params: Mapping[str, Any]) -> Perturb | None:
 
         return adversarial
     if params["noise_sigma"] > 0:
-        sigma = float(params["noise_sigma"])
+        sigma, l2_max = float(params["noise_sigma"]), float(params["noise_l2_max"])
 
         def noisy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            # clamped to [0,1], as in the gaussian source method
-            return attacks.gaussian_noise(x, sigma=sigma)
+            # projected onto the l2 ball and clamped to [0,1], as in the gaussian source method
+            return attacks.gaussian_noise(x, sigma=sigma, l2_max=l2_max)
 
         return noisy
     return None
