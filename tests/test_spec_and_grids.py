@@ -22,16 +22,17 @@ BASE = dict(
     params={"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128},
 )
 # Golden values: a change here means every stored trial would be run again (a KERNEL_VERSION bump
-# does that on purpose). The transfer's canonical JSON is spelled out: `printf %s '…' | sha256sum`.
+# does that on purpose: kernel version 3, issue 11). The transfer's canonical JSON is spelled out:
+# `printf %s '…' | sha256sum`.
 GOLDEN_TRANSFER_JSON = (
-    '{"arch":"resnet50","blocks":3,"dataset":"cifar10","epochs":100,"kernel_version":"2","kind":"transfer",'
+    '{"arch":"resnet50","blocks":3,"dataset":"cifar10","epochs":100,"kernel_version":"3","kind":"transfer",'
     '"method":"finetune","ood":null,"params":{"batch_size":128,"lr":0.1,"momentum":0.9,"weight_decay":0.0005},'
     '"seed":20000000,"source":"torchvision:resnet50","source_checksum":null,"subset_size":100}'
 )
 GOLDEN = {
-    "transfer": "d6eb9a2123533153492ff5172fbc56c54755a1bbeb24f811ce58d28ff53db0f8",
-    "source": "f56c102a3b456adeaf323f95d44885c9cbd96cd6711b2ef4a890da90a3bb80d0",
-    "utrera2021[0]": "96d2dbe2ae091688be2b0000505c59918d8e3a6a8576d2f391bf64a5311c3df7",
+    "transfer": "6219db1ee15e3946e9d2cd6bf67dc4330bbc795b870a3eb61aa442c8dbafd025",
+    "source": "535c828e6cf8153de58e7cf4abd12d599779323c49025c66add4e4cc375d4822",
+    "utrera2021[0]": "e7599fd09f767f24cb9c3c176244c50db3a6c71c9134d22e4dba8d15950131de",
 }
 
 
@@ -162,8 +163,8 @@ def test_utrera_breakdown_is_4x4x6_with_150_pairs_per_cell() -> None:
     small = next(s for s in grid.specs if s.subset_size == 100)
     big = next(s for s in grid.specs if s.subset_size is None)
     assert (small.epochs, big.epochs) == (100, 150)
-    assert small.param("eval_epochs") == (1, 20, 40, 60, 80, 100)
-    assert big.param("eval_epochs")[:3] == (1, 10, 20) and big.param("eval_epochs")[-1] == 150
+    assert small.param("eval_epochs") == (1, 21, 41, 61, 81, 100)  # every 20 from epoch 1, plus the last
+    assert big.param("eval_epochs")[:3] == (1, 11, 21) and big.param("eval_epochs")[-2:] == (141, 150)
     assert small.param("schedule") == "thirds" and small.param("input_size") == 224
 
 
@@ -185,10 +186,12 @@ def test_other_presets_plan() -> None:
 def test_preset_transfers_all_have_ood_and_asr() -> None:
     reno, andreassen, smoke = (load_grid(name) for name in ("renofeation2021", "andreassen2021", "smoke"))
     assert {s.ood for s in reno.specs} == {"noise-3"}  # every evaluation epoch has an OOD accuracy
-    # random init = method retrain from the ImageNet source, which only serves the ASR attack
+    # random init = method retrain (the architecture's constructor init); only the pre-trained runs are attacked
     assert {(s.method, s.source == f"torchvision:{s.arch}") for s in andreassen.specs} == {
         ("finetune", True), ("retrain", True)}
-    assert all(s.param("attack_steps") == 40 for s in reno.specs + andreassen.specs)
+    pretrained = [s for s in andreassen.specs if s.method == "finetune"]
+    assert all(s.param("attack_steps") == 40 for s in reno.specs + pretrained)
+    assert all(s.param("attack_steps", 0) == 0 for s in andreassen.specs if s.method == "retrain")
     natural = next(s for s in smoke.sources if s.method == "natural")
     testbed = [t for t in smoke.transfers if t.method == "retrain"]
     assert len(testbed) == 10 and {t.source for t in testbed} == {f"spec:{natural.spec_hash}"}
