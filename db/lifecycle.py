@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Table, case, func, select, update
 
 from db.models import (
     EPOCH_METRICS,
+    ER_PROVENANCE,
     FINAL_METRICS,
     STARTABLE,
     Artifact,
@@ -39,7 +40,8 @@ TRIALS = table_of(Trial)
 EPOCHS = table_of(EpochMetric)
 ARTIFACTS = table_of(Artifact)
 
-COMPLETE_FIELDS = frozenset({*FINAL_METRICS, "duration_s", "checkpoint_uri", "worker"})
+COMPLETE_FIELDS = frozenset({*FINAL_METRICS, ER_PROVENANCE, "duration_s", "checkpoint_uri", "worker"})
+EPOCH_FIELDS: tuple[str, ...] = (*EPOCH_METRICS, ER_PROVENANCE)
 CHUNK = 1000  # rows per statement / IN list: well under both backends' bound-parameter limits
 
 
@@ -97,7 +99,7 @@ class TrialWriter:
     def record_epoch(self, spec_hash: str, epoch: int, metrics: Mapping[str, float | None]) -> bool:
         """Upsert the (trial, epoch) row and bump the heartbeat. False (nothing written) when the
         trial is completed. A metric given as None does not erase a stored value."""
-        unknown = set(metrics) - set(EPOCH_METRICS)
+        unknown = set(metrics) - set(EPOCH_FIELDS)
         if unknown:
             raise ValueError(f"unknown epoch metric(s): {', '.join(sorted(unknown))}")
         trial = self._trial(spec_hash)
@@ -105,7 +107,7 @@ class TrialWriter:
             return False
         now = utc_now()
         values = {"trial_id": trial.id, "epoch": int(epoch), "recorded_at": now,
-                  **{name: metrics.get(name) for name in EPOCH_METRICS}}
+                  **{name: metrics.get(name) for name in EPOCH_FIELDS}}
         stmt = self._insert(EPOCHS).values(values)
         changes = {name: func.coalesce(stmt.excluded[name], EPOCHS.c[name]) for name in metrics}
         changes["recorded_at"] = stmt.excluded.recorded_at

@@ -5,7 +5,7 @@ trial statuses, and every column and table carries its meaning as a comment (`co
 `rtgrid query --schema` prints and PostgreSQL stores (revision 0003).
 
 Invariants are constraints in the database, not checks in Python: a spec is stored once
-(`trials.spec_hash` UNIQUE), one row per (trial, epoch), one baseline per (ID, OOD) pair,
+(`trials.spec_hash` UNIQUE), one row per (trial, epoch), one baseline per (ID, OOD, evaluation protocol, testbed),
 statuses and fractions are CHECKed. Migrations (migrations/versions) create exactly this;
 tests/test_migrations.py compares the two.
 
@@ -14,9 +14,11 @@ All accuracies, ASR and ER are fractions; timestamps are UTC.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import json
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
     CHAR,
@@ -100,6 +102,18 @@ INIT_COMMENT = (
     "learns from the pre-trained source as a teacher: not random init in the ER sense); set at plan time from "
     "the method's catalog traits"
 )
+
+# The column that records, next to every ER value (epoch_metrics and trials), the baseline that produced it.
+ER_PROVENANCE = "er_baseline_id"
+
+
+def protocol_key(input_size: int | None, protocol: Mapping[str, Any]) -> str:
+    """The canonical text of an evaluation protocol (`er_baselines.protocol_key`): the input size and
+    the generator parameters, as sorted compact JSON; an absent or None value is left out. Which
+    parameters define a protocol is the orchestrator's (orchestrator/results/er.py PROTOCOL_PARAMS)."""
+    values = {name: value for name, value in protocol.items() if value is not None}
+    return json.dumps({"input_size": input_size, **values}, sort_keys=True, separators=(",", ":"))
+
 
 # Deterministic constraint names: migrations refer to them, and both backends agree.
 NAMING_CONVENTION = {
@@ -257,6 +271,10 @@ class Trial(Base):
         Double,
         comment="effective robustness at the last epoch: OOD acc - baseline-predicted OOD acc, fraction in [-1,1]",
     )
+    er_baseline_id: Mapped[int | None] = mapped_column(
+        ForeignKey("er_baselines.id"),
+        comment="er_baselines.id: the baseline that produced er (NULL when er is NULL)",
+    )
     robust_acc: Mapped[float | None] = mapped_column(
         Double,
         comment="PGD robust test accuracy (source trials), fraction in [0,1]",
@@ -322,6 +340,10 @@ class EpochMetric(Base):
         Double,
         comment="effective robustness at this epoch (filled when a baseline is fitted), fraction in [-1,1]",
     )
+    er_baseline_id: Mapped[int | None] = mapped_column(
+        ForeignKey("er_baselines.id"),
+        comment="er_baselines.id: the baseline that produced er (NULL when er is NULL)",
+    )
     lr: Mapped[float | None] = mapped_column(Double, comment="learning rate at the end of the epoch")
     seconds: Mapped[float | None] = mapped_column(Double, comment="wall-clock seconds of this epoch")
     robust_acc: Mapped[float | None] = mapped_column(
@@ -360,11 +382,13 @@ class Artifact(Base):
 
 
 class ErBaseline(Base):
-    """The linear fit (in logit/probit space) that predicts OOD from ID accuracy; the latest fit wins."""
+    """The linear fit (in logit/probit space) that predicts OOD from ID accuracy under one evaluation
+    protocol (ID set, OOD set, input size, generator parameters), from one testbed (fitted_from).
+    A refit from the same testbed replaces the row in place; a fit from another testbed is another row."""
 
     __tablename__ = "er_baselines"
     __table_args__ = (
-        UniqueConstraint("id_dataset", "ood_dataset"),
+        UniqueConstraint("id_dataset", "ood_dataset", "protocol_key", "fitted_from"),
         CheckConstraint(_in("transform", TRANSFORMS), name="transform"),
         CheckConstraint("n_points >= 0", name="n_points"),
         {"comment": "linear fits (logit/probit space) predicting OOD accuracy from ID accuracy, for ER"},
@@ -373,12 +397,32 @@ class ErBaseline(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, comment="primary key")
     id_dataset: Mapped[str] = mapped_column(String, comment="ID dataset of the fit, e.g. cifar10")
     ood_dataset: Mapped[str] = mapped_column(String, comment="OOD dataset of the fit, e.g. cifar10.1")
+    input_size: Mapped[int | None] = mapped_column(
+        Integer,
+        comment="model input side in pixels of the protocol (spec param input_size); NULL = the kernel default",
+    )
+    protocol_json: Mapped[str] = mapped_column(
+        Text, server_default="{}",
+        comment="the protocol's generator parameters (spec params num_classes, train_images, augment, eval_images) "
+                "as JSON; {} = all defaults",
+    )
+    protocol_key: Mapped[str] = mapped_column(
+        String, server_default='{"input_size":null}',
+        comment="canonical JSON of input_size and protocol_json: the protocol part of the unique key",
+    )
     transform: Mapped[str] = mapped_column(String(16), comment="logit | probit: the space of the linear fit")
     slope: Mapped[float] = mapped_column(Double, comment="a in transform(OOD) = a * transform(ID) + b")
     intercept: Mapped[float] = mapped_column(Double, comment="b in transform(OOD) = a * transform(ID) + b")
     n_points: Mapped[int] = mapped_column(Integer, comment="number of models the fit used")
     r: Mapped[float | None] = mapped_column(Double, comment="correlation of the fit in transformed space")
+    slope_ci_low: Mapped[float | None] = mapped_column(
+        Double, comment="lower end of the slope's 95% CI (OLS standard error, Student t); NULL = unknown",
+    )
+    slope_ci_high: Mapped[float | None] = mapped_column(
+        Double, comment="upper end of the slope's 95% CI (OLS standard error, Student t); NULL = unknown",
+    )
     fitted_from: Mapped[str] = mapped_column(Text, comment="published:NAME | csv:PATH | experiment:NAME")
+    testbed: Mapped[str | None] = mapped_column(Text, comment="what the testbed was, in words")
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.current_timestamp(),
         comment="when the fit was stored (UTC)",

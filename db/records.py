@@ -54,6 +54,7 @@ class TrialRecord:
     adv_acc: float | None
     clean_acc: float | None
     er: float | None
+    er_baseline_id: int | None
     robust_acc: float | None
     duration_s: float | None
     worker: str | None
@@ -102,17 +103,23 @@ class ArtifactRecord:
 
 @dataclass(frozen=True)
 class BaselineRecord:
-    """The stored (ID, OOD) effective-robustness fit."""
+    """A stored effective-robustness fit: (ID, OOD, evaluation protocol, testbed)."""
 
     id: int
     id_dataset: str
     ood_dataset: str
+    input_size: int | None
+    protocol_json: str
+    protocol_key: str
     transform: str
     slope: float
     intercept: float
     n_points: int
     r: float | None
+    slope_ci_low: float | None
+    slope_ci_high: float | None
     fitted_from: str
+    testbed: str | None
     created_at: datetime
 
 
@@ -127,3 +134,13 @@ class TrialAccuracy(NamedTuple):
     trial_id: int
     test_acc: float
     ood_acc: float
+
+
+class ErTarget(NamedTuple):
+    """A trial whose ER a fit may fill: its spec (for the protocol), final and per-epoch accuracies."""
+
+    trial_id: int
+    spec_json: str
+    test_acc: float | None  # final; None unless completed with both accuracies
+    ood_acc: float | None
+    epochs: tuple[EpochAccuracy, ...]

@@ -38,6 +38,7 @@ from db.models import (
     Trial,
     TrialInit,
     TrialStatus,
+    protocol_key,
     status_values,
 )
 from db.records import (
@@ -45,8 +46,8 @@ from db.records import (
     BaselineRecord,
     EpochAccuracy,
     EpochRecord,
+    ErTarget,
     ExperimentRecord,
-    TrialAccuracy,
     TrialRecord,
 )
 
@@ -482,62 +483,85 @@ class Repository:
         meta_json = values.pop("meta_json")
         return ArtifactRecord(**values, meta=json.loads(meta_json) if meta_json else {})
 
-    def save_baseline(self, *, id_dataset: str, ood_dataset: str, transform: str, slope: float, intercept: float,
-                      n_points: int, r: float | None, fitted_from: str) -> int:
-        """Store the (ID, OOD) baseline fit; it replaces the previous one for that pair."""
-        values = {"id_dataset": id_dataset, "ood_dataset": ood_dataset, "transform": transform, "slope": float(slope),
+    def save_baseline(self, *, id_dataset: str, ood_dataset: str, input_size: int | None,
+                      protocol: Mapping[str, Any], transform: str, slope: float, intercept: float, n_points: int,
+                      r: float | None, slope_ci_low: float | None, slope_ci_high: float | None, fitted_from: str,
+                      testbed: str | None = None) -> int:
+        """Store a baseline fit for (ID, OOD, protocol) from `fitted_from`; a refit from the same testbed
+        replaces that row in place (its id stays). Returns the row's id."""
+        key = protocol_key(input_size, protocol)
+        values = {"id_dataset": id_dataset, "ood_dataset": ood_dataset, "input_size": input_size,
+                  "protocol_json": json.dumps({k: v for k, v in protocol.items() if v is not None}, sort_keys=True),
+                  "protocol_key": key, "transform": transform, "slope": float(slope),
                   "intercept": float(intercept), "n_points": int(n_points),
-                  "r": float(r) if r is not None else None, "fitted_from": fitted_from, "created_at": utc_now()}
+                  "r": float(r) if r is not None else None,
+                  "slope_ci_low": float(slope_ci_low) if slope_ci_low is not None else None,
+                  "slope_ci_high": float(slope_ci_high) if slope_ci_high is not None else None,
+                  "fitted_from": fitted_from, "testbed": testbed, "created_at": utc_now()}
+        unique = ("id_dataset", "ood_dataset", "protocol_key", "fitted_from")
         stmt = self._insert(BASELINES).values(values)
         stmt = stmt.on_conflict_do_update(
-            index_elements=["id_dataset", "ood_dataset"],
-            set_={name: stmt.excluded[name] for name in values if name not in ("id_dataset", "ood_dataset")},
+            index_elements=list(unique), set_={name: stmt.excluded[name] for name in values if name not in unique},
         )
         with self._write() as connection:
             connection.execute(stmt)
             return int(connection.execute(
-                select(BASELINES.c.id).where(BASELINES.c.id_dataset == id_dataset,
-                                             BASELINES.c.ood_dataset == ood_dataset)
+                select(BASELINES.c.id).where(*(BASELINES.c[name] == values[name] for name in unique))
             ).scalar_one())
 
-    def get_baseline(self, id_dataset: str, ood_dataset: str) -> BaselineRecord | None:
-        query = select(BASELINES).where(BASELINES.c.id_dataset == id_dataset, BASELINES.c.ood_dataset == ood_dataset)
+    def baselines(self, id_dataset: str | None = None, ood_dataset: str | None = None) -> list[BaselineRecord]:
+        """Stored baselines (of that pair, if given), oldest first."""
+        query = select(BASELINES).order_by(BASELINES.c.created_at, BASELINES.c.id)
+        if id_dataset is not None:
+            query = query.where(BASELINES.c.id_dataset == id_dataset)
+        if ood_dataset is not None:
+            query = query.where(BASELINES.c.ood_dataset == ood_dataset)
         with self._read() as connection:
-            row = connection.execute(query).one_or_none()
-        return None if row is None else BaselineRecord(**_values(row._mapping))
+            return [BaselineRecord(**_values(row._mapping)) for row in connection.execute(query)]
+
+    def get_baseline(self, id_dataset: str, ood_dataset: str, input_size: int | None = None,
+                     protocol: Mapping[str, Any] | None = None) -> BaselineRecord | None:
+        """The latest stored baseline of (ID, OOD, protocol), whatever its testbed; None if there is none."""
+        key = protocol_key(input_size, protocol or {})
+        found = [b for b in self.baselines(id_dataset, ood_dataset) if b.protocol_key == key]
+        return found[-1] if found else None
 
     # --- effective robustness -----------------------------------------------------------------
 
-    def epoch_accuracies(self, id_dataset: str, ood_dataset: str) -> list[EpochAccuracy]:
-        """(trial_id, epoch, test_acc, ood_acc) of every stored epoch of that (ID, OOD) pair."""
-        query = (
+    def er_targets(self, experiment_id: int, id_dataset: str, ood_dataset: str) -> list[ErTarget]:
+        """The experiment's trials on that (ID, OOD) pair with their specs, final accuracies (completed
+        trials only) and stored per-epoch accuracies: what a fit for this experiment may fill."""
+        trials = (
+            select(TRIALS.c.id, TRIALS.c.spec_json, TRIALS.c.status, TRIALS.c.test_acc, TRIALS.c.ood_acc)
+            .where(self._experiment_filter(experiment_id), TRIALS.c.dataset == id_dataset,
+                   TRIALS.c.ood == ood_dataset)
+            .order_by(TRIALS.c.id)
+        )
+        epochs = (
             select(EPOCHS.c.trial_id, EPOCHS.c.epoch, EPOCHS.c.test_acc, EPOCHS.c.ood_acc)
             .join(TRIALS, TRIALS.c.id == EPOCHS.c.trial_id)
-            .where(TRIALS.c.dataset == id_dataset, TRIALS.c.ood == ood_dataset,
-                   EPOCHS.c.test_acc.is_not(None), EPOCHS.c.ood_acc.is_not(None))
+            .where(self._experiment_filter(experiment_id), TRIALS.c.dataset == id_dataset,
+                   TRIALS.c.ood == ood_dataset, EPOCHS.c.test_acc.is_not(None), EPOCHS.c.ood_acc.is_not(None))
             .order_by(EPOCHS.c.trial_id, EPOCHS.c.epoch)
         )
         with self._read() as connection:
-            return [EpochAccuracy(int(t), int(e), float(a), float(o)) for t, e, a, o in connection.execute(query)]
+            trial_rows = connection.execute(trials).all()
+            by_trial: dict[int, list[EpochAccuracy]] = {}
+            for t, e, a, o in connection.execute(epochs):
+                by_trial.setdefault(int(t), []).append(EpochAccuracy(int(t), int(e), float(a), float(o)))
+        targets = []
+        for trial_id, spec_json, status, test_acc, ood_acc in trial_rows:
+            final = status == TrialStatus.COMPLETED.value and test_acc is not None and ood_acc is not None
+            targets.append(ErTarget(int(trial_id), str(spec_json), float(test_acc) if final else None,
+                                    float(ood_acc) if final else None, tuple(by_trial.get(int(trial_id), ()))))
+        return targets
 
-    def trial_accuracies(self, id_dataset: str, ood_dataset: str) -> list[TrialAccuracy]:
-        """(trial_id, test_acc, ood_acc) of the completed trials of that (ID, OOD) pair."""
-        query = (
-            select(TRIALS.c.id.label("trial_id"), TRIALS.c.test_acc, TRIALS.c.ood_acc)
-            .where(TRIALS.c.dataset == id_dataset, TRIALS.c.ood == ood_dataset,
-                   TRIALS.c.status == TrialStatus.COMPLETED.value,
-                   TRIALS.c.test_acc.is_not(None), TRIALS.c.ood_acc.is_not(None))
-            .order_by(TRIALS.c.id)
-        )
-        with self._read() as connection:
-            return [TrialAccuracy(int(t), float(a), float(o)) for t, a, o in connection.execute(query)]
-
-    def testbed_points(self, experiment_id: int, id_dataset: str, ood_dataset: str) -> list[tuple[float, float]]:
-        """(test_acc, ood_acc) of the experiment's completed testbed transfers: trained on the ID
-        data alone, from random weights, with no teacher (`init` = random, which the planner derives
+    def testbed_points(self, experiment_id: int, id_dataset: str, ood_dataset: str) -> list[tuple[str, float, float]]:
+        """(spec_json, test_acc, ood_acc) of the experiment's completed testbed transfers: trained on the
+        ID data alone, from random weights, with no teacher (`init` = random, which the planner derives
         from the catalog's traits: distilled trials are not in the testbed)."""
         query = (
-            select(TRIALS.c.test_acc, TRIALS.c.ood_acc)
+            select(TRIALS.c.spec_json, TRIALS.c.test_acc, TRIALS.c.ood_acc)
             .where(self._experiment_filter(experiment_id), TRIALS.c.kind == "transfer",
                    TRIALS.c.init == TrialInit.RANDOM.value,
                    TRIALS.c.dataset == id_dataset, TRIALS.c.ood == ood_dataset,
@@ -546,31 +570,28 @@ class Repository:
             .order_by(TRIALS.c.id)
         )
         with self._read() as connection:
-            return [(float(a), float(b)) for a, b in connection.execute(query)]
+            return [(str(s), float(a), float(b)) for s, a, b in connection.execute(query)]
 
-    def set_epoch_er(self, rows: Iterable[tuple[int, int, float | None]]) -> int:
-        """Bulk ER of (trial_id, epoch) rows. Returns the number of rows given."""
-        params = [{"b_trial": trial, "b_epoch": epoch, "b_er": er} for trial, epoch, er in rows]
-        if params:
-            stmt = (
-                update(EPOCHS)
-                .where(EPOCHS.c.trial_id == bindparam("b_trial"), EPOCHS.c.epoch == bindparam("b_epoch"))
-                .values(er=bindparam("b_er"))
-            )
-            with self._write() as connection:
+    def set_er(self, baseline_id: int, epochs: Iterable[tuple[int, int, float | None]],
+               trials: Iterable[tuple[int, float | None]]) -> tuple[int, int]:
+        """ER of (trial_id, epoch) rows and final ER of trials, each recorded with the baseline that
+        produced it, in one transaction. Returns the numbers of epoch and trial rows given."""
+        epoch_params = [{"b_trial": t, "b_epoch": e, "b_er": er, "b_base": baseline_id} for t, e, er in epochs]
+        trial_params = [{"b_trial": t, "b_er": er, "b_base": baseline_id} for t, er in trials]
+        epoch_stmt = (
+            update(EPOCHS)
+            .where(EPOCHS.c.trial_id == bindparam("b_trial"), EPOCHS.c.epoch == bindparam("b_epoch"))
+            .values(er=bindparam("b_er"), er_baseline_id=bindparam("b_base"))
+        )
+        trial_stmt = (
+            update(TRIALS).where(TRIALS.c.id == bindparam("b_trial"))
+            .values(er=bindparam("b_er"), er_baseline_id=bindparam("b_base"))
+        )
+        with self._write() as connection:
+            for stmt, params in ((epoch_stmt, epoch_params), (trial_stmt, trial_params)):
                 for chunk in chunks(params):
                     connection.execute(stmt, list(chunk))
-        return len(params)
-
-    def set_trial_er(self, rows: Iterable[tuple[int, float | None]]) -> int:
-        """Bulk final ER of trials. Returns the number of rows given."""
-        params = [{"b_trial": trial, "b_er": er} for trial, er in rows]
-        if params:
-            stmt = update(TRIALS).where(TRIALS.c.id == bindparam("b_trial")).values(er=bindparam("b_er"))
-            with self._write() as connection:
-                for chunk in chunks(params):
-                    connection.execute(stmt, list(chunk))
-        return len(params)
+        return len(epoch_params), len(trial_params)
 
     # --- rows for reports ---------------------------------------------------------------------
 

@@ -8,13 +8,16 @@ revision `test_next` written after a copy of the real scripts), the schema check
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -63,13 +66,18 @@ def _recreate() -> str:
     return "always" if op.get_bind().dialect.name == "sqlite" else "auto"
 
 
+# SQLite reflects a column-level foreign key (trials.er_baseline_id, revision 0004er) without its
+# name: a rebuild names it by the convention, as Alembic's batch mode documents.
+FK = {"fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"}
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("trials", recreate=_recreate()) as batch:
+    with op.batch_alter_table("trials", recreate=_recreate(), naming_convention=FK) as batch:
         batch.add_column(sa.Column("priority", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("trials", recreate=_recreate()) as batch:
+    with op.batch_alter_table("trials", recreate=_recreate(), naming_convention=FK) as batch:
         batch.drop_column("priority")
 '''
 
@@ -101,12 +109,21 @@ def _constraint_names(url: str) -> dict[str, set[str]]:
             return {
                 table: {c["name"] for c in inspector.get_check_constraints(table)}
                 | {c["name"] for c in inspector.get_unique_constraints(table)}
-                | {c["name"] for c in inspector.get_foreign_keys(table)}
+                | {c["name"] or _column_fk_name(connection, table, c) for c in inspector.get_foreign_keys(table)}
                 | {c["name"] for c in inspector.get_indexes(table)}
                 for table in sorted(RTGRID_TABLES)
             }
     finally:
         engine.dispose()
+
+
+def _column_fk_name(connection: Any, table: str, fk: Mapping[str, Any]) -> str | None:
+    """SQLite adds a foreign key in place only as a column constraint (`col INTEGER CONSTRAINT name
+    REFERENCES ...`, revision 0004er), whose name SQLAlchemy does not reflect: read it from the DDL."""
+    ddl = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).scalar_one()
+    column = fk["constrained_columns"][0]
+    found = re.search(rf"\b{column}\s+\w+\s+CONSTRAINT\s+(\w+)\s+REFERENCES", ddl)
+    return found.group(1) if found else None
 
 
 def _model_constraint_names(tmp_path: Path) -> dict[str, set[str]]:

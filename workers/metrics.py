@@ -90,15 +90,24 @@ def inverse_transform(z: ArrayLike, name: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- baseline
 
 
+CONFIDENCE = 0.95  # the slope's confidence interval
+
+
 @dataclass(frozen=True)
 class Baseline:
-    """T(OOD) ≈ slope·T(ID) + intercept; n_points and r (Pearson, in T space) describe the fit."""
+    """T(OOD) ≈ slope·T(ID) + intercept; n_points, r (Pearson, in T space) and the slope's 95% CI
+    (slope_ci_low, slope_ci_high; None when unknown, e.g. published coefficients) describe the fit.
+    id is the stored `er_baselines` row that holds it (None before it is stored): every ER value
+    computed from it records it."""
 
     slope: float
     intercept: float
     transform: str = "logit"
     n_points: int = 0
     r: float | None = None
+    slope_ci_low: float | None = None
+    slope_ci_high: float | None = None
+    id: int | None = None
 
     def predict(self, id_acc: ArrayLike) -> np.ndarray:
         z = self.slope * forward_transform(id_acc, self.transform) + self.intercept
@@ -128,7 +137,23 @@ def fit_baseline(id_acc: Sequence[float] | np.ndarray, ood_acc: Sequence[float] 
         raise KernelInputError("a baseline fit needs more than one distinct ID accuracy")
     slope, intercept = np.polyfit(x, y, 1)
     r = float(np.corrcoef(x, y)[0, 1]) if np.ptp(y) > 0 else None
-    return Baseline(float(slope), float(intercept), transform, int(ids.size), r)
+    low, high = slope_ci(x, y, float(slope), float(intercept))
+    return Baseline(float(slope), float(intercept), transform, int(ids.size), r, low, high)
+
+
+def slope_ci(x: np.ndarray, y: np.ndarray, slope: float, intercept: float, confidence: float = CONFIDENCE
+             ) -> tuple[float, float]:
+    """The OLS slope's confidence interval in transformed space: slope ± t(1 − α/2, n − 2) · SE, with
+    SE = sqrt( Σ residual² / (n − 2) / Σ (x − x̄)² ) (the classical standard error of the slope under
+    OLS with homoscedastic normal errors). n ≥ 3, so n − 2 ≥ 1 degree of freedom."""
+    from scipy.special import stdtrit  # scipy.special: no scipy.stats import cost
+
+    n = x.size
+    residuals = y - (slope * x + intercept)
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    stderr = math.sqrt(float(np.sum(residuals ** 2)) / (n - 2) / sxx)
+    half = float(stdtrit(n - 2, 1 - (1 - confidence) / 2)) * stderr
+    return slope - half, slope + half
 
 
 def effective_robustness(id_acc: float, ood_acc: float, baseline: Baseline) -> float:
@@ -139,6 +164,9 @@ def effective_robustness(id_acc: float, ood_acc: float, baseline: Baseline) -> f
 
 
 # ImageNet → ImageNetV2 (matched frequency), fitted on Taori et al.'s 85 standard models (REFERENCE D).
+# The (ID, OOD) pair each published fit was made on: `rtgrid er fit --published` refuses another pair
+# unless forced.
+PUBLISHED_PAIRS: dict[str, tuple[str, str]] = {"imagenet-v2": ("imagenet", "imagenet-v2")}
 PUBLISHED_BASELINES: dict[str, dict[str, Baseline]] = {
     "imagenet-v2": {
         "logit": Baseline(slope=0.9232, intercept=-0.4977, transform="logit", n_points=85, r=0.998),

@@ -33,6 +33,7 @@ from workers.errors import KernelInputError
 from workers.io import save_atomically, sha256_file
 from workers.metrics import (
     PUBLISHED_BASELINES,
+    PUBLISHED_PAIRS,
     Baseline,
     binned_er,
     effective_robustness,
@@ -70,7 +71,8 @@ __all__ = [
     # test and benchmark hooks (never set in production)
     "Diagnostics", "KernelOverride", "KillWorker",
     # effective robustness (pure numpy) for driver-side fits and back-fills
-    "PUBLISHED_BASELINES", "Baseline", "binned_er", "effective_robustness", "fit_baseline", "load_testbed_csv",
+    "PUBLISHED_BASELINES", "PUBLISHED_PAIRS", "Baseline", "binned_er", "effective_robustness", "fit_baseline",
+    "load_testbed_csv",
     # running kernels
     "KernelContext", "KernelInputError", "PackRunner", "convert_trusted_checkpoint", "execute",
     "resume_checkpoint_path", "tune_entry",
@@ -110,11 +112,12 @@ def execute(spec: dict[str, Any], ctx: KernelContext, report: Report, kernel_ove
 
 
 def with_er(metrics: dict[str, Any], baseline: Baseline | None) -> dict[str, Any]:
-    """Add effective robustness when the (ID, OOD) pair has a baseline fit; else leave it empty."""
+    """Add effective robustness (and the stored baseline that produced it, er_baseline_id) when the
+    spec's evaluation protocol has a baseline fit; else leave it empty."""
     test_acc, ood_acc = metrics.get("test_acc"), metrics.get("ood_acc")
     if baseline is None or test_acc is None or ood_acc is None:
         return metrics
-    return {**metrics, "er": effective_robustness(test_acc, ood_acc, baseline)}
+    return {**metrics, "er": effective_robustness(test_acc, ood_acc, baseline), "er_baseline_id": baseline.id}
 
 
 def _node_id() -> str:

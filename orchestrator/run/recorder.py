@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, assert_never
 
 from db.lifecycle import TrialWriter
-from db.models import EPOCH_METRICS, FINAL_METRICS, TrialStatus
+from db.models import EPOCH_METRICS, ER_PROVENANCE, FINAL_METRICS, TrialStatus
 from db.repository import Repository
 from workers.trainable import (
     Checkpoint,
@@ -44,6 +44,14 @@ def _number(value: Any) -> float | None:
     return number if number == number else None  # NaN is not a result
 
 
+def _values(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Metric values as numbers; the ER's baseline id as an integer."""
+    values: dict[str, Any] = {name: _number(value) for name, value in metrics.items()}
+    if values.get(ER_PROVENANCE) is not None:
+        values[ER_PROVENANCE] = int(values[ER_PROVENANCE])
+    return values
+
+
 def _checked(event: Epoch | Final, allowed: Iterable[str], what: str) -> None:
     unknown = sorted(set(event.metrics) - set(allowed))
     if unknown:
@@ -56,9 +64,9 @@ def parse_report(result: Mapping[str, Any]) -> list[Event]:
     events = events_of_report(result)
     for event in events:
         if isinstance(event, Epoch):
-            _checked(event, EPOCH_METRICS, "epoch")
+            _checked(event, (*EPOCH_METRICS, ER_PROVENANCE), "epoch")
         elif isinstance(event, Final):
-            _checked(event, FINAL_METRICS, "final")
+            _checked(event, (*FINAL_METRICS, ER_PROVENANCE), "final")
     return events
 
 
@@ -80,7 +88,7 @@ def apply_event(writer: TrialWriter, event: Event) -> None:
     if isinstance(event, Started):
         writer.mark_started(event.spec_hash, worker=event.node or None)
     elif isinstance(event, Epoch):
-        writer.record_epoch(event.spec_hash, event.epoch, {k: _number(v) for k, v in event.metrics.items()})
+        writer.record_epoch(event.spec_hash, event.epoch, _values(event.metrics))
     elif isinstance(event, Checkpoint):
         writer.set_checkpoint(event.spec_hash, event.uri)
     elif isinstance(event, Final):
@@ -101,7 +109,7 @@ def apply_event(writer: TrialWriter, event: Event) -> None:
 def _final(writer: TrialWriter, event: Final) -> None:
     for artifact in event.artifacts:
         writer.put_artifact(artifact.key_hash, artifact.kind, artifact.uri, artifact.meta)
-    final: dict[str, Any] = {name: _number(value) for name, value in event.metrics.items()}
+    final: dict[str, Any] = _values(event.metrics)
     final["duration_s"] = _number(event.duration_s)
     # A source keeps its model file; a transfer keeps none (its resume checkpoint is deleted).
     final["checkpoint_uri"] = event.checkpoint_path
