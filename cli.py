@@ -355,31 +355,47 @@ def er() -> None:
 @click.option("--id", "id_dataset", required=True, help="ID dataset, e.g. cifar10.")
 @click.option("--ood", "ood_dataset", required=True, help="OOD set, e.g. cifar10.1.")
 @click.option("--experiment", default=None,
-              help="Fit on this experiment's testbed: its retrain runs (random init, ID data only).")
+              help="The experiment whose trials get ER (only its trials of the fitted protocol). Alone: also the "
+                   "testbed (its random-init runs; a circular fit, warned).")
+@click.option("--testbed-experiment", default=None,
+              help="Fit on this experiment's random-init runs (ID data only) instead; needs --experiment.")
 @click.option("--csv", "csv_path", default=None, type=click.Path(), help="Fit on a testbed CSV (id_acc,ood_acc).")
 @click.option("--published", default=None, help="Use published coefficients, e.g. imagenet-v2.")
+@click.option("--force", is_flag=True, help="Use a published baseline on a pair it was not fitted on.")
+@click.option("--protocol", default=None,
+              help='With --csv/--published: the evaluation protocol, e.g. \'{"input_size":16}\' (default: the '
+                   "experiment's one protocol on the pair).")
 @click.option("--transform", type=click.Choice(["logit", "probit"]), default="logit", show_default=True)
 @db_option
-def er_fit(id_dataset: str, ood_dataset: str, experiment: str | None, csv_path: str | None, published: str | None,
-           transform: str, db_url: str | None) -> None:
-    """Fit an ER baseline, store it, and fill ER for every stored epoch of that (ID, OOD) pair."""
+def er_fit(id_dataset: str, ood_dataset: str, experiment: str | None, testbed_experiment: str | None,
+           csv_path: str | None, published: str | None, force: bool, protocol: str | None, transform: str,
+           db_url: str | None) -> None:
+    """Fit an ER baseline per evaluation protocol, store it, and fill ER for the --experiment's trials of
+    that protocol on (ID, OOD) (never another experiment's)."""
     from orchestrator.console.store import open_repository
     from orchestrator.errors import UserError
     from orchestrator.results import er as er_fits
 
-    chosen = [x for x in (experiment, csv_path, published) if x]
-    if len(chosen) != 1:
-        raise UserError("give exactly one of --experiment, --csv, --published")
+    sources = [x for x in (testbed_experiment, csv_path, published) if x]
+    if len(sources) > 1 or (not sources and not experiment):
+        raise UserError("give --experiment, and at most one of --testbed-experiment, --csv, --published")
+    if testbed_experiment and not experiment:
+        raise UserError("--testbed-experiment needs --experiment (the experiment whose trials get ER)")
+    if protocol is not None and not (csv_path or published):
+        raise UserError("--protocol applies to --csv and --published (an experiment testbed fits each protocol)")
     repo = open_repository(db_url, write=True)
-    if experiment:
-        fit = er_fits.fit_from_experiment(repo, experiment, id_dataset, ood_dataset, transform)
-    elif csv_path:
-        fit = er_fits.fit_from_csv(repo, csv_path, id_dataset, ood_dataset, transform)
+    if csv_path:
+        fits = [er_fits.fit_from_csv(repo, csv_path, id_dataset, ood_dataset, transform, experiment, protocol)]
+    elif published:
+        fits = [er_fits.use_published(repo, published, id_dataset, ood_dataset, transform, experiment, protocol,
+                                      force)]
     else:
-        fit = er_fits.use_published(repo, str(published), id_dataset, ood_dataset, transform)
-    click.echo(f"{fit.transform} fit {id_dataset}->{ood_dataset} from {fit.fitted_from}: slope {fit.slope:.4f}, "
-               f"intercept {fit.intercept:.4f}, n={fit.n_points}; ER filled for {fit.epochs_filled} epoch rows "
-               f"and {fit.trials_filled} trials")
+        assert experiment is not None
+        fits = er_fits.fit_from_experiment(repo, experiment, id_dataset, ood_dataset, transform, testbed_experiment)
+    for fit in fits:
+        for warning in fit.warnings:
+            click.echo(warning, err=True)
+        click.echo(fit.describe())
 
 
 # --- results (read-only) -----------------------------------------------------------------

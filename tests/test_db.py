@@ -379,20 +379,32 @@ def test_artifacts_first_record_wins(repo: Repository) -> None:
     assert (found.kind, found.uri, found.meta) == ("adv-set", "/artifacts/adv/k1.pt", {"images": 1000})
 
 
-def test_baseline_latest_fit_replaces(repo: Repository) -> None:
+def test_baseline_refit_from_the_same_testbed_replaces(repo: Repository) -> None:
+    """One row per (ID, OOD, protocol, testbed): a refit from the same testbed replaces it in place;
+    another testbed or another protocol is another row."""
     assert repo.get_baseline("cifar10", "cifar10.1") is None
-    first = repo.save_baseline(id_dataset="cifar10", ood_dataset="cifar10.1", transform="logit", slope=0.8,
-                               intercept=-0.4, n_points=30, r=0.99, fitted_from="published:cifar10.1")
-    second = repo.save_baseline(id_dataset="cifar10", ood_dataset="cifar10.1", transform="probit", slope=0.9,
-                                intercept=-0.2, n_points=12, r=None, fitted_from="experiment:smoke")
+    fit = {"id_dataset": "cifar10", "ood_dataset": "cifar10.1", "input_size": None, "protocol": {},
+           "slope_ci_low": None, "slope_ci_high": None}
+    first = repo.save_baseline(**fit, transform="logit", slope=0.8, intercept=-0.4, n_points=30, r=0.99,
+                               fitted_from="experiment:smoke")
+    second = repo.save_baseline(**fit, transform="probit", slope=0.9, intercept=-0.2, n_points=12, r=None,
+                                fitted_from="experiment:smoke")
     assert first == second
     baseline = repo.get_baseline("cifar10", "cifar10.1")
     assert baseline is not None
-    assert {k: getattr(baseline, k) for k in ("transform", "slope", "intercept", "n_points", "r", "fitted_from")} == {
+    assert {k: getattr(baseline, k) for k in ("transform", "slope", "intercept", "n_points", "r", "fitted_from",
+                                              "protocol_key")} == {
         "transform": "probit", "slope": 0.9, "intercept": -0.2, "n_points": 12, "r": None,
-        "fitted_from": "experiment:smoke"}
+        "fitted_from": "experiment:smoke", "protocol_key": '{"input_size":null}'}
     assert baseline.created_at.tzinfo is not None
-    assert one(repo.engine, "SELECT count(*) FROM er_baselines")[0] == 1
+    other_testbed = repo.save_baseline(**fit, transform="logit", slope=0.7, intercept=0.0, n_points=9, r=0.9,
+                                       fitted_from="csv:cifar101.csv")
+    other_size = repo.save_baseline(**{**fit, "input_size": 16}, transform="logit", slope=0.7, intercept=0.0,
+                                    n_points=9, r=0.9, fitted_from="experiment:smoke")
+    assert len({first, other_testbed, other_size}) == 3
+    assert one(repo.engine, "SELECT count(*) FROM er_baselines")[0] == 3
+    latest = repo.get_baseline("cifar10", "cifar10.1", 16)
+    assert latest is not None and latest.id == other_size
 
 
 def test_er_backfill(repo: Repository) -> None:
@@ -408,18 +420,21 @@ def test_er_backfill(repo: Repository) -> None:
         repo.record_epoch(row["spec_hash"], 1, {"test_acc": 0.3 + 0.1 * i, "ood_acc": 0.2 + 0.1 * i})
         repo.record_epoch(row["spec_hash"], 2, {"test_acc": 0.4 + 0.1 * i, "ood_acc": None})
         repo.complete(row["spec_hash"], {"test_acc": 0.4 + 0.1 * i, "ood_acc": 0.25 + 0.1 * i})
-    epochs = repo.epoch_accuracies("digits", "noise-2")
+    targets = repo.er_targets(experiment_id, "digits", "noise-2")
+    epochs = [row for target in targets for row in target.epochs]
     assert len(epochs) == 5 and all(row.epoch == 1 for row in epochs)  # epoch 2 has no OOD accuracy
-    assert repo.set_epoch_er([(row.trial_id, row.epoch, row.ood_acc - row.test_acc) for row in epochs]) == 5
-    trials = repo.trial_accuracies("digits", "noise-2")
-    assert len(trials) == 5
-    repo.set_trial_er([(row.trial_id, 0.05) for row in trials])
-    assert repo.testbed_points(experiment_id, "digits", "noise-2") == [
+    assert len(targets) == 5 and all(t.test_acc is not None for t in targets)
+    baseline = repo.save_baseline(id_dataset="digits", ood_dataset="noise-2", input_size=None, protocol={},
+                                  transform="logit", slope=1.0, intercept=0.0, n_points=3, r=None,
+                                  slope_ci_low=None, slope_ci_high=None, fitted_from="experiment:e")
+    assert repo.set_er(baseline, [(row.trial_id, row.epoch, row.ood_acc - row.test_acc) for row in epochs],
+                       [(t.trial_id, 0.05) for t in targets]) == (5, 5)
+    assert [p[1:] for p in repo.testbed_points(experiment_id, "digits", "noise-2")] == [
         pytest.approx((0.4, 0.25)), pytest.approx((0.5, 0.35)), pytest.approx((0.6, 0.45))]
     stored = [row.er for row in repo.epoch_rows(experiment_id) if row.epoch == 1]
     assert stored == [pytest.approx(-0.1)] * 5
-    assert {row.er for row in repo.trial_rows("e")} == {0.05}
-    assert repo.epoch_accuracies("digits", "blur-1") == [] and repo.set_epoch_er([]) == 0
+    assert {(row.er, row.er_baseline_id) for row in repo.trial_rows("e")} == {(0.05, baseline)}
+    assert repo.er_targets(experiment_id, "digits", "blur-1") == [] and repo.set_er(baseline, [], []) == (0, 0)
 
 
 # --- read-only engine ----------------------------------------------------------------------------------

@@ -28,9 +28,10 @@ def run_demo(db_url: str | None, artifacts: str, quiet: bool, echo: Callable[[st
     echo(format_plan(DEMO_EXPERIMENT, result.plan))
     echo(format_run(result.run))
     for target, ood in SMOKE_TARGETS.items():
-        fit = fit_from_experiment(repo, DEMO_EXPERIMENT, target, ood)
-        echo(f"ER baseline {target} -> {ood}: logit(ood) = {fit.slope:.3f} * logit(id) + {fit.intercept:.3f} "
-             f"(n={fit.n_points}, r={fit.r:.3f}); ER filled for {fit.epochs_filled} epoch rows")
+        for fit in fit_from_experiment(repo, DEMO_EXPERIMENT, target, ood):
+            for warning in fit.warnings:
+                echo(warning)
+            echo(fit.describe())
     for line in closing_tables(repo):
         echo(line)
     return result.run.failed

@@ -37,6 +37,8 @@ from orchestrator.results.query import Database, ReadOnlyDatabase, reading
 from orchestrator.results.reports import (
     DEFAULT_BLOCKS,
     blocks_frame,
+    er_baseline_lines,
+    er_baselines_frame,
     er_frame,
     renofeation_frame,
     subset_label,
@@ -272,6 +274,9 @@ def plot_er(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
         ax.plot(x, 100 * rows["mean_er"].to_numpy(float), marker=".", linestyle="-" if init == "pretrained" else "--",
                 label=f"{arch}, {init} ({dataset}→{ood})")
     ax.axhline(0, color="grey", linewidth=0.8)
+    baselines = er_baseline_lines(er_baselines_frame(db, experiment))
+    ax.text(0.01, 0.01, "\n".join(baselines), transform=ax.transAxes, fontsize="x-small", va="bottom",
+            ha="left", family="monospace")
     ax.set_title("Effective robustness during training (mean per 1% ID-accuracy bin)")
     ax.set_xlabel("ID test accuracy (%)")
     ax.set_ylabel("effective robustness (pp)")

@@ -265,6 +265,38 @@ ER_BINS = 100
 ER_POOLED = ("source", "source_checksum", "method", "blocks", "subset_size", "epochs", "params")
 
 
+ER_BASELINES_SQL = (
+    "SELECT DISTINCT b.id AS baseline_id, b.id_dataset, b.ood_dataset, b.protocol_key, b.fitted_from, b.testbed, "
+    "b.transform, b.n_points, b.slope, b.slope_ci_low, b.slope_ci_high, b.intercept, b.r "
+    "FROM er_baselines b JOIN epoch_metrics m ON m.er_baseline_id = b.id JOIN trials t ON t.id = m.trial_id "
+    "JOIN experiment_trials et ON et.trial_id = t.id JOIN experiments e ON e.id = et.experiment_id "
+    "WHERE e.name = :experiment AND m.er IS NOT NULL ORDER BY b.id"
+)
+
+
+def slope_text(slope: float, low: float | None, high: float | None) -> str:
+    """slope ± the half-width of its 95% CI (symmetric under OLS), or the slope alone when unknown."""
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return f"{slope:.3f} (CI unknown)"
+    return f"{slope:.3f} ± {(high - low) / 2:.3f}"
+
+
+def er_baselines_frame(db: ReadOnlyDatabase, experiment: str) -> pd.DataFrame:
+    """The baselines behind the experiment's stored per-epoch ER values, one row each."""
+    return db.frame(ER_BASELINES_SQL, {"experiment": experiment})
+
+
+def er_baseline_lines(frame: pd.DataFrame) -> list[str]:
+    """One line per baseline: id, pair, protocol, fitted_from, n, slope ± 95% CI, r."""
+    lines = []
+    for row in frame.itertuples(index=False):
+        r = "unknown" if row.r is None or pd.isna(row.r) else f"{row.r:.3f}"
+        lines.append(f"baseline {row.baseline_id}: {row.id_dataset}->{row.ood_dataset} {row.protocol_key} "
+                     f"{row.transform} from {row.fitted_from}, n={row.n_points}, slope "
+                     f"{slope_text(row.slope, row.slope_ci_low, row.slope_ci_high)} (95% CI), r={r}")
+    return lines
+
+
 def er_frame(db: ReadOnlyDatabase, experiment: str, bins: int = ER_BINS, caller: str = "report er") -> pd.DataFrame:
     """Andreassen et al. Fig. 1 / 3: per-epoch ER against ID accuracy, binned into `bins`
     equal-width bins of ID accuracy over [0, 1] (workers.metrics.binned_er), the mean over every
@@ -303,8 +335,20 @@ def er_report(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None) 
                   lambda r: f"{100 * r['mean_er']:+.2f} ({int(r['checkpoints'])})", groups,
                   {"id_range": "ID acc (%)"})
     data = frame.drop(columns=["group", "id_range"])
+    fits = er_baselines_frame(db, experiment)
+    fits_table = pd.DataFrame({
+        "baseline": fits["baseline_id"].astype(int),
+        "ID->OOD": [f"{i}->{o}" for i, o in zip(fits["id_dataset"], fits["ood_dataset"], strict=True)],
+        "protocol": fits["protocol_key"],
+        "fitted from": fits["fitted_from"],
+        "n": fits["n_points"].astype(int),
+        "slope ± 95% CI": [slope_text(a, lo, hi) for a, lo, hi in
+                           zip(fits["slope"], fits["slope_ci_low"], fits["slope_ci_high"], strict=True)],
+        "r": ["unknown" if pd.isna(r) else f"{r:.3f}" for r in fits["r"]],
+    })
     return Report("er", f"Effective robustness during training (Andreassen et al. Fig. 1 / 3) — {experiment}",
-                  data, [("mean ER (pp) of the checkpoints in each 1%-wide ID-accuracy bin (checkpoints)", table)])
+                  data, [("mean ER (pp) of the checkpoints in each 1%-wide ID-accuracy bin (checkpoints)", table),
+                         ("the ER baselines behind these values (slope in logit/probit space)", fits_table)])
 
 
 # --- demo -------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from db.repository import Repository
 from orchestrator.errors import UserError, one_line
 from orchestrator.plan.planner import Stage, pack
 from orchestrator.plan.spec import TrialSpec
+from orchestrator.results.er import key_of, protocol_of
 from workers.trainable import Baseline, Diagnostics, PackItem, WorkerSettings
 
 # Tune's own CSV/JSON/TensorBoard loggers are off: the database is the record.
@@ -81,7 +82,8 @@ class StageInputs:
 
     source_paths: Mapping[str, str] = field(default_factory=dict)  # source spec_hash -> checkpoint
     source_checksums: Mapping[str, str] = field(default_factory=dict)  # source spec_hash -> sha256
-    baselines: Mapping[tuple[str, str], BaselineRecord] = field(default_factory=dict)  # (dataset, ood) -> ER fit
+    # (dataset, ood, protocol key) -> the latest ER fit of that evaluation protocol
+    baselines: Mapping[tuple[str, str, str], BaselineRecord] = field(default_factory=dict)
     source_files: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (file source, sha256) -> path
 
 
@@ -145,7 +147,8 @@ def _baseline(record: BaselineRecord | None) -> Baseline | None:
     if record is None:
         return None
     return Baseline(slope=record.slope, intercept=record.intercept, transform=record.transform,
-                    n_points=record.n_points, r=record.r)
+                    n_points=record.n_points, r=record.r, slope_ci_low=record.slope_ci_low,
+                    slope_ci_high=record.slope_ci_high, id=record.id)
 
 
 def pack_items(specs: Sequence[TrialSpec], inputs: StageInputs) -> list[PackItem]:
@@ -158,7 +161,8 @@ def pack_items(specs: Sequence[TrialSpec], inputs: StageInputs) -> list[PackItem
             source_checksum = inputs.source_checksums.get(source_hash)
         elif spec.source_ref is not None and spec.source_ref.scheme == "file":
             source_path = inputs.source_files.get((str(spec.source), spec.source_checksum or ""))
-        baseline = inputs.baselines.get((spec.dataset, spec.ood)) if spec.ood else None
+        baseline = (inputs.baselines.get((spec.dataset, spec.ood, key_of(protocol_of(spec.params))))
+                    if spec.ood else None)
         items.append(PackItem(spec_hash=spec.spec_hash, spec=spec.to_dict(), source_path=source_path,
                               source_checksum=source_checksum, er_baseline=_baseline(baseline)))
     return items

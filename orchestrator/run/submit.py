@@ -16,6 +16,7 @@ from orchestrator.errors import UserError
 from orchestrator.plan.grids import Grid
 from orchestrator.plan.planner import Stage, record_plan, stages
 from orchestrator.plan.spec import TrialSpec
+from orchestrator.results.er import baselines_for
 from orchestrator.run.driver import DriverLoop, new_driver_id
 from orchestrator.run.runner import (
     RunOptions,
@@ -67,13 +68,9 @@ def _source_inputs(repo: Repository, specs: list[TrialSpec]) -> tuple[dict[str, 
     return paths, checksums, missing
 
 
-def _baselines(repo: Repository, specs: list[TrialSpec]) -> dict[tuple[str, str], BaselineRecord]:
-    found: dict[tuple[str, str], BaselineRecord] = {}
-    for key in {(s.dataset, s.ood) for s in specs if s.ood}:
-        baseline = repo.get_baseline(*key)
-        if baseline is not None:
-            found[key] = baseline
-    return found
+def _baselines(repo: Repository, specs: list[TrialSpec]) -> dict[tuple[str, str, str], BaselineRecord]:
+    """The latest stored baseline of each spec's evaluation protocol (orchestrator/results/er.py)."""
+    return baselines_for(repo, specs)
 
 
 def _check_options(repo: Repository, options: RunOptions) -> None:
