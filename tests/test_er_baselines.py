@@ -109,3 +109,16 @@ def test_e_er_report_shows_the_baseline(repo: Repository) -> None:
     assert f"{fit.slope:.3f} ± {half:.3f}" in text
     line = next(line for line in text.splitlines() if "experiment:Y" in line)
     assert str(fit.baseline_id) in line and " 9 " in f" {line} " and f"{fit.r:.3f}" in line
+
+
+def test_f_testbed_is_init_random(repo: Repository) -> None:
+    """The testbed is main's one rule, `trials.init = 'random'`: retrain or source scratch count; a distilled
+    (renofeation: random weights, pre-trained teacher) or fine-tuned transfer does not, though it gets ER."""
+    rows = [_row(i, source="scratch", method="retrain") for i in range(2)]
+    rows.append(_row(2, method="retrain", source="torchvision:resnet18"))
+    rows += [_row(10 + i, method="renofeation", source="torchvision:resnet18") for i in range(4)]
+    rows += [_row(20 + i, method="finetune", source="torchvision:resnet18") for i in range(2)]
+    _run(repo, "T", rows)
+    [fit] = er_fits.fit_from_experiment(repo, "T", "digits", "noise-2")
+    assert fit.n_points == 3 and fit.trials_filled == len(rows)
+    assert "init = random" in fit.testbed

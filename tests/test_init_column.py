@@ -16,7 +16,16 @@ from sqlalchemy import inspect, text
 
 from db.models import INITS, TrialInit
 from db.repository import Repository
-from db.session import SCRIPT_LOCATION, _script, current_revision, downgrade, make_engine, open_database, upgrade
+from db.session import (
+    SCRIPT_LOCATION,
+    _script,
+    current_revision,
+    downgrade,
+    head_revision,
+    make_engine,
+    open_database,
+    upgrade,
+)
 from orchestrator.plan.grids import Grid
 from orchestrator.plan.planner import record_plan, trial_init, trial_row
 from orchestrator.plan.spec import TrialSpec
@@ -216,8 +225,8 @@ def test_backfill_from_0003(db_url: str) -> None:
     upgrade(db_url, "0003")
     specs = _backfill_specs()
     _insert_at_0003(db_url, specs)
-    upgrade(db_url)
-    assert current_revision(db_url) == "0004"
+    upgrade(db_url)  # through 0004 and the later revisions (0005 adds er columns in place)
+    assert current_revision(db_url) == head_revision()
     stored = dict(raw_frame(db_url, "SELECT spec_hash, init FROM trials").itertuples(index=False))
     stored = {str(h).strip(): init for h, init in stored.items()}
     assert stored == {spec.spec_hash: trial_init(spec).value for spec in specs}  # = what the planner writes
@@ -240,13 +249,18 @@ def test_backfill_from_0003(db_url: str) -> None:
                     f"VALUES ('{'f' * 64}', '{{}}', 'transfer', 'a', 'd', 'finetune', 0, 1, {bad})"))
     finally:
         engine.dispose()
-    # and down again: the column goes, the rows and the 0001 view stay
+    # and down again (through 0005's and 0004's downgrades): the column goes, the rows and the 0001 view stay
     downgrade(db_url, "0003")
     assert "init" not in _trial_columns(db_url)
     assert [_scalar(db_url, sql) for sql in counts] == [len(specs)] * 3
     assert _scalar(db_url, "SELECT count(*) FROM results") == len(specs)
-    upgrade(db_url)
+    upgrade(db_url)  # and up again: view, init and rows kept
+    assert current_revision(db_url) == head_revision()
+    assert [_scalar(db_url, sql) for sql in counts] == [len(specs)] * 3
     assert _scalar(db_url, "SELECT count(*) FROM results WHERE init = 'distilled'") == 4
+    view = raw_frame(db_url, "SELECT spec_hash, init, last_epoch FROM results")
+    assert {str(h).strip(): i for h, i in zip(view["spec_hash"], view["init"], strict=True)} == stored
+    assert set(view["last_epoch"]) == {1}
     open_database(db_url, create=False).dispose()
 
 
