@@ -12,6 +12,7 @@ er              Andreassen Fig. 1c: ER vs ID accuracy over training (binned), pe
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -266,7 +267,7 @@ def plot_asr_vs_clean(db: ReadOnlyDatabase, experiment: str, blocks: int | None 
 def plot_er(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
             subset_size: int | str | None = None) -> Figure:
     data = er_frame(db, experiment, caller="plot er")
-    figure, axes = _figure(1, width=7.0, height=5.0)
+    figure, axes = _figure(1, width=8.0, height=5.5)
     ax = axes[0]
     for (dataset, ood, arch, init), rows in data.groupby(["dataset", "ood", "arch", "init"], sort=True):
         rows = rows.sort_values("id_low")
@@ -274,9 +275,11 @@ def plot_er(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
         ax.plot(x, 100 * rows["mean_er"].to_numpy(float), marker=".", linestyle="-" if init == "pretrained" else "--",
                 label=f"{arch}, {init} ({dataset}→{ood})")
     ax.axhline(0, color="grey", linewidth=0.8)
+    # The baselines behind the values, as a caption below the axes (the layout makes room for it).
     baselines = er_baseline_lines(er_baselines_frame(db, experiment))
-    ax.text(0.01, 0.01, "\n".join(baselines), transform=ax.transAxes, fontsize="x-small", va="bottom",
-            ha="left", family="monospace")
+    if baselines:
+        caption = "\n".join(textwrap.fill(line, 120, subsequent_indent="    ") for line in baselines)
+        figure.supxlabel(caption, x=0.01, ha="left", fontsize="x-small", family="monospace")
     ax.set_title("Effective robustness during training (mean per 1% ID-accuracy bin)")
     ax.set_xlabel("ID test accuracy (%)")
     ax.set_ylabel("effective robustness (pp)")
