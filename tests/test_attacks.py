@@ -10,10 +10,10 @@ import torch
 
 from workers import data, models
 from workers.attacks import (
-    adversarial_set,
     adversarial_set_path,
     attack_key,
     attack_success_rate,
+    cached_adversarial_set,
     clean_digest,
     evaluate_asr,
     penultimate_attack,
@@ -120,19 +120,19 @@ def test_adversarial_set_is_computed_once_per_key(source: models.Classifier, cle
     digest = clean_digest(x)
     key = attack_key("a" * 64, "synthetic-source", indices, PARAMS, digest)
     path = adversarial_set_path(tmp_path, key)
-    first = adversarial_set(source, "a" * 64, "synthetic-source", indices, x, PARAMS, tmp_path)
+    first = cached_adversarial_set(source, "a" * 64, "synthetic-source", indices, x, PARAMS, tmp_path).adv
     assert path.is_file()
     built = identity(path)
     assert not list((tmp_path / "adv").glob("*.tmp"))  # the atomic write left no partial file
-    second = adversarial_set(source, "a" * 64, "synthetic-source", indices, x, PARAMS, tmp_path)
+    second = cached_adversarial_set(source, "a" * 64, "synthetic-source", indices, x, PARAMS, tmp_path).adv
     assert identity(path) == built and torch.equal(first, second)  # read back, not rebuilt
 
     # Another source checkpoint, another evaluation subset or other params: a new set.
-    other = adversarial_set(source, "b" * 64, "synthetic-source", indices, x, PARAMS, tmp_path)
+    other = cached_adversarial_set(source, "b" * 64, "synthetic-source", indices, x, PARAMS, tmp_path).adv
     assert adversarial_set_path(tmp_path, attack_key("b" * 64, "synthetic-source", indices, PARAMS, digest)).is_file()
     assert attack_key("b" * 64, "synthetic-source", indices, PARAMS, digest) != key
     assert not torch.equal(other, first)  # the random start is seeded from the key
-    fewer = adversarial_set(source, "a" * 64, "synthetic-source", indices[:8], x[:8], PARAMS, tmp_path)
+    fewer = cached_adversarial_set(source, "a" * 64, "synthetic-source", indices[:8], x[:8], PARAMS, tmp_path).adv
     assert fewer.shape[0] == 8
     assert adversarial_set_path(
         tmp_path, attack_key("a" * 64, "synthetic-source", indices[:8], PARAMS, clean_digest(x[:8]))
@@ -141,11 +141,11 @@ def test_adversarial_set_is_computed_once_per_key(source: models.Classifier, cle
     # A loader of [0,1] batches gives the same set as the normalised tensor (and hits the cache).
     ds = data.load_split("synthetic-source", False, params={"num_classes": 6})
     loader = data.make_eval_loader(ds, indices, 16, INPUT)
-    assert torch.equal(adversarial_set(source, "a" * 64, "synthetic-source", indices, loader, PARAMS, tmp_path),
-                       first)
+    from_loader = cached_adversarial_set(source, "a" * 64, "synthetic-source", indices, loader, PARAMS, tmp_path)
+    assert torch.equal(from_loader.adv, first)
     assert identity(path) == built
     with pytest.raises(KernelInputError, match="budget"):
-        adversarial_set(source, "c" * 64, "synthetic-source", indices, x, {**PARAMS, "eps": 0.0}, tmp_path)
+        cached_adversarial_set(source, "c" * 64, "synthetic-source", indices, x, {**PARAMS, "eps": 0.0}, tmp_path)
 
 
 def test_transfer_asr_caches_the_source_attack(tmp_path: Path) -> None:

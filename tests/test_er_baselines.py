@@ -87,9 +87,9 @@ def test_d_circular_or_small_fits_warn(repo: Repository, tmp_path: Path) -> None
     [circular] = er_fits.fit_from_experiment(repo, "A", "digits", "noise-2")
     assert any("circular" in w for w in circular.warnings) and any("n=5 < 8" in w for w in circular.warnings)
     [independent] = er_fits.fit_from_experiment(repo, "A", "digits", "noise-2", testbed_experiment="Y")
-    assert independent.warnings == () and independent.n_points == 9 and independent.trials_filled == 5
-    assert independent.slope_ci_low is not None and independent.slope_ci_high is not None
-    assert independent.slope_ci_low < independent.slope < independent.slope_ci_high
+    assert independent.warnings == () and independent.fit.n_points == 9 and independent.trials_filled == 5
+    assert independent.fit.slope_ci_low is not None and independent.fit.slope_ci_high is not None
+    assert independent.fit.slope_ci_low < independent.fit.slope < independent.fit.slope_ci_high
     csv = tmp_path / "testbed.csv"
     csv.write_text("id_acc,ood_acc\n0.5,0.4\n0.6,0.48\n0.7,0.6\n")
     fit = er_fits.fit_from_csv(repo, str(csv), "digits", "noise-2", experiment="A")
@@ -105,10 +105,10 @@ def test_e_er_report_shows_the_baseline(repo: Repository) -> None:
     _run(repo, "Y", [_row(50 + i, source="scratch", method="retrain") for i in range(9)])
     [fit] = er_fits.fit_from_experiment(repo, "A", "digits", "noise-2", testbed_experiment="Y")
     text = render(build_report("er", "A", repo.engine.url.render_as_string(hide_password=False)))
-    half = (fit.slope_ci_high - fit.slope_ci_low) / 2  # type: ignore[operator]
-    assert f"{fit.slope:.3f} ± {half:.3f}" in text
+    half = (fit.fit.slope_ci_high - fit.fit.slope_ci_low) / 2  # type: ignore[operator]
+    assert f"{fit.fit.slope:.3f} ± {half:.3f}" in text
     line = next(line for line in text.splitlines() if "experiment:Y" in line)
-    assert str(fit.baseline_id) in line and " 9 " in f" {line} " and f"{fit.r:.3f}" in line
+    assert str(fit.baseline_id) in line and " 9 " in f" {line} " and f"{fit.fit.r:.3f}" in line
 
 
 def test_f_testbed_is_init_random(repo: Repository) -> None:
@@ -120,5 +120,5 @@ def test_f_testbed_is_init_random(repo: Repository) -> None:
     rows += [_row(20 + i, method="finetune", source="torchvision:resnet18") for i in range(2)]
     _run(repo, "T", rows)
     [fit] = er_fits.fit_from_experiment(repo, "T", "digits", "noise-2")
-    assert fit.n_points == 3 and fit.trials_filled == len(rows)
+    assert fit.fit.n_points == 3 and fit.trials_filled == len(rows)
     assert "init = random" in fit.testbed

@@ -76,13 +76,7 @@ class FitOutcome:
     ood_dataset: str
     baseline_id: int
     protocol_key: str
-    slope: float
-    intercept: float
-    transform: str
-    n_points: int
-    r: float | None
-    slope_ci_low: float | None
-    slope_ci_high: float | None
+    fit: Baseline  # slope, intercept, transform, n_points, r and the slope's 95% CI
     fitted_from: str
     testbed: str
     epochs_filled: int
@@ -90,12 +84,13 @@ class FitOutcome:
     warnings: tuple[str, ...] = field(default=())
 
     def describe(self) -> str:
-        ci = (f" (95% CI {self.slope_ci_low:.4f}..{self.slope_ci_high:.4f})"
-              if self.slope_ci_low is not None and self.slope_ci_high is not None else "")
-        r = f", r={self.r:.3f}" if self.r is not None else ""
-        return (f"baseline {self.baseline_id}: {self.transform} fit {self.id_dataset}->{self.ood_dataset} "
-                f"protocol {self.protocol_key} from {self.fitted_from}: slope {self.slope:.4f}{ci}, "
-                f"intercept {self.intercept:.4f}, n={self.n_points}{r}; ER filled for {self.epochs_filled} "
+        fit = self.fit
+        ci = (f" (95% CI {fit.slope_ci_low:.4f}..{fit.slope_ci_high:.4f})"
+              if fit.slope_ci_low is not None and fit.slope_ci_high is not None else "")
+        r = f", r={fit.r:.3f}" if fit.r is not None else ""
+        return (f"baseline {self.baseline_id}: {fit.transform} fit {self.id_dataset}->{self.ood_dataset} "
+                f"protocol {self.protocol_key} from {self.fitted_from}: slope {fit.slope:.4f}{ci}, "
+                f"intercept {fit.intercept:.4f}, n={fit.n_points}{r}; ER filled for {self.epochs_filled} "
                 f"epoch rows and {self.trials_filled} trials")
 
 
@@ -130,9 +125,8 @@ def _store_and_fill(repo: Repository, experiment_id: int | None, id_dataset: str
             if target.test_acc is not None and target.ood_acc is not None:
                 trial_er.append((target.trial_id, effective_robustness(target.test_acc, target.ood_acc, fit)))
         repo.set_er(baseline_id, epoch_er, trial_er)
-    return FitOutcome(id_dataset, ood_dataset, baseline_id, key, fit.slope, fit.intercept, fit.transform,
-                      fit.n_points, fit.r, fit.slope_ci_low, fit.slope_ci_high, fitted_from, testbed,
-                      len(epoch_er), len(trial_er), warnings)
+    return FitOutcome(id_dataset, ood_dataset, baseline_id, key, fit, fitted_from, testbed, len(epoch_er),
+                      len(trial_er), warnings)
 
 
 def _experiment_id(repo: Repository, experiment: str) -> int:

@@ -7,7 +7,6 @@ cache        adversarial sets computed once per (source, clean images' content, 
 
 from workers.attacks.cache import (
     AdversarialSet,
-    adversarial_set,
     adversarial_set_path,
     attack_key,
     attack_seed,
@@ -31,7 +30,6 @@ __all__ = [
     "ATTACK_BATCH",
     "AdversarialSet",
     "NORMS",
-    "adversarial_set",
     "adversarial_set_path",
     "attack_key",
     "attack_seed",

@@ -171,18 +171,3 @@ def cached_adversarial_set(
         "source_sha256": source_sha256, "dataset": dataset_name, "images": len(eval_indices),
         "params": dict(params), "kernel_version": KERNEL_VERSION})
     return AdversarialSet(adv, key_hash, path, digest)
-
-
-def adversarial_set(
-    source_model: models.Classifier,
-    source_sha256: str,
-    dataset_name: str,
-    eval_indices: Sequence[int],
-    images_normalised_or_loader: Tensor | Iterable[Any],
-    params: Mapping[str, Any],
-    cache_dir: str | os.PathLike[str],
-    labels: Tensor | Sequence[int] | None = None,
-) -> Tensor:
-    """cached_adversarial_set's images only."""
-    return cached_adversarial_set(source_model, source_sha256, dataset_name, eval_indices,
-                                  images_normalised_or_loader, params, cache_dir, labels).adv
