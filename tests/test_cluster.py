@@ -48,6 +48,18 @@ LOOPBACK = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.to
             "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180"}
 
 
+RAY_DIRS: list[str] = []  # the running cluster's temp dir: its logs explain a failed start
+
+
+def _ray_logs(pattern: str) -> str:
+    """The tails of the cluster's log files matching pattern (for an assertion message)."""
+    tails = []
+    for ray_dir in RAY_DIRS:
+        for log in sorted(Path(ray_dir).glob(f"session_*/logs/{pattern}")):
+            tails.append(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}")
+    return "\n".join(tails)
+
+
 def _start(args: list[str], tmp_path: Path, name: str) -> subprocess.Popen:
     log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([RAY, "start", "--block", *args], stdout=log, stderr=subprocess.STDOUT,
@@ -80,6 +92,7 @@ def two_node_cluster(tmp_path_factory: pytest.TempPathFactory):
     tmp_path = tmp_path_factory.mktemp("cluster")
     address = f"{NODE_IP}:{PORT}"
     ray_dir = tempfile.mkdtemp(prefix="rtg-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    RAY_DIRS.append(ray_dir)
     head = _start(["--head", f"--port={PORT}", f"--node-ip-address={NODE_IP}", "--num-cpus=1",
                    f"--ray-client-server-port={CLIENT_PORT}", "--include-dashboard=false",
                    f"--temp-dir={ray_dir}"], tmp_path, "head")
@@ -141,7 +154,7 @@ def test_ray_client_address_records_from_the_head(two_node_cluster: str, tmp_pat
     db_url = pg_server.new_database()
     grid = GRID.replace("subset_size: [50, 100, 200]", "subset_size: [60, 120]")
     result = _submit(client, db_url, tmp_path, grid)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:] + _ray_logs("ray_client_server*")
     statuses, workers = _statuses_and_workers(db_url)
     assert statuses == {"completed": 8}
     assert len(workers) == 2, f"trials ran on {workers}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -87,6 +88,12 @@ class StageInputs:
     source_files: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (file source, sha256) -> path
 
 
+# A busy head can fail to start the per-client server a `ray://` connection needs (its start-up
+# races the head's other work); the next connection usually gets one. Anything else fails at once.
+CLIENT_SERVER_START_FAILED = "Starting Ray client server failed"
+CLIENT_CONNECT_ATTEMPTS = 3
+
+
 def is_client_address(address: str | None) -> bool:
     return bool(address) and str(address).startswith("ray://")
 
@@ -111,19 +118,27 @@ def start_ray(options: RunOptions) -> None:
     forwarded = {k: v for k, v in os.environ.items() if k.startswith("RTGRID_") and k != "RTGRID_DB"}
     runtime_env = {"env_vars": {**TUNE_ENV, **forwarded}}
     logger.info("connecting to Ray at %s", options.address or "a new local instance")
-    try:
-        if options.address:
-            ray.init(address=options.address, runtime_env=runtime_env, log_to_driver=options.worker_logs,
-                     logging_level=logging.ERROR)
-        else:
-            ray.init(address="local", include_dashboard=False, runtime_env=runtime_env,
-                     log_to_driver=options.worker_logs, logging_level=logging.ERROR, num_cpus=os.cpu_count(),
-                     _node_ip_address=LOCAL_NODE_IP)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = options.address or "a local Ray instance"
-        # Ray's messages span lines ("Initialization failure from server:\n<the reason>"): keep them all.
-        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:600]
-        raise UserError(f"cannot connect to Ray at {where}: {reason}") from None
+    for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
+        try:
+            if options.address:
+                ray.init(address=options.address, runtime_env=runtime_env, log_to_driver=options.worker_logs,
+                         logging_level=logging.ERROR)
+            else:
+                ray.init(address="local", include_dashboard=False, runtime_env=runtime_env,
+                         log_to_driver=options.worker_logs, logging_level=logging.ERROR,
+                         num_cpus=os.cpu_count(), _node_ip_address=LOCAL_NODE_IP)
+            return
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = options.address or "a local Ray instance"
+            # Ray's messages span lines ("Initialization failure from server:\n<the reason>"): keep them all.
+            reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:600]
+            if attempt == CLIENT_CONNECT_ATTEMPTS or CLIENT_SERVER_START_FAILED not in reason:
+                raise UserError(f"cannot connect to Ray at {where}: {reason}") from None
+            delay = 5.0 * attempt
+            logger.warning("Ray at %s could not start this client's server (attempt %d of %d); retrying in %.0f s",
+                           where, attempt, CLIENT_CONNECT_ATTEMPTS, delay)
+            ray.shutdown()
+            time.sleep(delay)
 
 
 def cluster_slots(options: RunOptions) -> int:
