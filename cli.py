@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import shlex
 import sys
 from collections.abc import Callable
@@ -26,6 +28,25 @@ def db_option(func: F) -> F:
 
 def readonly_db_option(func: F) -> F:
     return click.option("--db", "db_url", default=None, help=f"{DB_HELP[:-1]}; opened read-only.")(func)
+
+
+def timeout_option(func: F) -> F:
+    """`--timeout SECONDS` on a command that only reads: every statement it runs is stopped past it
+    (by the server on PostgreSQL), with one line saying so."""
+
+    @functools.wraps(func)
+    def limited(*args: Any, timeout_s: float, **kwargs: Any) -> Any:
+        from db.timeouts import read_time_limit
+        from orchestrator.errors import UserError
+
+        if not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise UserError(f"--timeout must be a positive number of seconds, got {timeout_s!r}")
+        with read_time_limit(timeout_s):
+            return func(*args, **kwargs)
+
+    option = click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
+                          help="Seconds any one SQL statement may run before it is stopped.")
+    return option(limited)  # type: ignore[return-value]
 
 
 def _version() -> str:
@@ -287,6 +308,7 @@ def cancel(experiment: str, db_url: str | None) -> None:
 @main.command()
 @click.argument("experiment", required=False)
 @db_option
+@timeout_option
 def status(experiment: str | None, db_url: str | None) -> None:
     """Trial counts by status (one experiment or all), throughput and ETA."""
     from orchestrator.console.status import status_report
@@ -415,6 +437,7 @@ def _subset(value: str | None) -> int | str | None:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--schema", is_flag=True, help="Print the tables, columns and the results view, with their meaning.")
 @readonly_db_option
+@timeout_option
 def query(sql: str | None, fmt: str, schema: bool, db_url: str | None) -> None:
     """Run one read-only SQL statement (SQL, or - to read it from stdin) and print the rows.
 
@@ -428,7 +451,7 @@ def query(sql: str | None, fmt: str, schema: bool, db_url: str | None) -> None:
         sql = sys.stdin.read()
     if not schema and not sql:
         raise UserError('give a SQL statement, e.g. rtgrid query "SELECT * FROM results LIMIT 5", or --schema')
-    with ReadOnlyDatabase(db_url) as database:  # type: ignore[arg-type]
+    with ReadOnlyDatabase(db_url) as database:
         if schema:
             click.echo(schema_text(database))
         if sql:
@@ -443,6 +466,7 @@ def query(sql: str | None, fmt: str, schema: bool, db_url: str | None) -> None:
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Output file (CSV goes to stdout without it).")
 @readonly_db_option
+@timeout_option
 def export(experiment: str, table: str, fmt: str, output: str | None, db_url: str | None) -> None:
     """Export an experiment's trials or per-epoch metrics (fractions) as CSV or Parquet."""
     from orchestrator.results.export import export_frame, write_export
@@ -466,6 +490,7 @@ def _report_names() -> list[str]:
               show_default=True, help="csv: the report's data in long form, accuracies as fractions.")
 @click.option("--blocks", type=int, default=None, help="Fine-tuned blocks (utrera-table7; default 3).")
 @readonly_db_option
+@timeout_option
 def report(name: str, experiment: str, fmt: str, blocks: int | None, db_url: str | None) -> None:
     """Print one of the papers' tables for an experiment (percentages; ER in pp).
 
@@ -494,6 +519,7 @@ def _plot_names() -> list[str]:
 @click.option("--subset-size", default=None, help="Training images (learning-curve, blocks; an integer or 'full'; "
                                                   "default the smallest).")
 @readonly_db_option
+@timeout_option
 def plot(name: str, experiment: str, output: str, blocks: int | None, subset_size: str | None,
          db_url: str | None) -> None:
     """Draw one of the papers' figures for an experiment as a PNG.

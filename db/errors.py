@@ -40,3 +40,11 @@ def driver_errors() -> tuple[type[BaseException], ...]:
         return tuple(errors)
     errors.append(psycopg.Error)
     return tuple(errors)
+
+
+class ReadOnlyViolation(ValueError):
+    """A user's statement would (or might) write or act on the server, or is not exactly one statement."""
+
+
+class QueryTimeout(DatabaseError):
+    """A read ran past its time limit and was stopped (by the server on PostgreSQL). One-line message."""

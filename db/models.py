@@ -434,6 +434,7 @@ RESULTS_VIEW_COLUMNS: tuple[str, ...] = (
     "experiment", "trial_id", "spec_hash", "status", *KEY_COLUMNS, *DERIVED_COLUMNS,
     *FINAL_METRICS, "duration_s", "last_epoch", "finished_at",
 )
+RESULTS_VIEW = "results"  # the view users start from (created by the migrations)
 RESULTS_VIEW_COMMENT = "one row per (experiment, trial) with the key fields and final metrics; start here"
 # The view's own columns (and spec_hash, not unique in the view); the others mean what `trials`' column does.
 RESULTS_VIEW_ONLY_COLUMNS: dict[str, str] = {

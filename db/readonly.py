@@ -1,15 +1,14 @@
 """Everything that makes a connection read-only: `rtgrid query`, `export`, `report` and `plot` read through it.
 
 Layers (orchestrator/results/query.py puts them together and words the refusals for users):
-1. the engine cannot write (`open_readonly`): SQLite is opened `mode=ro` with `PRAGMA query_only` and
-   an authorizer that denies ATTACH/DETACH; PostgreSQL sessions default to READ ONLY transactions,
-   and `begin_read_only` takes each transaction's snapshot at once so it cannot be switched back;
-2. for user SQL on SQLite, `strict_authorizer` denies every action but reading (no PRAGMA writes,
-   DDL, DML) and the file / extension functions of SQLITE_DENIED_FUNCTIONS;
-3. the lexical guard `check_read_only`: exactly one statement (a quote- and comment-aware splitter),
-   starting with a reading keyword, with no writing keyword, a PRAGMA only from the read list, and no
-   call of a PostgreSQL administration / side-effect function (DENIED_FUNCTIONS: the URL's role is
-   often a superuser, and a READ ONLY transaction still runs them).
+1. the engine cannot write (`open_readonly`): SQLite is opened `mode=ro` (immutable on read-only media) with
+   `PRAGMA query_only` and an authorizer that denies ATTACH/DETACH; PostgreSQL sessions default to READ ONLY
+   transactions, and `begin_read_only` takes each transaction's snapshot at once so it cannot be switched
+   back, with the statement timeout set inside it;
+2. user SQL on PostgreSQL goes through db/pg_guard.py: the server's own parser (pglast) and an allow-list
+   of statements, node types, functions, types and relations (`check_user_sql`);
+3. user SQL on SQLite runs under `strict_authorizer`: every action but reading is denied (no PRAGMA writes,
+   DDL, DML) and the file / extension functions of SQLITE_DENIED_FUNCTIONS.
 A refusal is a one-line `ReadOnlyViolation` (a ValueError); this module knows nothing of the CLI.
 """
 
@@ -25,9 +24,12 @@ from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine
 
-from db.errors import DatabaseError
+from db import pg_guard
+from db.errors import DatabaseError, ReadOnlyViolation
+from db.models import RESULTS_VIEW
 from db.session import (
     PG_CONNECT_TIMEOUT_S,
+    RTGRID_TABLES,
     SCRIPT_LOCATION,
     SQLITE_BUSY_TIMEOUT_MS,
     is_sqlite,
@@ -37,15 +39,13 @@ from db.session import (
     schema_at_head,
     sqlite_path,
 )
+from db.timeouts import pg_timeout_sql
 
-READING_KEYWORDS = frozenset({"SELECT", "WITH", "VALUES", "EXPLAIN", "TABLE", "SHOW", "PRAGMA"})
-# Anywhere outside strings, quoted names and comments, these words mean a write (or a way to one).
-WRITING_KEYWORDS = frozenset({
-    "INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "DROP", "CREATE", "ALTER", "TRUNCATE", "ATTACH", "DETACH",
-    "VACUUM", "REINDEX", "GRANT", "REVOKE", "COPY", "CALL", "DO", "LOCK", "REFRESH", "CLUSTER", "DISCARD",
-    "LISTEN", "NOTIFY", "PREPARE", "EXECUTE", "DEALLOCATE", "SAVEPOINT", "RELEASE", "ROLLBACK", "COMMIT",
-    "BEGIN", "INTO", "SET", "RESET",
-})
+__all__ = ["ReadOnlyViolation", "check_user_sql", "open_readonly", "strict_sqlite"]
+
+# What a user's query may read on PostgreSQL (besides its CTEs and information_schema).
+READABLE_RELATIONS = frozenset({*RTGRID_TABLES, RESULTS_VIEW, "alembic_version"})
+
 # SQLite PRAGMAs that only read; only the schema-introspection ones may take an argument.
 READ_PRAGMAS = frozenset({
     "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list", "table_list",
@@ -56,31 +56,17 @@ READ_PRAGMAS = frozenset({
 PRAGMAS_WITH_ARGUMENT = frozenset({
     "table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list", "table_list",
 })
-# PostgreSQL functions that act on the server (signals, files, config, locks, replication, other
-# databases) or run SQL from a string (query_to_xml, ts_stat), matched as a name followed by "(".
-DENIED_FUNCTIONS = re.compile(
-    r"pg_terminate_backend|pg_cancel_backend|pg_reload_conf|pg_rotate_logfile\w*|pg_read_file|pg_read_binary_file"
-    r"|pg_ls_\w+|pg_stat_file|pg_stat_reset\w*|pg_advisory\w*|pg_try_advisory\w*|pg_notify|pg_create_restore_point"
-    r"|pg_switch_wal|pg_switch_xlog|pg_promote|pg_sleep\w*|set_config|lo_\w+|loread|lowrite|dblink\w*"
-    r"|pg_logical_\w+|pg_replication_\w+|\w*_replication_slot\w*|pg_file_\w+|pg_backup_\w+|pg_start_backup"
-    r"|pg_stop_backup|pg_wal_replay_\w+|pg_log_backend_memory_contexts|query_to_xml\w*|cursor_to_xml\w*|ts_stat",
-    re.IGNORECASE,
-)
 # SQLite functions that reach the file system or load code (the sqlite3 shell's and extensions').
 SQLITE_DENIED_FUNCTIONS = frozenset({"fts3_tokenizer", "load_extension", "readfile", "writefile", "edit"})
 
 
-class ReadOnlyViolation(ValueError):
-    """The statement would (or might) write, or is not exactly one statement. One-line message."""
-
-
-# --- the lexical guard (both backends) ----------------------------------------------------------
+# --- placeholders in rtgrid's own SQL (never the user's: that goes through check_user_sql) --------
 
 _DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
 
 
 def _scan(sql: str) -> Iterator[tuple[str, str]]:
-    """(kind, text) tokens: 'code' runs, 'string', 'name' (quoted identifier), 'comment', ';'."""
+    """(kind, text) tokens of rtgrid's own SQL: 'code' runs, 'string', 'name' (quoted identifier), 'comment', ';'."""
     i, n, start = 0, len(sql), 0
     while i < n:
         ch = sql[i]
@@ -148,89 +134,16 @@ def _scan(sql: str) -> Iterator[tuple[str, str]]:
         yield "code", sql[start:]
 
 
-def split_statements(sql: str) -> list[str]:
-    """The non-empty statements of `sql` (semicolons inside strings/comments do not split)."""
-    statements: list[str] = []
-    current: list[str] = []
-    meaningful = False
-    for kind, text in _scan(sql):
-        if kind == ";":
-            if meaningful:
-                statements.append("".join(current).strip())
-            current, meaningful = [], False
-            continue
-        current.append(text)
-        if kind != "comment" and text.strip():
-            meaningful = True
-    if meaningful:
-        statements.append("".join(current).strip())
-    return statements
+def check_user_sql(sql: str, dialect: str) -> str:
+    """The user's statement if it may run; one-line ReadOnlyViolation otherwise.
 
-
-def _words(sql: str) -> list[str]:
-    words: list[str] = []
-    for kind, text in _scan(sql):
-        if kind == "code":
-            words.extend(w.upper() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_$]*", text))
-    return words
-
-
-def _call_tokens(sql: str) -> list[tuple[str, str]]:
-    """('word' | 'name' | 'other', text) tokens outside comments; 'name' = a quoted identifier's text."""
-    tokens: list[tuple[str, str]] = []
-    for kind, text in _scan(sql):
-        if kind == "code":
-            for token in re.findall(r"[A-Za-z_][A-Za-z0-9_$]*|\S", text):
-                tokens.append(("word" if token[0].isalpha() or token[0] == "_" else "other", token))
-        elif kind == "name":
-            tokens.append(("name", text[1:-1].replace(text[0] * 2, text[0])))
-        elif kind != "comment":
-            tokens.append(("other", text))
-    return tokens
-
-
-def _check_functions(statement: str) -> None:
-    """Refuse a call (`name (`, `schema.name(`, `"name"(`) of a DENIED_FUNCTIONS function."""
-    tokens = _call_tokens(statement)
-    for i, (kind, text) in enumerate(tokens):
-        if kind == "name" and i >= 2 and tokens[i - 1][1] == "&" and tokens[i - 2][1].upper() == "U":
-            # U&"pg_sl\0065ep": an escaped name the lexical check cannot read
-            raise ReadOnlyViolation('query refused: U&"…" identifiers are not allowed in rtgrid query')
-        following = tokens[i + 1][1] if i + 1 < len(tokens) else ""
-        if kind in ("word", "name") and following == "(" and DENIED_FUNCTIONS.fullmatch(text):
-            raise ReadOnlyViolation(f"query refused: {text.lower()}() is not allowed in rtgrid query "
-                               "(server administration or side effects)")
-
-
-def check_read_only(sql: str) -> str:
-    """The single statement of `sql` if it only reads; ReadOnlyViolation (one line) otherwise."""
-    statements = split_statements(sql)
-    if not statements:
+    PostgreSQL: the parser and allow-list of db/pg_guard.py. SQLite: the strict authorizer decides at
+    prepare time (and sqlite3 runs one statement at a time), so the text only has to be non-empty."""
+    if not sql.strip():
         raise ReadOnlyViolation("query refused: no SQL statement given")
-    if len(statements) > 1:
-        raise ReadOnlyViolation(f"query refused: exactly one statement allowed, got {len(statements)}")
-    statement = statements[0]
-    words = _words(statement)
-    if not words or words[0] not in READING_KEYWORDS:
-        first = words[0] if words else "?"
-        raise ReadOnlyViolation(f"query refused: rtgrid query is read-only ({first} statements are not allowed; "
-                           "use SELECT / WITH / VALUES / EXPLAIN)")
-    if words[0] == "PRAGMA":
-        _check_pragma(statement)
-    writes = [w for w in words if w in WRITING_KEYWORDS]
-    if writes:
-        raise ReadOnlyViolation(f"query refused: rtgrid query is read-only ({writes[0]} is not allowed)")
-    _check_functions(statement)
-    return statement
-
-
-def _check_pragma(statement: str) -> None:
-    match = re.fullmatch(r"\s*PRAGMA\s+(?:(\w+)\s*\.\s*)?(\w+)\s*(\(\s*[\w\"'.]+\s*\))?\s*", statement, re.IGNORECASE)
-    if match is None or "=" in statement:
-        raise ReadOnlyViolation("query refused: rtgrid query is read-only (PRAGMA assignments are not allowed)")
-    name, argument = match.group(2).lower(), match.group(3)
-    if name not in READ_PRAGMAS or (argument and name not in PRAGMAS_WITH_ARGUMENT):
-        raise ReadOnlyViolation(f"query refused: rtgrid query is read-only (PRAGMA {name} is not allowed)")
+    if dialect == "postgresql":
+        return pg_guard.check_statement(sql, READABLE_RELATIONS)
+    return sql
 
 
 # --- SQLite authorizers -----------------------------------------------------------------------------
@@ -266,8 +179,9 @@ def strict_authorizer(action: int, arg1: str | None, arg2: str | None, *_rest: A
 
 def is_write_refusal(message: str) -> bool:
     text = message.lower()
-    return any(s in text for s in ("readonly", "read-only", "read-write", "read only", "not authorized", "query_only",
-                                   "multiple commands", "one statement at a time"))
+    return any(s in text for s in ("readonly", "read-only", "read-write", "read only", "not authorized",
+                                   "authorization denied", "query_only", "multiple commands",
+                                   "one statement at a time"))
 
 
 @contextmanager
@@ -323,12 +237,14 @@ def open_readonly(url: str, *, script_location: str = SCRIPT_LOCATION) -> Engine
     return engine
 
 
-def begin_read_only(driver: Any) -> None:
+def begin_read_only(driver: Any, timeout_s: float) -> None:
     """A fresh READ ONLY transaction on a psycopg connection whose snapshot is already taken, so that
-    `SET TRANSACTION READ WRITE` can no longer succeed in it."""
+    `SET TRANSACTION READ WRITE` can no longer succeed in it; the server stops any of its statements
+    that runs past `timeout_s`."""
     driver.rollback()
     with driver.cursor() as cursor:
         cursor.execute("SET TRANSACTION READ ONLY")
+        cursor.execute(pg_timeout_sql(timeout_s))
         cursor.execute("SELECT 1")  # takes the snapshot: READ WRITE can no longer be set
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from db.repository import Repository
 from db.session import open_database, resolve_url
+from db.timeouts import limit_engine
 
 # Repositories opened by this process's commands, closed when the command ends so that SQLite
 # checkpoints its WAL at a known moment rather than whenever the garbage collector runs.
@@ -11,7 +12,10 @@ _OPEN: list[Repository] = []
 
 
 def open_repository(db_url: str | None, *, write: bool) -> Repository:
-    repo = Repository(open_database(resolve_url(db_url), create=write))
+    engine = open_database(resolve_url(db_url), create=write)
+    if not write:  # a reader's statements run under the command's --timeout
+        limit_engine(engine)
+    repo = Repository(engine)
     _OPEN.append(repo)
     return repo
 

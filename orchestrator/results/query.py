@@ -1,18 +1,19 @@
 """Read-only SQL over the results database: `rtgrid query`, `--schema`, and the reader reports use.
 
-Read-only by construction, in layers (the machinery is db/readonly.py's; this module puts it
-together and words its refusals for users):
+Read-only by construction, in layers (the machinery is db/readonly.py's and db/pg_guard.py's; this
+module puts it together and words its refusals for users):
 1. the connection cannot write: SQLite is opened `mode=ro` with `PRAGMA query_only`, PostgreSQL
    runs every statement inside a READ ONLY transaction whose snapshot is already taken (so it
    cannot be switched to read-write);
-2. a SQLite authorizer denies every action but reading (no PRAGMA writes, ATTACH, DDL, DML);
-3. exactly one statement is accepted (a quote- and comment-aware splitter; PostgreSQL also
-   prepares it server-side, which refuses several commands), and it must start with a reading
-   keyword and contain no writing keyword;
-4. no call of an administration or side-effect function: PostgreSQL's (pg_terminate_backend,
-   pg_read_file, set_config, dblink, …) are refused lexically, since the URL's role is often a
-   superuser and a READ ONLY transaction still runs them; SQLite's (load_extension, readfile, …)
-   are denied by the authorizer.
+2. PostgreSQL: the statement is parsed by the server's own parser (pglast) and must be one SELECT /
+   VALUES / TABLE / WITH / EXPLAIN made only of allow-listed node types, functions (aggregates, math,
+   string, date, JSON, arrays, windows), cast types and relations (rtgrid's tables and views) — the
+   URL's role is often a superuser and a READ ONLY transaction still runs side-effect functions;
+   it is also prepared server-side, which refuses several commands;
+3. SQLite: an authorizer denies every action but reading (no PRAGMA writes, ATTACH, DDL, DML) and
+   the file / extension functions (load_extension, readfile, …); sqlite3 runs one statement at a time;
+4. every statement runs under the command's time limit (db/timeouts.py): the server cancels it on
+   PostgreSQL, a progress handler interrupts it on SQLite.
 A refused statement is one `QueryRefused` line; the database is not touched.
 """
 
@@ -33,7 +34,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.engine import URL
 
-from db import readonly
+from db import readonly, timeouts
+from db.errors import QueryTimeout
 from db.models import RESULTS_VIEW_COMMENT, Base, results_view_comments
 from db.readonly import ReadOnlyViolation
 from orchestrator.errors import UserError, one_line
@@ -53,16 +55,10 @@ def _refusals() -> Iterator[None]:
         raise QueryRefused(str(exc)) from None
 
 
-def split_statements(sql: str) -> list[str]:
-    """The non-empty statements of `sql` (semicolons inside strings/comments do not split)."""
+def check_user_sql(sql: str, dialect: str) -> str:
+    """The user's statement if it may run on `dialect`; QueryRefused (one line) otherwise."""
     with _refusals():
-        return readonly.split_statements(sql)
-
-
-def check_read_only(sql: str) -> str:
-    """The single statement of `sql` if it only reads; QueryRefused (one line) otherwise."""
-    with _refusals():
-        return readonly.check_read_only(sql)
+        return readonly.check_user_sql(sql, dialect)
 
 
 # --- the read-only connection ----------------------------------------------------------------
@@ -77,7 +73,7 @@ class QueryResult:
 class ReadOnlyDatabase:
     """A database opened so that it can only be read (see the module docstring)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str | None) -> None:
         from db.session import resolve_url, safe_url
 
         self.url = resolve_url(url)
@@ -96,12 +92,15 @@ class ReadOnlyDatabase:
 
     @contextmanager
     def _driver_connection(self) -> Iterator[Any]:
-        """The DBAPI connection, in a READ ONLY transaction (PostgreSQL), rolled back afterwards."""
+        """The DBAPI connection, in a READ ONLY transaction (PostgreSQL), rolled back afterwards; its
+        statements run under the command's time limit."""
         pooled = self.engine.raw_connection()
         try:
-            driver = pooled.driver_connection
+            driver: Any = pooled.driver_connection
             if self.dialect == "postgresql":
-                readonly.begin_read_only(driver)
+                readonly.begin_read_only(driver, timeouts.current_limit())
+            else:
+                timeouts.install_sqlite_deadline(driver).start(timeouts.current_limit())
             yield driver
         finally:
             try:
@@ -131,14 +130,16 @@ class ReadOnlyDatabase:
         return QueryResult(columns, [tuple(r) for r in rows])
 
     def execute_user(self, sql: str, *, checked: bool = True) -> QueryResult:
-        """Run one user statement. `checked=False` skips the lexical checks (tests of the lower layers)."""
-        statement = check_read_only(sql) if checked else sql
+        """Run one user statement. `checked=False` skips the statement guard (tests of the lower layers)."""
+        statement = check_user_sql(sql, self.dialect) if checked else sql
         try:
             with self._driver_connection() as driver:
                 return self._run(driver, statement, None, user=True)
         except QueryRefused:
             raise
         except Exception as exc:
+            if timeouts.is_timeout(exc):
+                raise QueryTimeout(timeouts.timeout_message(timeouts.current_limit())) from None
             message = one_line(exc)
             if readonly.is_write_refusal(message):
                 raise QueryRefused(f"query refused: rtgrid query is read-only ({message})") from None
@@ -148,8 +149,13 @@ class ReadOnlyDatabase:
 
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
         """Run rtgrid's own SQL (`:name` placeholders) read-only."""
-        with self._driver_connection() as driver:
-            return self._run(driver, sql, params, user=False)
+        try:
+            with self._driver_connection() as driver:
+                return self._run(driver, sql, params, user=False)
+        except Exception as exc:
+            if timeouts.is_timeout(exc):
+                raise QueryTimeout(timeouts.timeout_message(timeouts.current_limit())) from None
+            raise
 
     def frame(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         result = self.rows(sql, params)
@@ -183,7 +189,7 @@ def reading(db: Database | Any) -> Iterator[ReadOnlyDatabase]:
         yield db
         return
     url = db if isinstance(db, str) or db is None else _url_of(db)
-    database = ReadOnlyDatabase(url)  # type: ignore[arg-type]
+    database = ReadOnlyDatabase(url)
     try:
         yield database
     finally:
