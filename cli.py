@@ -22,6 +22,27 @@ logger = logging.getLogger("rtgrid")
 DB_HELP = "Database URL (default: $RTGRID_DB or sqlite:///rtgrid.sqlite)."
 
 
+class ExperimentName(click.ParamType[str]):
+    """An experiment name, checked by the one rule (orchestrator/plan/names.py) as Click parses it."""
+
+    name = "experiment"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from orchestrator.plan.names import check_experiment_name
+
+        return check_experiment_name(str(value))
+
+
+EXPERIMENT = ExperimentName()
+
+
+def max_specs_option(func: F) -> F:
+    from orchestrator.plan.grids import DEFAULT_MAX_SPECS
+
+    return click.option("--max-specs", type=click.IntRange(min=1), default=DEFAULT_MAX_SPECS, show_default=True,
+                        help="Refuse a grid with more specs than this (counted before expanding).")(func)
+
+
 def db_option(func: F) -> F:
     return click.option("--db", "db_url", default=None, help=DB_HELP)(func)
 
@@ -62,8 +83,9 @@ class RtgridGroup(click.Group):
     """A command group with rtgrid's one error handler; its subgroups get it too.
 
     user errors (bad input, refused query, unusable database)  -> "rtgrid: error: <line>", exit 2
+    Click's usage errors (a bad option value, a missing argument) -> "rtgrid: error: <line>", exit 2
     RuntimeFailure (the work ran, some of it failed)           -> "rtgrid: error: <line>", exit 1
-    Click's own exceptions, SystemExit, KeyboardInterrupt      -> as Click handles them
+    Click's other exceptions, SystemExit, KeyboardInterrupt    -> as Click handles them
     anything else is a bug -> one line naming a crash log that holds the traceback, exit 1
     """
 
@@ -72,6 +94,10 @@ class RtgridGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a bad option value or a missing argument: one line too
+            path = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            click.echo(f"rtgrid: error: {exc.format_message()} (see {path} --help)", err=True)
+            ctx.exit(2)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # Exit and Abort subclass RuntimeError: let them through before anything else
         except Exception as exc:
@@ -135,12 +161,13 @@ def grid_list() -> None:
 @click.argument("name")
 @click.option("--count", is_flag=True, help="Print only the number of trials.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-def grid_show(name: str, count: bool, fmt: str) -> None:
+@max_specs_option
+def grid_show(name: str, count: bool, fmt: str, max_specs: int) -> None:
     """Show a grid (preset NAME or YAML FILE): its size and a breakdown by axis."""
     from orchestrator.console.views import format_breakdown
     from orchestrator.plan.grids import breakdown, load_grid
 
-    loaded = load_grid(name)
+    loaded = load_grid(name, max_specs)
     if count:
         click.echo(len(loaded.specs))
         return
@@ -190,9 +217,12 @@ def run_options(func: F) -> F:
         click.option("--cpus-per-trial", type=float, default=1.0, show_default=True),
         click.option("--gpus-per-trial", type=float, default=0.0, show_default=True,
                      help="Fractions pack trials on one GPU (0.25 = four per GPU)."),
-        click.option("--max-concurrent", type=int, default=None, help="Cap on trials running at once."),
-        click.option("--max-failures", type=int, default=1, show_default=True, help="Retries per spec."),
-        click.option("--pack-size", type=int, default=None, help="Specs per Tune trial (default: automatic)."),
+        click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
+                     help="Cap on trials running at once."),
+        click.option("--max-failures", type=click.IntRange(min=0), default=1, show_default=True,
+                     help="Retries per spec."),
+        click.option("--pack-size", type=click.IntRange(min=1), default=None,
+                     help="Specs per Tune trial (default: automatic)."),
         click.option("--download", is_flag=True, help="Allow torchvision to download missing datasets."),
         click.option("--quiet", is_flag=True, help="No progress bar; one summary line."),
         click.option("--worker-logs", is_flag=True,
@@ -233,19 +263,23 @@ def _run_and_print(repo: Any, loaded: Any, experiment: str, options: Any) -> Non
 
 @main.command()
 @click.argument("grid_name", metavar="NAME|FILE")
-@click.option("--experiment", default=None, help="Experiment name (default: the grid's name).")
+@click.option("--experiment", type=EXPERIMENT, default=None, help="Experiment name (default: the grid's name).")
 @click.option("--dry-run", is_flag=True, help="Record the experiment and its pending trials; run nothing.")
+@max_specs_option
 @db_option
 @run_options
-def submit(grid_name: str, experiment: str | None, dry_run: bool, db_url: str | None, **run: Any) -> None:
+def submit(grid_name: str, experiment: str | None, dry_run: bool, max_specs: int, db_url: str | None,
+           **run: Any) -> None:
     """Run a grid (preset NAME or YAML FILE): every spec not already completed."""
     from orchestrator.console.store import open_repository
     from orchestrator.console.views import format_plan
     from orchestrator.plan.grids import load_grid
+    from orchestrator.plan.names import check_experiment_name
     from orchestrator.run.submit import plan_only
 
-    loaded = load_grid(grid_name)
-    name = experiment or loaded.name
+    loaded = load_grid(grid_name, max_specs)
+    name = experiment or check_experiment_name(loaded.name, "grid name (the default experiment name; or give "
+                                                            "--experiment)")
     repo = open_repository(db_url, write=True)
     if dry_run:
         result = plan_only(repo, loaded, name)
@@ -257,7 +291,7 @@ def submit(grid_name: str, experiment: str | None, dry_run: bool, db_url: str | 
 
 
 @main.command()
-@click.argument("experiment")
+@click.argument("experiment", type=EXPERIMENT)
 @db_option
 @run_options
 def resume(experiment: str, db_url: str | None, **run: Any) -> None:
@@ -270,7 +304,7 @@ def resume(experiment: str, db_url: str | None, **run: Any) -> None:
 
 
 @main.command()
-@click.argument("experiment")
+@click.argument("experiment", type=EXPERIMENT)
 @click.option("--failed", "statuses", flag_value=TrialStatus.FAILED.value, default=True,
               help="Retry failed trials (default).")
 @click.option("--cancelled", "statuses", flag_value=TrialStatus.CANCELLED.value, help="Retry cancelled trials.")
@@ -291,7 +325,7 @@ def retry(experiment: str, statuses: str, db_url: str | None, **run: Any) -> Non
 
 
 @main.command()
-@click.argument("experiment")
+@click.argument("experiment", type=EXPERIMENT)
 @db_option
 def cancel(experiment: str, db_url: str | None) -> None:
     """Mark an experiment's pending and running trials cancelled (a running driver stops)."""
@@ -306,7 +340,7 @@ def cancel(experiment: str, db_url: str | None) -> None:
 
 
 @main.command()
-@click.argument("experiment", required=False)
+@click.argument("experiment", type=EXPERIMENT, required=False)
 @db_option
 @timeout_option
 def status(experiment: str | None, db_url: str | None) -> None:
@@ -319,18 +353,20 @@ def status(experiment: str | None, db_url: str | None) -> None:
 
 @main.command("run-spec")
 @click.option("--preset", "grid_name", required=True, help="Grid preset or YAML file holding the spec.")
-@click.option("--index", type=int, default=0, show_default=True, help="Position of the spec in the grid.")
+@click.option("--index", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Position of the spec in the grid.")
 @click.option("--data-root", default=None, envvar="RTGRID_DATA")
 @click.option("--artifacts", default="rtgrid_artifacts", envvar="RTGRID_ARTIFACTS", show_default=True)
 @click.option("--source-path", default=None, help="Checkpoint file for the spec's source.")
-@click.option("--threads", type=int, default=None, help="torch threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: all cores).")
 @click.option("--download", is_flag=True, help="Allow torchvision to download missing datasets.")
+@max_specs_option
 def run_spec(grid_name: str, index: int, data_root: str | None, artifacts: str, source_path: str | None,
-             threads: int | None, download: bool) -> None:
+             threads: int | None, download: bool, max_specs: int) -> None:
     """Run one spec's kernel here and print its per-epoch metrics (no Ray, no database)."""
     from orchestrator.console.debug import run_one_spec
 
-    for line in run_one_spec(grid_name, index, data_root, artifacts, source_path, threads, download):
+    for line in run_one_spec(grid_name, index, data_root, artifacts, source_path, threads, download, max_specs):
         click.echo(line)
 
 
@@ -376,10 +412,10 @@ def er() -> None:
 @er.command("fit")
 @click.option("--id", "id_dataset", required=True, help="ID dataset, e.g. cifar10.")
 @click.option("--ood", "ood_dataset", required=True, help="OOD set, e.g. cifar10.1.")
-@click.option("--experiment", default=None,
+@click.option("--experiment", type=EXPERIMENT, default=None,
               help="The experiment whose trials get ER (only its trials of the fitted protocol). Alone: also the "
                    "testbed (its random-init runs; a circular fit, warned).")
-@click.option("--testbed-experiment", default=None,
+@click.option("--testbed-experiment", type=EXPERIMENT, default=None,
               help="Fit on this experiment's random-init runs (ID data only) instead; needs --experiment.")
 @click.option("--csv", "csv_path", default=None, type=click.Path(), help="Fit on a testbed CSV (id_acc,ood_acc).")
 @click.option("--published", default=None, help="Use published coefficients, e.g. imagenet-v2.")
@@ -459,7 +495,7 @@ def query(sql: str | None, fmt: str, schema: bool, db_url: str | None) -> None:
 
 
 @main.command()
-@click.argument("experiment")
+@click.argument("experiment", type=EXPERIMENT)
 @click.option("--table", type=click.Choice(["trials", "epochs"]), default="trials", show_default=True,
               help="trials: one row per trial; epochs: one row per (trial, evaluation epoch).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
@@ -485,10 +521,11 @@ def _report_names() -> list[str]:
 
 @main.command()
 @click.argument("name", type=click.Choice(_report_names()))
-@click.option("--experiment", required=True, help="Experiment name.")
+@click.option("--experiment", type=EXPERIMENT, required=True, help="Experiment name.")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table",
               show_default=True, help="csv: the report's data in long form, accuracies as fractions.")
-@click.option("--blocks", type=int, default=None, help="Fine-tuned blocks (utrera-table7; default 3).")
+@click.option("--blocks", type=click.IntRange(min=0), default=None,
+              help="Fine-tuned blocks (utrera-table7; default 3).")
 @readonly_db_option
 @timeout_option
 def report(name: str, experiment: str, fmt: str, blocks: int | None, db_url: str | None) -> None:
@@ -512,10 +549,10 @@ def _plot_names() -> list[str]:
 
 @main.command()
 @click.argument("name", type=click.Choice(_plot_names()))
-@click.option("--experiment", required=True, help="Experiment name.")
+@click.option("--experiment", type=EXPERIMENT, required=True, help="Experiment name.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
-@click.option("--blocks", type=int, default=None, help="Fine-tuned blocks (accuracy-delta, learning-curve; "
-                                                        "default 3).")
+@click.option("--blocks", type=click.IntRange(min=0), default=None,
+              help="Fine-tuned blocks (accuracy-delta, learning-curve; default 3).")
 @click.option("--subset-size", default=None, help="Training images (learning-curve, blocks; an integer or 'full'; "
                                                   "default the smallest).")
 @readonly_db_option

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from workers.context import KernelContext, Report
+from workers.io import append_line
 
 KernelOverride = Literal["noop"]
 
@@ -62,10 +63,7 @@ def run_noop(spec: dict[str, Any], ctx: KernelContext, report: Report) -> dict[s
 
 def log_kernel_start(path: str, spec_hash: str, attempt: int, node: str) -> None:
     """Append-only audit of a kernel start (what ran where, and how often)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "a") as handle:
-        handle.write(f"{time.time():.3f}\t{spec_hash}\t{attempt}\t{node}\t{os.getpid()}\n")
+    append_line(path, f"{time.time():.3f}\t{spec_hash}\t{attempt}\t{node}\t{os.getpid()}")
 
 
 def maybe_kill_worker(fault: KillWorker | None, spec_hash: str) -> None:

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SHA256_CACHE_SIZE", "file_identity", "save_atomically", "sha256_file"]
+__all__ = ["SHA256_CACHE_SIZE", "append_line", "file_identity", "save_atomically", "sha256_file"]
 
 SHA256_CACHE_SIZE = 256
 # (resolved path, size, st_mtime_ns, st_ino) -> hex digest. Nanoseconds and the inode, not a float
@@ -69,3 +69,14 @@ def save_atomically(obj: Any, path: str | os.PathLike[str]) -> None:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append one line to a log in the shared artifacts directory, never through a symlink: another user of
+    the shared volume must not be able to point it at a file of ours (O_NOFOLLOW: ELOOP instead)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    descriptor = os.open(target, flags, 0o644)
+    with os.fdopen(descriptor, "a", encoding="utf-8") as handle:
+        handle.write(line if line.endswith("\n") else line + "\n")

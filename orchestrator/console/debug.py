@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.plan.grids import load_grid
+from orchestrator.plan.grids import DEFAULT_MAX_SPECS, load_grid
 
 
 def _format_metrics(epoch: int, metrics: dict[str, Any]) -> str:
@@ -16,7 +16,8 @@ def _format_metrics(epoch: int, metrics: dict[str, Any]) -> str:
 
 
 def run_one_spec(grid_name: str, index: int, data_root: str | None, artifacts: str, source_path: str | None,
-                 threads: int | None, download: bool = False) -> Iterator[str]:
+                 threads: int | None, download: bool = False, max_specs: int = DEFAULT_MAX_SPECS
+                 ) -> Iterator[str]:
     import queue
     import threading
 
@@ -24,7 +25,9 @@ def run_one_spec(grid_name: str, index: int, data_root: str | None, artifacts: s
 
     from workers.trainable import KernelContext, execute
 
-    grid = load_grid(grid_name)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    grid = load_grid(grid_name, max_specs)
     if not 0 <= index < len(grid.specs):
         raise UserError(f"--index {index} is outside the grid ({len(grid.specs)} specs)")
     spec = grid.specs[index]

@@ -8,6 +8,7 @@ source-training specs first; transfer specs that need a grid-trained source name
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -366,7 +367,7 @@ def _split_params(flat: dict[str, Any], where: str) -> dict[str, Any]:
     """`params: {...}` and `params.<name>: value` fields, merged into one mapping (removed from flat)."""
     params = flat.pop("params", None) or {}
     if not isinstance(params, dict):
-        raise GridError(f"{where}: 'params' must be a mapping of name: value, got {params!r}")
+        raise GridError(f"{where}: 'params' must be a mapping of name: value, got {_shown(params)}")
     params = dict(params)
     for key in list(flat):
         if key.startswith("params."):
@@ -377,7 +378,7 @@ def _split_params(flat: dict[str, Any], where: str) -> dict[str, Any]:
 def _spec_from_fields(fields: Mapping[str, Any], where: str) -> TrialSpec:
     names = [key for key in fields if not isinstance(key, str)]
     if names:
-        raise GridError(f"{where}: field names must be strings, got {names[0]!r}")
+        raise GridError(f"{where}: field names must be strings, got {_shown(names[0])}")
     flat = dict(fields)
     params = _split_params(flat, where)
     unknown = set(flat) - set(SPEC_AXES)
@@ -396,7 +397,7 @@ def _resolve_source(value: Any, named_sources: Mapping[str, TrialSpec], base_dir
                     ) -> tuple[str, str | None, str | None]:
     """(the spec's source, its checksum, the file's path) for a grid file's `source` value."""
     if not isinstance(value, str):
-        raise GridError(f"source must be a string, got {value!r}")
+        raise GridError(f"source must be a string, got {_shown(value)}")
     if value.startswith("grid:"):
         name = value.removeprefix("grid:")
         if name not in named_sources:
@@ -421,26 +422,81 @@ def _resolve_source(value: Any, named_sources: Mapping[str, TrialSpec], base_dir
     return str(ref), None, None
 
 
+# Bounds on a grid file, checked before anything is expanded: a 1 KiB file can name 10^9 specs
+# (axes multiply) or 10^9 nodes (YAML aliases nest: "billion laughs").
+DEFAULT_MAX_SPECS = 100_000  # the flagship utrera2021 grid has 14,400
+MAX_GRID_FILE_BYTES = 4 * 1024 * 1024
+MAX_YAML_NODES = 100_000  # counted with every alias expanded
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A user's value for a one-line message, cut short (it may be a huge list)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _expanded_size(root: Any, path: Path) -> int:
+    """Nodes of a composed YAML document with every alias expanded, stopping past MAX_YAML_NODES.
+
+    Shared nodes are counted once per use (memoised, so the count itself is linear in the file)."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in in_progress:
+            raise GridError(f"{path}: a YAML alias refers to itself (recursive anchor); grids are plain data")
+        in_progress.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        in_progress.discard(key)
+        sizes[key] = min(total, MAX_YAML_NODES + 1)
+        return sizes[key]
+
+    return size(root)
+
+
 def _read_yaml(path: Path) -> Any:
     import yaml
 
     try:
+        if path.stat().st_size > MAX_GRID_FILE_BYTES:
+            raise GridError(f"{path}: {path.stat().st_size:,} bytes is too large for a grid file (limit "
+                            f"{MAX_GRID_FILE_BYTES:,}); a grid names axes, not every spec")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise GridError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
                         ) from None
     except OSError as exc:
         raise GridError(f"cannot read grid file {path}: {exc.strerror}") from None
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text)
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        if _expanded_size(root, path) > MAX_YAML_NODES:
+            raise GridError(f"{path}: YAML aliases expand to more than {MAX_YAML_NODES:,} values (an alias bomb?); "
+                            "write the grid's axes out plainly")
+        return loader.construct_document(root)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise GridError(f"malformed YAML in {path}{where}") from None
     except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        if isinstance(exc, GridError):
+            raise
         # PyYAML's constructors raise these for bad scalars (`2020-13-01`, `!!int x`)
         lines = str(exc).strip().splitlines()
         raise GridError(f"malformed YAML in {path}: {lines[0] if lines else type(exc).__name__}") from None
+    finally:
+        loader.dispose()
 
 
 def _check_top_level(data: Any, path: Path) -> None:
@@ -453,20 +509,32 @@ def _check_top_level(data: Any, path: Path) -> None:
     for key, (expected, what) in _TOP_TYPES.items():
         value = data.get(key)
         if value is not None and not isinstance(value, expected):
-            raise GridError(f"{path}: '{key}' must be {what}, got {value!r}")
+            raise GridError(f"{path}: '{key}' must be {what}, got {_shown(value)}")
 
 
-def load_grid_file(path: str | Path) -> Grid:
+def _check_size(count: int, what: str, max_specs: int) -> None:
+    if count > max_specs:
+        raise GridError(f"{what} has {count:,} specs, above the limit of {max_specs:,}; check the axes, or raise "
+                        f"the limit with --max-specs {count}")
+
+
+def load_grid_file(path: str | Path, max_specs: int = DEFAULT_MAX_SPECS) -> Grid:
     path = Path(path)
     data = _read_yaml(path)
     _check_top_level(data, path)
+    grid_name = str(data.get("name") or path.stem)
+    if grid_name in PRESETS:
+        # An experiment holds one grid, known by its name: a file named like a preset would be planned into
+        # the preset's experiment as if it were the preset. Refused rather than renamed behind the user's back.
+        raise GridError(f"{path}: grid name {grid_name!r} is a preset's name; give the file its own name "
+                        "(name: … in the file, or rename it)")
     fixed = data.get("fixed") or {}
     axes = data.get("axes") or {}
     for axis, values in axes.items():
         if not isinstance(values, list) or not values:
-            raise GridError(f"{path}: axis {axis!r} must be a non-empty list")
+            raise GridError(f"{path}: axis {_shown(axis)} must be a non-empty list")
         if axis not in SPEC_AXES and not str(axis).startswith("params."):
-            raise GridError(f"{path}: unknown axis {axis!r} (known: {', '.join(SPEC_AXES)}, params.<name>)")
+            raise GridError(f"{path}: unknown axis {_shown(axis)} (known: {', '.join(SPEC_AXES)}, params.<name>)")
     overlap = set(fixed) & set(axes)
     if overlap:
         raise GridError(f"{path}: {', '.join(sorted(map(str, overlap)))} is both fixed and an axis")
@@ -474,11 +542,14 @@ def load_grid_file(path: str | Path) -> Grid:
     named_sources: dict[str, TrialSpec] = {}
     for name, fields in (data.get("sources") or {}).items():
         if not isinstance(name, str):
-            raise GridError(f"{path}: source names must be strings, got {name!r}")
+            raise GridError(f"{path}: source names must be strings, got {_shown(name)}")
         if not isinstance(fields, dict):
             raise GridError(f"{path}: sources.{name} must be a mapping")
         named_sources[name] = _spec_from_fields({"kind": "source", **fields}, f"{path}: sources.{name}")
 
+    # count before expanding: the axes multiply
+    sizes = " x ".join(f"{axis}: {len(values)}" for axis, values in axes.items())
+    _check_size(len(named_sources) + math.prod(len(v) for v in axes.values()), f"{path} ({sizes})", max_specs)
     specs: list[TrialSpec] = list(named_sources.values())
     source_files: dict[tuple[str, str], str] = {}
     names = list(axes)
@@ -497,19 +568,24 @@ def load_grid_file(path: str | Path) -> Grid:
             source_files[(str(spec.source), str(checksum))] = file_path
         specs.append(spec)
     unique = list(dict.fromkeys(specs))
-    return Grid(str(data.get("name") or path.stem), str(data.get("description") or f"grid file {path}"), unique,
+    return Grid(grid_name, str(data.get("description") or f"grid file {path}"), unique,
                 source_files=source_files)
 
 
-def load_grid(name_or_path: str) -> Grid:
+def load_grid(name_or_path: str, max_specs: int = DEFAULT_MAX_SPECS) -> Grid:
+    """A preset by name, else a YAML grid file; refused above `max_specs` specs (counted before expanding)."""
+    if max_specs < 1:
+        raise GridError(f"--max-specs must be at least 1, got {max_specs}")
     if name_or_path in PRESETS:
-        return PRESETS[name_or_path]()
+        grid = PRESETS[name_or_path]()
+        _check_size(len(grid.specs), f"preset {name_or_path}", max_specs)
+        return grid
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.exists():
             raise GridError(f"grid file not found: {path}")
-        return load_grid_file(path)
-    raise GridError(f"unknown grid {name_or_path!r}: not a preset ({', '.join(PRESETS)}) nor a YAML file")
+        return load_grid_file(path, max_specs)
+    raise GridError(f"unknown grid {_shown(name_or_path)}: not a preset ({', '.join(PRESETS)}) nor a YAML file")
 
 
 # --- breakdown ----------------------------------------------------------------------------

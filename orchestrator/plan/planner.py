@@ -15,6 +15,7 @@ from db.models import KEY_COLUMNS, TrialInit
 from db.repository import GridConflict, PlanResult, Repository
 from orchestrator.errors import UserError
 from orchestrator.plan.grids import Grid
+from orchestrator.plan.names import check_experiment_name
 from orchestrator.plan.sources import SourceRef
 from orchestrator.plan.spec import TrialSpec
 from workers.trainable import catalog
@@ -57,6 +58,7 @@ def record_plan(repo: Repository, grid: Grid, experiment: str) -> tuple[int, Pla
     An experiment holds one grid (a preset, or a YAML grid by its `name:`); planning another grid
     into it is refused, because resume and every report would mix the two.
     """
+    check_experiment_name(experiment)  # the name becomes part of paths (Ray Tune's run directory)
     rows = [trial_row(spec) for spec in grid.specs]
     try:
         return repo.plan_experiment(experiment, grid.name, grid_summary_json(grid), rows)
