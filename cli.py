@@ -95,8 +95,8 @@ class RtgridGroup(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:  # a bad option value or a missing argument: one line too
-            path = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
-            click.echo(f"rtgrid: error: {exc.format_message()} (see {path} --help)", err=True)
+            path = (exc.ctx or ctx).command_path.split()[1:]  # the program's own name is always "rtgrid"
+            click.echo(f"rtgrid: error: {exc.format_message()} (see rtgrid {' '.join(path)} --help)", err=True)
             ctx.exit(2)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # Exit and Abort subclass RuntimeError: let them through before anything else

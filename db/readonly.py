@@ -14,6 +14,7 @@ A refusal is a one-line `ReadOnlyViolation` (a ValueError); this module knows no
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -197,6 +198,14 @@ def strict_sqlite(driver: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 # --- read-only engines ------------------------------------------------------------------------------
 
 
+def on_read_only_media(path: Path) -> bool:
+    """The file lies on a file system mounted read-only (a snapshot, an archive, a read-only share)."""
+    try:
+        return bool(os.statvfs(path.resolve().parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def open_readonly(url: str, *, script_location: str = SCRIPT_LOCATION) -> Engine:
     """An engine that can read and never write (for `rtgrid query`, `export`, `report`, `plot`).
 
@@ -211,6 +220,10 @@ def open_readonly(url: str, *, script_location: str = SCRIPT_LOCATION) -> Engine
         if path is None or not Path(path).is_file():
             raise DatabaseError(missing_database_message(safe))
         uri = "file:" + quote(str(Path(path).resolve())) + "?mode=ro"
+        if on_read_only_media(Path(path)):
+            # No process can write there, and SQLite could not create the -shm file that reading a WAL
+            # database needs: read the file as it is (an unfolded -wal file there is not read).
+            uri += "&immutable=1"
 
         def connect() -> sqlite3.Connection:
             connection = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)

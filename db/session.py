@@ -54,8 +54,10 @@ def resolve_url(url: str | None = None) -> str:
 def parse_url(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise DatabaseError(f"invalid database URL {safe_url(str(url))!r}") from None
+    except (ArgumentError, ValueError) as exc:  # ValueError: a non-numeric port
+        why = "the port must be a number" if isinstance(exc, ValueError) and "int()" in str(exc) else "unparsable"
+        raise DatabaseError(f"invalid database URL {safe_url(str(url))!r} ({why}); e.g. "
+                            "postgresql://user@host:5432/db or sqlite:///path/rtgrid.sqlite") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed

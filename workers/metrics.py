@@ -178,16 +178,28 @@ PUBLISHED_BASELINES: dict[str, dict[str, Baseline]] = {
 # ---------------------------------------------------------------------------------------------- testbed files
 
 
+MAX_TESTBED_CSV_BYTES = 16 * 1024 * 1024
+
+
 def load_testbed_csv(path: str | Path) -> tuple[list[float], list[float]]:
     """(ID, OOD) accuracies from a CSV with columns id_acc, ood_acc: fractions strictly in (0,1),
     at least 3 rows. Percentages are refused rather than guessed."""
     file = Path(path)
     try:
-        with open(file, newline="") as handle:
+        if file.stat().st_size > MAX_TESTBED_CSV_BYTES:
+            raise KernelInputError(f"testbed CSV {file} is {file.stat().st_size:,} bytes, over the "
+                                   f"{MAX_TESTBED_CSV_BYTES:,} a testbed of accuracies needs; is it the right file?")
+        with open(file, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
             columns = set(rows[0]) if rows else set()
     except OSError as exc:
         raise KernelInputError(f"cannot read testbed CSV {file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise KernelInputError(f"testbed CSV {file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                               f"offset {exc.start}); give a CSV with columns id_acc, ood_acc") from None
+    except csv.Error as exc:  # NUL bytes, a field over the csv module's limit, a broken quote
+        raise KernelInputError(f"testbed CSV {file} is not a readable CSV ({exc}); give a CSV with columns "
+                               "id_acc, ood_acc") from None
     if not {"id_acc", "ood_acc"} <= columns:
         raise KernelInputError(f"testbed CSV {file} needs columns id_acc, ood_acc and at least one row")
     ids: list[float] = []
@@ -200,7 +212,7 @@ def load_testbed_csv(path: str | Path) -> tuple[list[float], list[float]]:
         if not (0 < id_value < 1 and 0 < ood_value < 1) or math.isnan(id_value + ood_value):
             raise KernelInputError(
                 f"testbed CSV {file} line {number}: accuracies must be fractions in (0, 1), "
-                f"got {row['id_acc']}, {row['ood_acc']}"
+                f"got {row['id_acc']!r:.40}, {row['ood_acc']!r:.40}"
             )
         ids.append(id_value)
         oods.append(ood_value)

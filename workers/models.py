@@ -11,6 +11,7 @@ import copy
 import os
 import pickle
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -289,8 +290,10 @@ def _torch_load_safe(path: str | os.PathLike[str]) -> Any:
     if not file.is_file():
         raise KernelInputError(f"checkpoint not found: {file}")
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, TypeError) as exc:
+        with warnings.catch_warnings():  # a damaged file makes torch warn on the way to its error: one line only
+            warnings.simplefilter("ignore")
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated or bit-flipped file raises anything (IndexError, KeyError, …)
         reason = _unpickling_reason(exc)
         raise KernelInputError(
             f"checkpoint {file} is unsafe or unreadable with weights_only=True ({reason}); {CONVERT_HINT}"
@@ -304,6 +307,8 @@ def _unpickling_reason(exc: BaseException) -> str:
         text = text.split("WeightsUnpickler error:", 1)[1]
         text = text.split("Please use", 1)[0].split("Check the documentation", 1)[0]
     text = " ".join(text.split()) or type(exc).__name__
+    if not isinstance(exc, (pickle.UnpicklingError, RuntimeError)):  # KeyError(101) alone says nothing
+        text = f"{type(exc).__name__}: {text}"
     return text if len(text) <= 120 else text[:117] + "..."
 
 
@@ -332,6 +337,11 @@ def _extract_state_dict(obj: Any, origin: str) -> dict[str, Tensor]:
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The network state dict in a checkpoint file, read with torch.load(weights_only=True) only."""
     return _extract_state_dict(_torch_load_safe(path), str(path))
+
+
+def _damaged(path: str | os.PathLike[str], exc: BaseException) -> KernelInputError:
+    return KernelInputError(f"checkpoint {path} is damaged or not a checkpoint ({_unpickling_reason(exc)}); "
+                            "use the original file, or train the source again")
 
 
 def load_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -391,6 +401,15 @@ def load_source_model(arch: str, path: str | os.PathLike[str]) -> Classifier:
 
 
 def _read_source_model(arch: str, path: str | os.PathLike[str]) -> Classifier:
+    try:
+        return _build_source_model(arch, path)
+    except KernelInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tensors of a damaged file break model building in any way
+        raise _damaged(path, exc) from None
+
+
+def _build_source_model(arch: str, path: str | os.PathLike[str]) -> Classifier:
     state = load_state_dict_file(path)
     head_key = _head_weight_key(arch)
     if head_key not in state or state[head_key].ndim != 2:

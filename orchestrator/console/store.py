@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from db.readonly import open_readonly
 from db.repository import Repository
 from db.session import open_database, resolve_url
 from db.timeouts import limit_engine
@@ -12,9 +13,10 @@ _OPEN: list[Repository] = []
 
 
 def open_repository(db_url: str | None, *, write: bool) -> Repository:
-    engine = open_database(resolve_url(db_url), create=write)
-    if not write:  # a reader's statements run under the command's --timeout
-        limit_engine(engine)
+    if write:
+        engine = open_database(resolve_url(db_url), create=True)
+    else:  # a reader: the read-only engine (works on read-only media), under the command's --timeout
+        engine = limit_engine(open_readonly(resolve_url(db_url)))
     repo = Repository(engine)
     _OPEN.append(repo)
     return repo
