@@ -104,8 +104,10 @@ class RtgridGroup(click.Group):
             from orchestrator.errors import USER_ERRORS, RuntimeFailure, one_line
 
             if isinstance(exc, USER_ERRORS):
+                from orchestrator.console.store import explain_database_error
+
                 logger.debug("user error", exc_info=exc)
-                click.echo(f"rtgrid: error: {one_line(exc)}", err=True)
+                click.echo(f"rtgrid: error: {explain_database_error(one_line(exc))}", err=True)
                 ctx.exit(2)
             if isinstance(exc, RuntimeFailure):
                 click.echo(f"rtgrid: error: {one_line(exc)}", err=True)

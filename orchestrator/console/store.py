@@ -22,6 +22,31 @@ def open_repository(db_url: str | None, *, write: bool) -> Repository:
     return repo
 
 
+# SQLite's messages that say nothing of which file or what to do: the fix for each.
+_SQLITE_FIXES = {
+    "database is locked": "another process held its write lock past the busy timeout; retry when it is done, "
+                          "or use PostgreSQL for many concurrent writers",
+    "readonly database": "the file or its directory is not writable by this user (or is on read-only media); "
+                         "readers (status, query, report, export) can still open it",
+    "unable to open database file": "check that the path and its directory exist and are writable (a writer "
+                                    "cannot use a file on read-only media; readers can)",
+    "disk i/o error": "check the disk and that no other machine writes the file over a network share",
+}
+
+
+def explain_database_error(message: str) -> str:
+    """`message` with the database file(s) this command opened and the fix, for SQLite's bare messages."""
+    lowered = message.lower()
+    fix = next((text for phrase, text in _SQLITE_FIXES.items() if phrase in lowered), None)
+    if fix is None:
+        return message
+    from db.session import safe_url
+
+    where = ", ".join(safe for safe in dict.fromkeys(safe_url(repo.engine.url) for repo in _OPEN)
+                      if safe not in message)
+    return f"{message} ({where}): {fix}" if where else f"{message}: {fix}"
+
+
 def close_all() -> None:
     while _OPEN:
         _OPEN.pop().close()
