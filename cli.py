@@ -280,8 +280,7 @@ def submit(grid_name: str, experiment: str | None, dry_run: bool, max_specs: int
     from orchestrator.run.submit import plan_only
 
     loaded = load_grid(grid_name, max_specs)
-    name = experiment or check_experiment_name(loaded.name, "grid name (the default experiment name; or give "
-                                                            "--experiment)")
+    name = experiment or check_experiment_name(loaded.name, "grid name", " (or name the experiment: --experiment)")
     repo = open_repository(db_url, write=True)
     if dry_run:
         result = plan_only(repo, loaded, name)

@@ -60,6 +60,9 @@ def parse_url(url: str | URL) -> URL:
                             "postgresql://user@host:5432/db or sqlite:///path/rtgrid.sqlite") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise DatabaseError(f"unsupported database URL {safe_url(parsed)}: rtgrid stores results in SQLite "
+                            "(sqlite:///path/rtgrid.sqlite) or PostgreSQL (postgresql://user@host:5432/db)")
     return parsed
 
 

@@ -24,8 +24,8 @@ def shown_name(name: str, limit: int = 40) -> str:
     return text
 
 
-def check_experiment_name(name: str, where: str = "experiment name") -> str:
-    """`name` if it follows the rule; ExperimentNameError saying the rule otherwise."""
+def check_experiment_name(name: str, what: str = "experiment name", other_fix: str = "") -> str:
+    """`name` if it follows the rule; ExperimentNameError saying the rule (and `other_fix`) otherwise."""
     if not isinstance(name, str) or EXPERIMENT_NAME.fullmatch(name) is None:
-        raise ExperimentNameError(f"invalid {where} {shown_name(str(name))}: use {EXPERIMENT_NAME_RULE}")
+        raise ExperimentNameError(f"invalid {what} {shown_name(str(name))}: use {EXPERIMENT_NAME_RULE}{other_fix}")
     return name

@@ -144,7 +144,8 @@ class ReadOnlyDatabase:
             if readonly.is_write_refusal(message):
                 raise QueryRefused(f"query refused: rtgrid query is read-only ({message})") from None
             if _is_driver_error(exc):
-                raise UserError(f"query failed: {message}") from None
+                raise UserError(f"query failed: {message} (rtgrid query --schema lists the tables and columns)"
+                                ) from None
             raise
 
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
