@@ -57,7 +57,7 @@ def timeout_option(func: F) -> F:
 
     @functools.wraps(func)
     def limited(*args: Any, timeout_s: float, **kwargs: Any) -> Any:
-        from db.timeouts import read_time_limit
+        from orchestrator.console.store import read_time_limit
         from orchestrator.errors import UserError
 
         if not (math.isfinite(timeout_s) and timeout_s > 0):

@@ -44,7 +44,8 @@ def _axes_bomb() -> str:
                                                           "params.lr", "params.batch_size", "params.momentum",
                                                           "params.weight_decay", "params.eval_images",
                                                           "params.input_size"))
-    return f"fixed: {{arch: tiny_resnet, dataset: digits, ood: noise-2, method: finetune, source: scratch}}\naxes:\n{axes}\n"
+    fixed = "fixed: {arch: tiny_resnet, dataset: digits, ood: noise-2, method: finetune, source: scratch}"
+    return f"{fixed}\naxes:\n{axes}\n"
 
 
 GOOD_FIXED = "fixed: {arch: tiny_resnet, dataset: digits, ood: noise-2, method: finetune, source: scratch, epochs: 1}\n"

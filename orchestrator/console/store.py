@@ -5,7 +5,10 @@ from __future__ import annotations
 from db.readonly import open_readonly
 from db.repository import Repository
 from db.session import open_database, resolve_url
-from db.timeouts import limit_engine
+from db.timeouts import limit_engine, read_time_limit
+
+__all__ = ["close_all", "explain_database_error", "open_repository", "read_time_limit", "revision_line",
+           "upgrade_database"]
 
 # Repositories opened by this process's commands, closed when the command ends so that SQLite
 # checkpoints its WAL at a known moment rather than whenever the garbage collector runs.
