@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
+from orchestrator.plan.names import check_experiment_name, printable
 from orchestrator.plan.sources import SourceRef
 from orchestrator.plan.spec import SpecError, TrialSpec
 
@@ -523,6 +524,8 @@ def load_grid_file(path: str | Path, max_specs: int = DEFAULT_MAX_SPECS) -> Grid
     data = _read_yaml(path)
     _check_top_level(data, path)
     grid_name = str(data.get("name") or path.stem)
+    if data.get("name") is not None:  # chosen by the file's author: the default experiment name, so the same rule
+        check_experiment_name(grid_name, f"grid name in {path}")
     if grid_name in PRESETS:
         # An experiment holds one grid, known by its name: a file named like a preset would be planned into
         # the preset's experiment as if it were the preset. Refused rather than renamed behind the user's back.
@@ -568,7 +571,7 @@ def load_grid_file(path: str | Path, max_specs: int = DEFAULT_MAX_SPECS) -> Grid
             source_files[(str(spec.source), str(checksum))] = file_path
         specs.append(spec)
     unique = list(dict.fromkeys(specs))
-    return Grid(grid_name, str(data.get("description") or f"grid file {path}"), unique,
+    return Grid(grid_name, printable(str(data.get("description") or f"grid file {path}")), unique,
                 source_files=source_files)
 
 

@@ -29,3 +29,8 @@ def check_experiment_name(name: str, what: str = "experiment name", other_fix: s
     if not isinstance(name, str) or EXPERIMENT_NAME.fullmatch(name) is None:
         raise ExperimentNameError(f"invalid {what} {shown_name(str(name))}: use {EXPERIMENT_NAME_RULE}{other_fix}")
     return name
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (terminal escape sequences) written as escapes, for display."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
