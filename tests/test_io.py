@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers.io import file_identity, save_atomically, sha256_file
+from workers.io import append_line, file_identity, save_atomically, sha256_file
 
 
 class PicklingFails:
@@ -142,3 +142,30 @@ def test_workers_io_imports_no_torch() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     code = "import sys, workers.io; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_append_line_never_follows_a_symlink(tmp_path: Path) -> None:
+    """A log the workers append to in the shared artifacts directory: another user's symlink there must not
+    make rtgrid write into the file it points at."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    shared = tmp_path / "artifacts" / "logs"
+    shared.mkdir(parents=True)
+    (shared / "starts.log").symlink_to(victim)
+    with pytest.raises(OSError):
+        append_line(shared / "starts.log", "x")
+    assert victim.read_text() == "precious\n"
+    append_line(shared / "real.log", "one")
+    append_line(shared / "real.log", "two\n")
+    assert (shared / "real.log").read_text() == "one\ntwo\n"
+
+
+def test_kernel_start_log_refuses_a_symlink(tmp_path: Path) -> None:
+    from workers.diagnostics import log_kernel_start
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("")
+    (tmp_path / "starts.log").symlink_to(victim)
+    with pytest.raises(OSError):
+        log_kernel_start(str(tmp_path / "starts.log"), "abc", 1, "node")
+    assert victim.read_text() == ""

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from results_data import db_fingerprint
 
 from cli import main
+from db.repository import Repository
 from orchestrator.plan.grids import PRESETS, load_grid
 from orchestrator.plan.sources import SourceRef
 from orchestrator.plan.spec import SpecError, TrialSpec
@@ -171,3 +172,19 @@ def test_kernel_bump_alone_changes_no_canonical_json(name: str) -> None:
                                   "robustness:imagenet_linf_4"])
 def test_source_ref_round_trips(text: str) -> None:
     assert str(SourceRef.parse(text)) == text
+
+
+def test_experiment_names_follow_one_rule_in_the_api_too(repo: Repository) -> None:
+    """record_plan is the one writer of experiments: a name that would escape --artifacts or carry a terminal
+    escape is refused there (one line, shown escaped), whatever the caller; nothing is written."""
+    from orchestrator.plan.names import ExperimentNameError, check_experiment_name
+    from orchestrator.plan.planner import record_plan
+
+    grid = load_grid("smoke")
+    for bad in ("../../../x", "a/b", ".hidden", "", "x" * 65, "red\x1b[31m", "tab\there", "naïve"):
+        with pytest.raises(ExperimentNameError) as refused:
+            record_plan(repo, grid, bad)
+        assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
+    assert not repo.list_experiments()
+    for good in ("smoke", "utrera2021-table4", "a", "x" * 64, "run_2.b"):
+        assert check_experiment_name(good) == good
