@@ -207,6 +207,8 @@ SQL_CASES = [
          "pg_read_file", "read-only role", backends=PG),
     Case("sql-runs-sql-text", ("query", "SELECT query_to_xml('SELECT 1', true, true, '')", "--db", "{db}"),
          "query_to_xml", backends=BOTH),
+    Case("sql-table-to-xml", ("query", "SELECT table_to_xml('pg_authid', true, true, '')", "--db", "{db}"),
+         "table_to_xml", backends=BOTH),
     Case("sql-ts-stat", ("query", "SELECT * FROM ts_stat('SELECT 1')", "--db", "{db}"), "ts_stat", backends=BOTH),
     Case("sql-read-file", ("query", "SELECT pg_read_file('/etc/hostname')", "--db", "{db}"), "pg_read_file",
          backends=BOTH),

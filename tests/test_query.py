@@ -69,6 +69,8 @@ DENIED_CALLS = [
     "SELECT ARRAY[pg_terminate_backend(pg_backend_pid())]",
     "SELECT 1 AS a -- hidden\r, pg_read_file('/etc/hostname')",
     "SELECT query_to_xml('SELECT pg_sleep(0)', true, true, '')",
+    "SELECT table_to_xml('pg_authid', true, true, '')",
+    "SELECT database_to_xml(true, true, '')",
     "SELECT * FROM ts_stat('SELECT to_tsvector(''x'')')",
     "SELECT xpath('/a', query_to_xml('SELECT 1', true, true, ''))",
     "SELECT pg_terminate_backend(pg_backend_pid())",
