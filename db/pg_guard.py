@@ -52,7 +52,7 @@ _STRING = """lower upper length char_length character_length octet_length bit_le
     lpad rpad btrim ltrim rtrim replace concat concat_ws split_part position strpos starts_with format initcap
     repeat reverse md5 regexp_replace regexp_match regexp_matches regexp_split_to_array regexp_split_to_table
     regexp_like regexp_count regexp_substr regexp_instr translate to_char to_number to_hex text overlay
-    string_to_array array_to_string string_to_table normalize"""
+    string_to_array array_to_string string_to_table normalize similar_to_escape"""
 _DATE = """now current_timestamp clock_timestamp statement_timestamp transaction_timestamp date_trunc date_part
     extract age make_date make_time make_timestamp make_timestamptz make_interval to_date to_timestamp date_bin
     justify_days justify_hours justify_interval timezone overlaps"""
@@ -65,6 +65,10 @@ _JSON = """to_json to_jsonb json_build_object jsonb_build_object json_build_arra
 _ARRAYS = """unnest generate_series array_length cardinality array_position array_positions array_append
     array_prepend array_cat array_remove array_replace array_lower array_upper array_dims"""
 ALLOWED_FUNCTIONS = frozenset(" ".join((_AGGREGATES, _WINDOW, _MATH, _STRING, _DATE, _JSON, _ARRAYS)).split())
+
+# Operators (unqualified or pg_catalog.): an operator is a function call, and one in another schema could be anyone's.
+ALLOWED_OPERATORS = frozenset("""+ - * / % ^ |/ ||/ @ & | # ~ << >> = <> != < > <= >= || ~~ !~~ ~~* !~~* ~ ~* !~ !~*
+    @> <@ && -> ->> #> #>> ? ?| ?& @? @@ - BETWEEN NOT_BETWEEN BETWEEN_SYMMETRIC NOT_BETWEEN_SYMMETRIC""".split())
 
 # Cast targets (a cast runs the type's input function: only plain value types).
 ALLOWED_TYPES = frozenset("""int2 int4 int8 smallint integer int bigint float4 float8 real numeric decimal bool
@@ -173,6 +177,12 @@ class _Checker:
         schema, function = (parts[0] if len(parts) > 1 else None), parts[-1].lower()
         if schema not in _CATALOG_SCHEMAS or function not in ALLOWED_FUNCTIONS:
             raise _refuse(f"function {'.'.join(parts)}()")
+
+    def _check_A_Expr(self, node: ast.A_Expr, _ctes: frozenset[str]) -> None:
+        parts = _strings(node.name)
+        schema, operator = (parts[0] if len(parts) > 1 else None), (parts[-1] if parts else "")
+        if schema not in _CATALOG_SCHEMAS or operator.replace(" ", "_") not in ALLOWED_OPERATORS:
+            raise _refuse(f"operator {'.'.join(parts)}")
 
     def _check_TypeName(self, node: ast.TypeName, _ctes: frozenset[str]) -> None:
         parts = _strings(node.names)

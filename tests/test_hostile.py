@@ -375,3 +375,28 @@ def test_sqlite_on_read_only_media(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "r.sqlite" in lines[0] and "read-only media" in lines[0], done.stderr
     assert sorted((p.name, p.read_bytes()) for p in source.iterdir()) == before
+
+
+def test_database_is_locked_names_the_file(tmp_path: Path) -> None:
+    """SQLite's bare "database is locked" (a real lock held by another connection) gets the file and the fix."""
+    import sqlite3
+
+    from db.errors import one_line
+    from orchestrator.console.store import close_all, explain_database_error, open_repository
+
+    path = tmp_path / "locked.sqlite"
+    run_cli("submit", "smoke", "--dry-run", "--db", f"sqlite:///{path}")
+    holder = sqlite3.connect(path)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        open_repository(f"sqlite:///{path}", write=True)
+        waiter = sqlite3.connect(path, timeout=0)
+        with pytest.raises(sqlite3.OperationalError) as locked:
+            waiter.execute("BEGIN IMMEDIATE")
+        waiter.close()
+        line = explain_database_error(one_line(locked.value))
+        assert line.startswith("database is locked (sqlite:///") and "locked.sqlite" in line and "retry" in line, line
+    finally:
+        holder.rollback()
+        holder.close()
+        close_all()

@@ -222,12 +222,16 @@ def test_postgres_guard_parses_as_the_server_does() -> None:
                       ("SELECT 1 FROM trials --\r; DELETE FROM trials", "exactly one statement"),
                       ("SELECT * INTO t2 FROM trials", "INTO"), ("SELECT * FROM trials FOR UPDATE", "FOR UPDATE"),
                       ("EXPLAIN ANALYZE DELETE FROM trials", "DELETE"), ("SHOW ALL", "SHOW"),
-                      ("SELECT ARRAY[pg_sleep(1)]", "pg_sleep()"), ("SELECT 1::regproc", "regproc")]:
+                      ("SELECT ARRAY[pg_sleep(1)]", "pg_sleep()"), ("SELECT 1::regproc", "regproc"),
+                      ("SELECT seed OPERATOR(public.+) 1 FROM trials", "operator public.+"),
+                      ("SELECT * FROM XMLTABLE('/a' PASSING '<a/>' COLUMNS x int)", "RangeTableFunc")]:
         with pytest.raises(QueryRefused) as refused:
             check_user_sql(sql, "postgresql")
         assert part in str(refused.value) and "\n" not in str(refused.value), (sql, refused.value)
     with pytest.raises(QueryRefused):
         check_user_sql(" \n", "sqlite")
+    assert check_user_sql("SELECT seed BETWEEN 0 AND 2, dataset SIMILAR TO 'c%', seed::float8 ^ 2, dataset || '!', "
+                          "spec_hash IS DISTINCT FROM NULL FROM trials", "postgresql")
 
 
 def test_schema_describes_every_live_column(results_url: str) -> None:
