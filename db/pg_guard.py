@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pglast import ast, parse_sql
-from pglast.parser import ParseError
+from pglast.parser import ParseError, parse_sql_json
 
 from db.errors import ReadOnlyViolation
 
@@ -102,6 +102,7 @@ def _strings(values: Iterable[Any] | None) -> list[str]:
 def parse_one(sql: str) -> ast.RawStmt:
     """The one statement of `sql`, parsed as the server parses it; ReadOnlyViolation otherwise."""
     try:
+        parse_sql_json(sql)  # refuses a too-deep tree with an error where building Python nodes could crash
         statements = parse_sql(sql)
     except ParseError as exc:
         raise ReadOnlyViolation(f"query refused: {str(exc).splitlines()[0]} (PostgreSQL syntax)") from None
@@ -122,7 +123,11 @@ def check_statement(sql: str, relations: Iterable[str]) -> str:
     if kind not in ALLOWED_STATEMENTS:
         raise ReadOnlyViolation(f"query refused: rtgrid query is read-only ({_statement_word(kind)} statements are "
                                 "not allowed; use SELECT / WITH / VALUES / TABLE / EXPLAIN)")
-    _Checker(frozenset(relations)).visit(raw, frozenset())
+    try:
+        _Checker(frozenset(relations)).visit(raw, frozenset())
+    except RecursionError:
+        raise ReadOnlyViolation("query refused: the statement is nested too deeply to check; simplify it "
+                                "(e.g. a CTE instead of nested subqueries)") from None
     return sql
 
 

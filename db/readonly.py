@@ -44,6 +44,7 @@ from db.timeouts import pg_timeout_sql
 
 __all__ = ["ReadOnlyViolation", "check_user_sql", "open_readonly", "strict_sqlite"]
 
+MAX_USER_SQL_CHARS = 20_000
 # What a user's query may read on PostgreSQL (besides its CTEs and information_schema).
 READABLE_RELATIONS = frozenset({*RTGRID_TABLES, RESULTS_VIEW, "alembic_version"})
 
@@ -142,6 +143,10 @@ def check_user_sql(sql: str, dialect: str) -> str:
     prepare time (and sqlite3 runs one statement at a time), so the text only has to be non-empty."""
     if not sql.strip():
         raise ReadOnlyViolation("query refused: no SQL statement given")
+    if len(sql) > MAX_USER_SQL_CHARS:
+        # bounds the parser's work and depth (libpg_query crashes rather than refuses some very deep trees)
+        raise ReadOnlyViolation(f"query refused: the statement has {len(sql):,} characters, over rtgrid query's "
+                                f"{MAX_USER_SQL_CHARS:,}; use psql as a read-only role for longer SQL (README)")
     if dialect == "postgresql":
         return pg_guard.check_statement(sql, READABLE_RELATIONS)
     return sql
