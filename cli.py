@@ -246,9 +246,23 @@ def _options(**kwargs: Any) -> Any:
     return RunOptions(**kwargs)
 
 
-def _run_and_print(repo: Any, loaded: Any, experiment: str, options: Any) -> None:
+def _checked_options(db_url: str | None, run: dict[str, Any]) -> Any:
+    """The run options, refused (one line, exit 2) before the database is opened or created when they
+    cannot work: bad values, an unreachable cluster, a trial that does not fit on it."""
+    from orchestrator.console.store import database_dialect
+    from orchestrator.run.submit import preflight
+
+    options = _options(**run)
+    preflight(database_dialect(db_url), options)
+    return options
+
+
+def _run_and_print(repo: Any, loaded: Any, experiment: str, options: Any, *, must_finish: bool = False) -> None:
+    """Run and print the summary. `must_finish` (resume, retry): trials left to another driver fail
+    the command, so a resume that ran nothing does not look like success."""
     from orchestrator.console.progress import GridProgress
     from orchestrator.console.views import format_plan, format_run
+    from orchestrator.errors import RuntimeFailure
     from orchestrator.run.submit import submit
 
     result = submit(repo, loaded, experiment, options,
@@ -257,10 +271,11 @@ def _run_and_print(repo: Any, loaded: Any, experiment: str, options: Any) -> Non
         click.echo(format_plan(experiment, result.plan))
     click.echo(format_run(result.run))
     if result.run.failed:
-        from orchestrator.errors import RuntimeFailure
-
         raise RuntimeFailure(f"{result.run.failed} of {result.run.runnable} trials failed "
                              f"(rtgrid retry {shlex.quote(experiment)} runs them again)")
+    if must_finish and result.run.claimed_elsewhere:
+        raise RuntimeFailure(f"{result.run.claimed_elsewhere} runnable trials left unrun: "
+                             f"{result.run.held_elsewhere or 'another driver holds them'}")
 
 
 @main.command()
@@ -281,6 +296,7 @@ def submit(grid_name: str, experiment: str | None, dry_run: bool, max_specs: int
 
     loaded = load_grid(grid_name, max_specs)
     name = experiment or check_experiment_name(loaded.name, "grid name", " (or name the experiment: --experiment)")
+    options = None if dry_run else _checked_options(db_url, run)
     repo = open_repository(db_url, write=True)
     if dry_run:
         result = plan_only(repo, loaded, name)
@@ -288,7 +304,7 @@ def submit(grid_name: str, experiment: str | None, dry_run: bool, max_specs: int
         if result.new == 0:
             click.echo("nothing new to record: every spec of this grid is already in the database")
         return
-    _run_and_print(repo, loaded, name, _options(**run))
+    _run_and_print(repo, loaded, name, options)
 
 
 @main.command()
@@ -300,8 +316,9 @@ def resume(experiment: str, db_url: str | None, **run: Any) -> None:
     from orchestrator.console.store import open_repository
     from orchestrator.run.submit import grid_for_experiment
 
+    options = _checked_options(db_url, run)
     repo = open_repository(db_url, write=True)
-    _run_and_print(repo, grid_for_experiment(repo, experiment), experiment, _options(**run))
+    _run_and_print(repo, grid_for_experiment(repo, experiment), experiment, options, must_finish=True)
 
 
 @main.command()
@@ -316,13 +333,14 @@ def retry(experiment: str, statuses: str, db_url: str | None, **run: Any) -> Non
     from orchestrator.console.store import open_repository
     from orchestrator.run.submit import grid_for_experiment
 
+    options = _checked_options(db_url, run)  # before any trial is reset
     repo = open_repository(db_url, write=True)
     loaded = grid_for_experiment(repo, experiment)
     experiment_id = repo.experiment_id(experiment)
     assert experiment_id is not None  # grid_for_experiment refused an unknown experiment
     reset = repo.reset_for_retry(experiment_id, statuses=(statuses,))
     click.echo(f"{reset} {statuses} trials reset to pending")
-    _run_and_print(repo, loaded, experiment, _options(**run))
+    _run_and_print(repo, loaded, experiment, options, must_finish=True)
 
 
 @main.command()

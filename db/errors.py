@@ -48,3 +48,25 @@ class ReadOnlyViolation(ValueError):
 
 class QueryTimeout(DatabaseError):
     """A read ran past its time limit and was stopped (by the server on PostgreSQL). One-line message."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost or refused connection, or a busy SQLite file: the same write may succeed later.
+
+    Anything else (a constraint, a read-only file, a missing table) fails the same way every time
+    and must not be retried into a silent hang.
+    """
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    inner = exc.orig
+    if isinstance(inner, sqlite3.OperationalError):
+        return "database is locked" in str(inner) or "database is busy" in str(inner)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return isinstance(exc, OperationalError)
+    return isinstance(inner, psycopg.OperationalError | psycopg.InterfaceError)

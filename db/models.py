@@ -286,6 +286,18 @@ class Trial(Base):
         String(64), index=True,
         comment="the driver that has queued the trial (concurrent drivers never run it twice); NULL = none",
     )
+    # Where the claiming driver runs (revision 0006): a local claim whose process is gone is dead at once.
+    claim_host: Mapped[str | None] = mapped_column(
+        String(255), comment="host name of the driver process that holds the claim; NULL = no claim",
+    )
+    claim_pid: Mapped[int | None] = mapped_column(
+        Integer, comment="process id of the driver that holds the claim (on claim_host)",
+    )
+    claim_pid_start: Mapped[int | None] = mapped_column(
+        BigInteger,
+        comment="start time of that process in clock ticks after boot (tells a reused process id apart); "
+                "NULL = unknown",
+    )
     # How the backbone starts, written by the planner from the method's catalog traits (revision 0004).
     init: Mapped[str] = mapped_column(String(16), index=True, comment=INIT_COMMENT)
 

@@ -59,6 +59,9 @@ class TrialRecord:
     duration_s: float | None
     worker: str | None
     claimed_by: str | None
+    claim_host: str | None
+    claim_pid: int | None
+    claim_pid_start: int | None
     init: str
 
 
@@ -144,3 +147,25 @@ class ErTarget(NamedTuple):
     test_acc: float | None  # final; None unless completed with both accuracies
     ood_acc: float | None
     epochs: tuple[EpochAccuracy, ...]
+
+
+@dataclass(frozen=True)
+class ClaimOwner:
+    """The process that claims trials: a driver id, unique per run, and where that driver runs."""
+
+    driver: str
+    host: str
+    pid: int
+    pid_start: int | None  # the process's start time (clock ticks after boot); None = unknown
+
+
+@dataclass(frozen=True)
+class ClaimHolder:
+    """Another driver holding some of the trials asked about: who, where, and its freshest heartbeat."""
+
+    driver: str
+    host: str | None
+    pid: int | None
+    pid_start: int | None
+    trials: int
+    last_heartbeat: datetime | None

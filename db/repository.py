@@ -44,6 +44,8 @@ from db.models import (
 from db.records import (
     ArtifactRecord,
     BaselineRecord,
+    ClaimHolder,
+    ClaimOwner,
     EpochAccuracy,
     EpochRecord,
     ErTarget,
@@ -274,10 +276,11 @@ class Repository:
     # --- trial lifecycle (the recorder's writes) ----------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[TrialWriter]:
-        """One write transaction for several lifecycle writes (a whole Tune report)."""
+    def transaction(self, driver: str | None = None) -> Iterator[TrialWriter]:
+        """One write transaction for several lifecycle writes (a whole Tune report). With `driver`,
+        the writes are fenced: only the trials that driver still holds change (TrialWriter.lost)."""
         with self._write() as connection:
-            yield TrialWriter(connection, self._insert)
+            yield TrialWriter(connection, self._insert, driver)
 
     def mark_started(self, spec_hash: str, worker: str | None = None) -> bool:
         with self.transaction() as writer:
@@ -291,8 +294,8 @@ class Repository:
         with self.transaction() as writer:
             return writer.complete(spec_hash, final)
 
-    def fail(self, spec_hash: str, error: str) -> bool:
-        with self.transaction() as writer:
+    def fail(self, spec_hash: str, error: str, driver: str | None = None) -> bool:
+        with self.transaction(driver) as writer:
             return writer.fail(spec_hash, error)
 
     def heartbeat(self, spec_hashes: Sequence[str]) -> int:
@@ -306,31 +309,75 @@ class Repository:
         cutoff = utc_now() - timedelta(seconds=stale_after_s)
         return or_(TRIALS.c.heartbeat_at.is_(None), TRIALS.c.heartbeat_at <= cutoff)
 
-    def claim(self, driver: str, spec_hashes: Sequence[str], stale_after_s: float) -> list[str]:
+    def claim(self, driver: str | ClaimOwner, spec_hashes: Sequence[str], stale_after_s: float, *,
+              dead: Collection[str] = (), live: Collection[str] = ()) -> list[str]:
         """Queue these trials for `driver` and return the ones it got, in one transaction.
 
         A trial can be claimed when it is pending or failed and no live driver holds it, or when
-        it is `running` but its heartbeat is older than `stale_after_s` (its driver died). A
-        claimed trial is `pending` again until a worker starts it; the driver's heartbeat keeps
-        the claim alive. Two drivers claiming at once get disjoint sets (conditional UPDATE).
+        it is `running` but its driver is gone: its heartbeat is older than `stale_after_s`, or its
+        driver is in `dead` (a process on this host that no longer exists: taken at once). A driver
+        in `live` (a process on this host that exists) keeps its claims whatever their heartbeat.
+        A claimed trial is `pending` again until a worker starts it; the driver's heartbeat keeps
+        the claim alive. Two drivers claiming at once get disjoint sets (conditional UPDATE), and
+        the claim records the claiming process (`ClaimOwner`: host, pid, its start time).
         """
-        stale = self._stale(stale_after_s)
-        mine = TRIALS.c.claimed_by == driver
+        owner = driver if isinstance(driver, ClaimOwner) else ClaimOwner(driver, "", 0, None)
+        holder = TRIALS.c.claimed_by
+        abandoned = or_(holder.in_(list(dead)),
+                        and_(self._stale(stale_after_s), or_(holder.is_(None), holder.not_in(list(live)))))
+        mine = holder == owner.driver
         claimable = or_(
-            and_(TRIALS.c.status.in_(status_values(RUNNABLE)), or_(TRIALS.c.claimed_by.is_(None), mine, stale)),
-            and_(TRIALS.c.status == TrialStatus.RUNNING.value, or_(mine, stale)),
+            and_(TRIALS.c.status.in_(status_values(RUNNABLE)), or_(holder.is_(None), mine, abandoned)),
+            and_(TRIALS.c.status == TrialStatus.RUNNING.value, or_(mine, abandoned)),
         )
+        where = {"claim_host": owner.host or None, "claim_pid": owner.pid or None,
+                 "claim_pid_start": owner.pid_start}
         got: list[str] = []
         with self._write() as connection:
             for chunk in chunks(list(spec_hashes)):
                 stmt = (
                     update(TRIALS)
                     .where(TRIALS.c.spec_hash.in_(chunk), claimable)
-                    .values(claimed_by=driver, status=TrialStatus.PENDING.value, heartbeat_at=utc_now())
+                    .values(claimed_by=owner.driver, status=TrialStatus.PENDING.value, heartbeat_at=utc_now(),
+                            **where)
                     .returning(TRIALS.c.spec_hash)
                 )
                 got += connection.execute(stmt).scalars().all()
         return got
+
+    def claim_holders(self, spec_hashes: Sequence[str], driver: str | None = None) -> list[ClaimHolder]:
+        """The drivers other than `driver` that hold any of these unfinished trials, with where they
+        run, how many they hold and their freshest heartbeat."""
+        holder = TRIALS.c.claimed_by
+        found: dict[tuple[str, str | None, int | None, int | None], tuple[int, datetime | None]] = {}
+        with self._read() as connection:
+            for chunk in chunks(list(spec_hashes)):
+                query = (
+                    select(holder, TRIALS.c.claim_host, TRIALS.c.claim_pid, TRIALS.c.claim_pid_start,
+                           func.count(), func.max(TRIALS.c.heartbeat_at))
+                    .where(TRIALS.c.spec_hash.in_(chunk), holder.is_not(None), holder != (driver or ""),
+                           TRIALS.c.status.in_(status_values(ACTIVE)))
+                    .group_by(holder, TRIALS.c.claim_host, TRIALS.c.claim_pid, TRIALS.c.claim_pid_start)
+                )
+                for name, host, pid, start, count, beat in connection.execute(query):
+                    if isinstance(beat, str):  # SQLite returns max() of a DATETIME column as text
+                        beat = datetime.fromisoformat(beat)
+                    key = (str(name), host, pid, start)
+                    total, latest = found.get(key, (0, None))
+                    beat = aware(beat)
+                    newest = max((b for b in (latest, beat) if b is not None), default=None)
+                    found[key] = (total + int(count), newest)
+        return [ClaimHolder(name, host, pid, start, count, beat)
+                for (name, host, pid, start), (count, beat) in found.items()]
+
+    def held_by(self, driver: str, spec_hashes: Sequence[str]) -> set[str]:
+        """Which of these trials `driver` still holds (another driver may have taken some over)."""
+        held: set[str] = set()
+        with self._read() as connection:
+            for chunk in chunks(list(spec_hashes)):
+                query = select(TRIALS.c.spec_hash).where(TRIALS.c.spec_hash.in_(chunk), TRIALS.c.claimed_by == driver)
+                held.update(connection.execute(query).scalars())
+        return held
 
     def heartbeat_claims(self, driver: str) -> int:
         """The driver is alive: its queued and running trials stay claimed."""
@@ -363,7 +410,8 @@ class Repository:
                 .where(TRIALS.c.claimed_by == driver, TRIALS.c.status == TrialStatus.RUNNING.value)
                 .values(status=TrialStatus.FAILED.value, error=interrupted_error, finished_at=utc_now())
             ).rowcount
-            connection.execute(update(TRIALS).where(TRIALS.c.claimed_by == driver).values(claimed_by=None))
+            connection.execute(update(TRIALS).where(TRIALS.c.claimed_by == driver).values(
+                claimed_by=None, claim_host=None, claim_pid=None, claim_pid_start=None))
         return interrupted
 
     def statuses_of(self, spec_hashes: Sequence[str]) -> dict[str, str]:

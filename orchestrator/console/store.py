@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from db.readonly import open_readonly
 from db.repository import Repository
-from db.session import open_database, resolve_url
+from db.session import is_sqlite, open_database, resolve_url
 from db.timeouts import limit_engine, read_time_limit
 
-__all__ = ["close_all", "explain_database_error", "open_repository", "read_time_limit", "revision_line",
-           "upgrade_database"]
+__all__ = ["close_all", "database_dialect", "explain_database_error", "open_repository", "read_time_limit",
+           "revision_line", "upgrade_database"]
 
 # Repositories opened by this process's commands, closed when the command ends so that SQLite
 # checkpoints its WAL at a known moment rather than whenever the garbage collector runs.
@@ -48,6 +48,13 @@ def explain_database_error(message: str) -> str:
     where = ", ".join(safe for safe in dict.fromkeys(safe_url(repo.engine.url) for repo in _OPEN)
                       if safe not in message)
     return f"{message} ({where}): {fix}" if where else f"{message}: {fix}"
+
+
+def database_dialect(db_url: str | None) -> str:
+    """"sqlite" or "postgresql": what the URL names, without opening (or creating) anything."""
+    from db.session import parse_url
+
+    return "sqlite" if is_sqlite(parse_url(resolve_url(db_url))) else "postgresql"
 
 
 def close_all() -> None:

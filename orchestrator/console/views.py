@@ -55,7 +55,9 @@ def format_run(summary: RunSummary) -> str:
     if summary.skipped:
         line += f", {summary.skipped} not finished"
     if summary.claimed_elsewhere:
-        line += f"; {summary.claimed_elsewhere} left to another live driver (they hold them)"
+        line += f"; {summary.claimed_elsewhere} left to another driver"
+        if summary.held_elsewhere:
+            line += f" ({summary.held_elsewhere})"
     for spec_hash, error in list(summary.failures.items())[:10]:
         line += f"\n  failed {spec_hash[:12]}: {error}"
     if len(summary.failures) > 10:

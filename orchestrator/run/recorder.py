@@ -70,18 +70,22 @@ def parse_report(result: Mapping[str, Any]) -> list[Event]:
     return events
 
 
-def record_report(repo: Repository, result: Mapping[str, Any]) -> None:
-    """Write one Tune report (a batch of events) in one transaction. Independent of Ray."""
+def record_report(repo: Repository, result: Mapping[str, Any], driver: str | None = None) -> set[str]:
+    """Write one Tune report (a batch of events) in one transaction. Independent of Ray.
+
+    With `driver`, only the trials that driver still holds are written; the spec hashes of those
+    another driver took over are returned (nothing of them was written)."""
     try:
         events = parse_report(result)
     except ProtocolError as exc:
         logger.error("a worker's report cannot be recorded (nothing of it was written): %s", exc)
         raise
     if not events:
-        return
-    with repo.transaction() as writer:
+        return set()
+    with repo.transaction(driver) as writer:
         for event in events:
             apply_event(writer, event)
+    return writer.lost
 
 
 def apply_event(writer: TrialWriter, event: Event) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from db.models import FINISHED
@@ -26,6 +28,8 @@ from orchestrator.errors import UserError, one_line
 from orchestrator.plan.planner import Stage, pack
 from orchestrator.plan.spec import TrialSpec
 from orchestrator.results.er import key_of, protocol_of
+from orchestrator.run.patience import patiently
+from orchestrator.run.secrets import PASSWORD_ENV, remove_secret, without_password, write_secret
 from workers.trainable import Baseline, Diagnostics, PackItem, WorkerSettings
 
 # Tune's own CSV/JSON/TensorBoard loggers are off: the database is the record.
@@ -65,6 +69,33 @@ class RunOptions:
     stale_after_s: float = 120.0  # a claim or running trial without a heartbeat this long is abandoned
     diagnostics: Diagnostics | None = None  # tests and benchmarks only (no-op kernel, fault injection)
 
+    def __post_init__(self) -> None:
+        """Refuse values that would hang or misbehave (negative, NaN, infinite) before anything runs."""
+        for name, option, low, strict, meaning in _LIMITS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            number = float(value)
+            if not math.isfinite(number) or number < low or (strict and number == low):
+                bound = f"> {low:g}" if strict else f">= {low:g}"
+                raise UserError(f"{option} {value}: give a finite number {bound} ({meaning})")
+
+
+# RunOptions field, its CLI option, the bound, whether the bound itself is refused, what it means.
+_LIMITS: tuple[tuple[str, str, float, bool, str], ...] = (
+    ("cpus_per_trial", "--cpus-per-trial", 0.0, True, "CPUs each trial reserves"),
+    ("gpus_per_trial", "--gpus-per-trial", 0.0, False, "GPUs each trial reserves; 0 = CPU only"),
+    ("max_concurrent", "--max-concurrent", 1.0, False, "trials running at once"),
+    ("max_failures", "--max-failures", 0.0, False, "retries per spec"),
+    ("pack_size", "--pack-size", 1.0, False, "specs per Tune trial"),
+    ("stale_after_s", "--stale-after", 0.0, False,
+     "seconds without a heartbeat before another driver's claim counts as abandoned; 0 = at once"),
+    ("checkpoint_interval_s", "checkpoint_interval_s", 0.0, False, "seconds between resume checkpoints"),
+    ("flush_interval_s", "flush_interval_s", 0.0, False, "seconds between a worker's reports"),
+)
+RAY_CONNECT_TIMEOUT_S = 5.0  # a cluster that does not accept a TCP connection in this long is not there
+RAY_CLIENT_PORT = 10001  # Ray Client's default port (ray://HOST without a port)
+
 
 @dataclass
 class RunSummary:
@@ -72,7 +103,8 @@ class RunSummary:
     completed: int = 0
     failed: int = 0
     skipped: int = 0
-    claimed_elsewhere: int = 0  # runnable specs a live driver elsewhere holds
+    claimed_elsewhere: int = 0  # runnable specs another driver holds and had not finished at the end
+    held_elsewhere: str = ""  # who holds them, and when (or how) they can be taken over
     seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)
 
@@ -106,6 +138,43 @@ def check_artifacts_location(artifacts: str) -> str:
     return str(Path(artifacts).resolve())
 
 
+def check_reachable(address: str | None) -> None:
+    """A HOST:PORT or ray://HOST[:PORT] address must accept a TCP connection within seconds: Ray
+    itself retries an address that is not there for minutes, silently."""
+    if not address or address == "auto":
+        return
+    client = is_client_address(address)
+    where = address.removeprefix("ray://").rstrip("/")
+    host, _, port_text = where.rpartition(":") if ":" in where else (where, "", "")
+    if not port_text and client:
+        port_text = str(RAY_CLIENT_PORT)
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UserError(f"--address {address!r} is not HOST:PORT, ray://HOST[:PORT] or auto "
+                        "(e.g. --address 10.0.0.5:6379, or ray://10.0.0.5:10001)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port_text)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        what = ("Ray Client server (ray start --head --ray-client-server-port" if client
+                else "Ray head (ray start --head --port")
+        raise UserError(f"cannot reach Ray at {address}: {reason}; start the {what} {port_text}) or fix "
+                        "--address (without --address rtgrid starts a local Ray instance)") from None
+
+
+def check_resources(options: RunOptions) -> None:
+    """A trial must fit on the cluster, or Tune would wait for it forever without a word."""
+    import ray
+
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]  # Ray is unannotated
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if options.gpus_per_trial > gpus:
+        raise UserError(f"--gpus-per-trial {options.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPUs: "
+                        "use --gpus-per-trial 0 to train on CPUs, or --address a cluster with GPUs")
+    if options.cpus_per_trial > cpus:
+        raise UserError(f"--cpus-per-trial {options.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPUs: "
+                        f"use --cpus-per-trial {max(1, int(cpus))} or less, or --address a bigger cluster")
+
+
 def start_ray(options: RunOptions) -> None:
     """Start a local Ray instance or connect to options.address (once per process)."""
     import ray
@@ -113,9 +182,11 @@ def start_ray(options: RunOptions) -> None:
     os.environ.update(TUNE_ENV)
     if ray.is_initialized():
         return
+    check_reachable(options.address)
 
     # Settings for the workers, never credentials: the database stays with the driver.
-    forwarded = {k: v for k, v in os.environ.items() if k.startswith("RTGRID_") and k != "RTGRID_DB"}
+    forwarded = {k: v for k, v in os.environ.items()
+                 if k.startswith("RTGRID_") and k not in ("RTGRID_DB", PASSWORD_ENV)}
     runtime_env = {"env_vars": {**TUNE_ENV, **forwarded}}
     logger.info("connecting to Ray at %s", options.address or "a new local instance")
     for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
@@ -206,8 +277,9 @@ def worker_settings(options: RunOptions, artifacts: str) -> WorkerSettings:
 
 
 def run_round(repo: Repository, packs: list[list[TrialSpec]], name: str, options: RunOptions,
-              inputs: StageInputs) -> dict[int, str]:
-    """One Tuner.fit over `packs`; returns {pack index: error} for the packs whose trial errored."""
+              inputs: StageInputs, driver: str | None = None) -> dict[int, str]:
+    """One Tuner.fit over `packs`; returns {pack index: error} for the packs whose trial errored.
+    With `driver`, only the trials it still holds are recorded (fenced claims)."""
     from ray import tune
 
     from orchestrator.run.tune_hooks import CancelStopper, RecorderCallback, register, release
@@ -222,8 +294,12 @@ def run_round(repo: Repository, packs: list[list[TrialSpec]], name: str, options
     # only its pack id, because Tune copies and flattens the config into every single report.
     contents = {pid: pack_items(members, inputs) for pid, members in zip(pack_ids, packs, strict=True)}
     # Under Ray Client the hooks run on the head and must open the database themselves; otherwise
-    # they find this process's repository and no URL (nor password) is pickled into Tune's state.
-    url = repo.engine.url.render_as_string(hide_password=False) if is_client_address(options.address) else ""
+    # they find this process's repository and no URL is pickled into Tune's state. The password is
+    # never pickled: the head reads it from its environment or a 0600 secret file (secrets.py).
+    url, secret = "", None
+    if is_client_address(options.address):
+        url, password = without_password(repo.engine.url)
+        secret = write_secret(artifacts, password) if password else None
     token = register(repo)
     saved_pending = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(2, slots))
@@ -239,15 +315,17 @@ def run_round(repo: Repository, packs: list[list[TrialSpec]], name: str, options
             run_config=tune.RunConfig(
                 name=f"{name}-{uuid.uuid4().hex[:8]}",
                 storage_path=str(Path(artifacts, "ray_results")),
-                callbacks=[RecorderCallback(token, url)],
+                callbacks=[RecorderCallback(token, url, driver, secret)],
                 failure_config=tune.FailureConfig(max_failures=0),  # the driver retries per spec
-                stop=CancelStopper(token, url, [s.spec_hash for members in packs for s in members]),
+                stop=CancelStopper(token, url, [s.spec_hash for members in packs for s in members],
+                                   secret_file=secret),
                 verbose=0,
             ),
         )
         results = tuner.fit()
     finally:
         release(token)
+        remove_secret(secret)
         if saved_pending is None:
             os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
         else:
@@ -262,26 +340,43 @@ def run_round(repo: Repository, packs: list[list[TrialSpec]], name: str, options
     return errors
 
 
-def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptions, inputs: StageInputs) -> None:
-    """Run the stage's specs in rounds until every one is completed, failed or cancelled."""
+def _still_mine(repo: Repository, driver: str | None, todo: list[TrialSpec]) -> list[TrialSpec]:
+    """The specs this driver still holds; those another driver took over are dropped, said once."""
+    if driver is None:
+        return todo
+    held = patiently(partial(repo.held_by, driver, [spec.spec_hash for spec in todo]), "checking claims")
+    lost = [spec.spec_hash[:12] for spec in todo if spec.spec_hash not in held]
+    if lost:
+        logger.warning("%d trials were taken over by another driver (this driver's claim had expired "
+                       "under that driver's --stale-after); not running them here: %s", len(lost), ", ".join(lost[:5]))
+    return [spec for spec in todo if spec.spec_hash in held]
+
+
+def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptions, inputs: StageInputs,
+              driver: str | None = None) -> None:
+    """Run the stage's specs in rounds until every one is completed, failed or cancelled (or, with
+    `driver`, taken over by another driver)."""
     order = {spec.spec_hash: position for position, spec in enumerate(stage.specs)}
     todo = list(stage.specs)
     strikes: Counter[str] = Counter()
     while True:
         # Specs finished meanwhile (`rtgrid cancel`, or a driver elsewhere) are not dispatched.
-        statuses = repo.statuses_of([spec.spec_hash for spec in todo])
-        todo = [spec for spec in todo if statuses.get(spec.spec_hash) not in FINISHED]
+        statuses = patiently(partial(repo.statuses_of, [spec.spec_hash for spec in todo]), "reading statuses")
+        todo = _still_mine(repo, driver, [spec for spec in todo if statuses.get(spec.spec_hash) not in FINISHED])
         if not todo:
             return
         slots = cluster_slots(options)
         size = choose_pack_size(len(todo), min(slots, options.max_concurrent or slots), options.pack_size)
         packs = pack(todo, size, alone=set(strikes))
         logger.info("stage %s: %d specs in %d packs on %d slots", stage.name, len(todo), len(packs), slots)
-        errors = run_round(repo, packs, f"{experiment}-{stage.name}", options, inputs)
-        statuses = repo.statuses_of([spec.spec_hash for spec in todo])
+        errors = run_round(repo, packs, f"{experiment}-{stage.name}", options, inputs, driver)
+        hashes = [spec.spec_hash for spec in todo]
+        statuses = patiently(partial(repo.statuses_of, hashes), "reading statuses")
+        held = set(hashes) if driver is None else patiently(partial(repo.held_by, driver, hashes), "checking claims")
         left: list[TrialSpec] = []
         for index, members in enumerate(packs):
-            unfinished = [s for s in members if statuses.get(s.spec_hash) not in FINISHED]
+            # Another driver's trials (taken over meanwhile) are neither struck nor run again here.
+            unfinished = [s for s in members if statuses.get(s.spec_hash) not in FINISHED and s.spec_hash in held]
             if not unfinished:
                 continue
             culprit = unfinished[0].spec_hash  # specs run in pack order: this one was running
@@ -289,7 +384,8 @@ def run_stage(repo: Repository, stage: Stage, experiment: str, options: RunOptio
             logger.info("spec %s was running when its worker was lost (strike %d)", culprit[:12], strikes[culprit])
             if strikes[culprit] > options.max_failures:
                 reason = errors.get(index) or "its Tune trial ended before the spec finished"
-                repo.fail(culprit, f"worker lost {strikes[culprit]} times; last: {reason}")
+                error = f"worker lost {strikes[culprit]} times; last: {reason}"
+                patiently(partial(repo.fail, culprit, error, driver), "recording a lost worker")
                 unfinished = unfinished[1:]
             left += unfinished
         todo = sorted(left, key=lambda spec: order[spec.spec_hash])
