@@ -23,11 +23,13 @@ KernelOverride = Literal["noop"]
 @dataclass(frozen=True)
 class KillWorker:
     """Kill the worker process (as the OOM killer does) the first `times` times spec `spec_hash`
-    starts; one marker file per death, in `marker_dir` (a directory every node can see)."""
+    starts (`at_epoch` 0) or has saved its resume checkpoint of epoch `at_epoch` (mid-trial); one
+    marker file per death, in `marker_dir` (a directory every node can see)."""
 
     spec_hash: str
     marker_dir: str
     times: int = 1
+    at_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Diagnostics:
     kernel_override: KernelOverride | None = None  # "noop": measure the orchestration cost alone
     kill_worker: KillWorker | None = None  # fault injection for the lost-worker tests
     kernel_starts_log: str | None = None  # append one line per kernel start to this file
+    kernel_delay_s: float = 0.0  # sleep this long before each kernel runs (paces noop specs in fault tests)
 
     def __post_init__(self) -> None:
         if self.kernel_override not in (None, "noop"):
@@ -46,13 +49,14 @@ class Diagnostics:
     @classmethod
     def from_json(cls, text: str) -> Diagnostics:
         values: dict[str, Any] = json.loads(text)
-        unknown = set(values) - {"kernel_override", "kill_worker", "kernel_starts_log"}
+        unknown = set(values) - {"kernel_override", "kill_worker", "kernel_starts_log", "kernel_delay_s"}
         if unknown:
             raise ValueError(f"unknown diagnostics field(s): {', '.join(sorted(unknown))}")
         kill = values.get("kill_worker")
         return cls(kernel_override=values.get("kernel_override"),
                    kill_worker=KillWorker(**kill) if kill else None,
-                   kernel_starts_log=values.get("kernel_starts_log"))
+                   kernel_starts_log=values.get("kernel_starts_log"),
+                   kernel_delay_s=float(values.get("kernel_delay_s", 0.0)))
 
 
 def run_noop(spec: dict[str, Any], ctx: KernelContext, report: Report) -> dict[str, Any]:
@@ -66,9 +70,10 @@ def log_kernel_start(path: str, spec_hash: str, attempt: int, node: str) -> None
     append_line(path, f"{time.time():.3f}\t{spec_hash}\t{attempt}\t{node}\t{os.getpid()}")
 
 
-def maybe_kill_worker(fault: KillWorker | None, spec_hash: str) -> None:
-    """Die as an OOM-killed worker does when `fault` names this spec and has deaths left."""
-    if fault is None or fault.spec_hash != spec_hash:
+def maybe_kill_worker(fault: KillWorker | None, spec_hash: str, epoch: int = 0) -> None:
+    """Die as an OOM-killed worker does when `fault` names this spec at this epoch (0: its start)
+    and has deaths left."""
+    if fault is None or fault.spec_hash != spec_hash or fault.at_epoch != epoch:
         return
     markers = Path(fault.marker_dir)
     markers.mkdir(parents=True, exist_ok=True)

@@ -214,6 +214,8 @@ class PackRunner:
                 log_kernel_start(diagnostics.kernel_starts_log, spec_hash, attempt, self.node)
             maybe_kill_worker(diagnostics.kill_worker, spec_hash)
             self.emit(Started(spec_hash, attempt, self.node, resume_epoch))
+            if diagnostics.kernel_delay_s:
+                time.sleep(diagnostics.kernel_delay_s)
             last_save = time.monotonic()
 
             def report(epoch: int, metrics: dict[str, float], _hash: str = spec_hash) -> None:
@@ -226,6 +228,7 @@ class PackRunner:
                 last_save = time.monotonic()
                 save_atomically(kernel_state, checkpoint)
                 self.emit(Checkpoint(_hash, int(kernel_state.get("epoch", 0)), str(checkpoint)), now=True)
+                maybe_kill_worker(diagnostics.kill_worker, _hash, int(kernel_state.get("epoch", 0)))
 
             ctx = KernelContext(
                 data_root=settings.data_root,
