@@ -134,7 +134,7 @@ class TrialWriter:
         if unknown:
             raise ValueError(f"unknown epoch metric(s): {', '.join(sorted(unknown))}")
         trial = self._trial(spec_hash)
-        if trial.status == TrialStatus.COMPLETED or self._held_elsewhere(spec_hash, trial.claimed_by):
+        if self._held_elsewhere(spec_hash, trial.claimed_by) or trial.status == TrialStatus.COMPLETED:
             return False
         now = utc_now()
         # The trial's row first: its lock (PostgreSQL) keeps a claimer out until this report commits.
@@ -169,7 +169,7 @@ class TrialWriter:
         if unknown:
             raise ValueError(f"unknown final field(s): {', '.join(sorted(unknown))}")
         trial = self._trial(spec_hash)
-        if trial.status == TrialStatus.COMPLETED or self._held_elsewhere(spec_hash, trial.claimed_by):
+        if self._held_elsewhere(spec_hash, trial.claimed_by) or trial.status == TrialStatus.COMPLETED:
             return False
         now = utc_now()
         values = {name: value for name, value in final.items() if value is not None}
