@@ -22,8 +22,9 @@ SECRETS_DIR = ".secrets"
 def without_password(url: URL) -> tuple[str, str | None]:
     """(the URL as text without its password, the password or None)."""
     password = url.password
-    public = url.set(password=None).render_as_string(hide_password=False)
-    return public, (str(password) if password else None)
+    # URL.set(password=None) keeps the password (set ignores None): build the URL anew without it.
+    public = URL.create(url.drivername, url.username, None, url.host, url.port, url.database, url.query)
+    return public.render_as_string(hide_password=False), (str(password) if password else None)
 
 
 def write_secret(artifacts: str, password: str) -> str:
