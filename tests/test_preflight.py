@@ -65,10 +65,9 @@ REFUSED = [
     (["--stale-after", "nan"], "--stale-after nan: give a finite number >= 0"),
     (["--stale-after", "inf"], "--stale-after inf: give a finite number >= 0"),
     (["--stale-after", "-1"], "--stale-after -1.0: give a finite number >= 0"),
-    (["--max-failures", "-1"], "--max-failures -1: give a finite number >= 0"),
-    (["--max-concurrent", "-1"], "--max-concurrent -1: give a finite number >= 1"),
     (["--gpus-per-trial", "-1"], "--gpus-per-trial -1.0: give a finite number >= 0"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial 0.0: give a finite number > 0"),
+    (["--gpus-per-trial", "inf"], "--gpus-per-trial inf: give a finite number >= 0"),
     (["--address", "127.0.0.1:1"], "cannot reach Ray at 127.0.0.1:1: Connection refused; start the Ray head "
                                    "(ray start --head --port 1)"),
     (["--address", "127.0.0.1:port"], "--address '127.0.0.1:port' is not HOST:PORT"),
