@@ -98,7 +98,10 @@ class DriverLoop:
                  traceback: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self._refresh()
+        try:
+            self._refresh()
+        except Exception as exc:  # noqa: BLE001 - a last progress refresh must not turn a finished run into an error
+            logger.warning("final progress refresh failed: %s", one_line(exc))
 
     def _refresh(self) -> None:
         if self.progress is not None:
