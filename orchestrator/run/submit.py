@@ -102,11 +102,13 @@ def claim_runnable(repo: Repository, owner: ClaimOwner, spec_hashes: Sequence[st
 def describe_holders(repo: Repository, spec_hashes: Sequence[str], driver: str, stale_after_s: float) -> str:
     """Who holds the trials this driver could not claim, and when (or how) they can be taken over."""
     here = socket.gethostname()
-    _, live = judge_holders(holders := repo.claim_holders(spec_hashes, driver))
+    holders = repo.claim_holders(spec_hashes, driver)
+    _, live = judge_holders(holders)
     now = utc_now()
     parts = []
     for holder in holders:
-        where = f"pid {holder.pid} on {'this host' if holder.host == here else holder.host or 'an unknown host'}"
+        host = "this host" if holder.host == here else holder.host
+        where = f"pid {holder.pid} on {host}" if holder.pid and host else f"claim {holder.driver}"
         if holder.driver in live:
             parts.append(f"{holder.trials} held by a live driver ({where}): let it finish, or stop it and resume")
             continue
