@@ -31,4 +31,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/report_speed.py
 
 clean:
-	rm -rf $(VENV) rtgrid-demo.sqlite* rtgrid_artifacts
+	rm -rf $(VENV) rtgrid_artifacts  # never the database (rtgrid.sqlite holds every result; delete it by hand)

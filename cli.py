@@ -70,6 +70,28 @@ def timeout_option(func: F) -> F:
     return option(limited)  # type: ignore[return-value]
 
 
+def experiment_option(func: F) -> F:
+    return click.option("-e", "--experiment", type=EXPERIMENT, default=None, help="Experiment name.")(func)
+
+
+def experiment_argument(func: F) -> F:
+    """The experiment as `-e/--experiment NAME` (the convention everywhere) or positionally (the older spelling)."""
+    func = experiment_option(func)
+    return click.argument("experiment_arg", type=EXPERIMENT, metavar="[EXPERIMENT]", required=False)(func)
+
+
+def _one_experiment(positional: str | None, option: str | None, *, required: bool = True) -> str | None:
+    """The experiment, given as `-e/--experiment NAME` (the convention) or positionally (the older spelling)."""
+    from orchestrator.errors import UserError
+
+    if positional is not None and option is not None and positional != option:
+        raise UserError(f"two experiments given ({positional!r} and --experiment {option!r}): give one")
+    name = option if option is not None else positional
+    if name is None and required:
+        raise UserError("give the experiment: -e/--experiment NAME")
+    return name
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -151,27 +173,40 @@ def grid() -> None:
 
 
 @grid.command("list")
-def grid_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def grid_list(as_json: bool) -> None:
     """The grid presets with their trial counts."""
-    from orchestrator.plan.grids import iter_presets
+    from orchestrator.plan.grids import PRESETS, iter_presets
 
+    if as_json:
+        grids = [PRESETS[name]() for name in PRESETS]
+        click.echo(json.dumps([{"name": g.name, "trials": len(g.specs), "description": g.description}
+                               for g in grids], indent=2))
+        return
     for name, line in iter_presets():
         click.echo(f"{name:<20}{line}")
 
 
 @grid.command("show")
-@click.argument("name")
+@click.argument("name", metavar="NAME|FILE")
 @click.option("--count", is_flag=True, help="Print only the number of trials.")
+@click.option("--specs", is_flag=True, help="List every spec: index (run-spec --index), hash, the fields that vary.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @max_specs_option
-def grid_show(name: str, count: bool, fmt: str, max_specs: int) -> None:
-    """Show a grid (preset NAME or YAML FILE): its size and a breakdown by axis."""
-    from orchestrator.console.views import format_breakdown
-    from orchestrator.plan.grids import breakdown, load_grid
+def grid_show(name: str, count: bool, specs: bool, fmt: str, as_json: bool, max_specs: int) -> None:
+    """Show a grid (preset NAME or YAML FILE): its size, cells and every axis (params.* included)."""
+    from orchestrator.console.views import format_breakdown, format_spec_rows
+    from orchestrator.plan.grids import breakdown, load_grid, spec_rows
 
     loaded = load_grid(name, max_specs)
+    fmt = "json" if as_json else fmt
     if count:
-        click.echo(len(loaded.specs))
+        click.echo(json.dumps({"trials": len(loaded.specs)}) if fmt == "json" else len(loaded.specs))
+        return
+    if specs:
+        rows = spec_rows(loaded)
+        click.echo(json.dumps(rows, indent=2) if fmt == "json" else format_spec_rows(rows))
         return
     info = breakdown(loaded.specs)
     if fmt == "json":
@@ -278,15 +313,86 @@ def _run_and_print(repo: Any, loaded: Any, experiment: str, options: Any, *, mus
                              f"{result.run.held_elsewhere or 'another driver holds them'}")
 
 
+def plan_options(func: F) -> F:
+    """Options of `rtgrid plan` (and `submit --dry-run`, its alias)."""
+    options = [
+        click.option("--gpu-hour-price", type=click.FloatRange(min=0), default=None,
+                     help="Price of one GPU-hour: prints the cost."),
+        click.option("--throughput", "throughput_file", type=click.Path(dir_okay=False), default=None,
+                     help="CSV of images/s per (arch, input_size, blocks) over the shipped table "
+                          "(orchestrator/plan/throughput.csv has the columns and where each figure comes from)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _print_plan(loaded: Any, data_root: str | None, throughput_file: str | None, price: float | None,
+                as_json: bool, db_url: str | None = None) -> None:
+    from orchestrator.console.plan_view import format_estimate
+    from orchestrator.console.preflight import completed_in_database, preflight
+    from orchestrator.plan.cost import read_throughput
+    from orchestrator.plan.estimate import estimate_grid, estimate_json
+    from orchestrator.plan.grids import Grid
+
+    table = read_throughput(throughput_file)
+    estimate = estimate_grid(loaded, table, price)
+    checks = preflight(loaded, data_root)
+    try:
+        done = completed_in_database(loaded, db_url)
+    except Exception as exc:  # a plan never needs the database: say why it was not read, and go on
+        from orchestrator.errors import USER_ERRORS, one_line
+
+        if not isinstance(exc, USER_ERRORS):
+            raise
+        done = None
+        estimate.notes.append(f"database not read ({one_line(exc)}): completed specs are not counted out")
+    to_run = None
+    if done:
+        rest = Grid(loaded.name, loaded.description, [s for s in loaded.specs if s.spec_hash not in done])
+        to_run = estimate_grid(rest, table, price)
+    if as_json:
+        data = estimate_json(estimate)
+        data["preflight"] = [{"ok": c.ok, "what": c.what, "detail": c.detail} for c in checks]
+        data["already_completed"] = None if done is None else len(done)
+        data["to_run"] = None if to_run is None else estimate_json(to_run)["total"]
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(format_estimate(estimate, checks, len(done) if done else None, to_run))
+
+
 @main.command()
 @click.argument("grid_name", metavar="NAME|FILE")
-@click.option("--experiment", type=EXPERIMENT, default=None, help="Experiment name (default: the grid's name).")
-@click.option("--dry-run", is_flag=True, help="Record the experiment and its pending trials; run nothing.")
+@click.option("--data-root", default=None, envvar="RTGRID_DATA", help="Dataset root to check ($RTGRID_DATA).")
+@plan_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--db", "db_url", default=None,
+              help=f"{DB_HELP[:-1]}: when it exists, specs completed there are counted out; read only, never created.")
+@max_specs_option
+def plan(grid_name: str, data_root: str | None, gpu_hour_price: float | None, throughput_file: str | None,
+         as_json: bool, db_url: str | None, max_specs: int) -> None:
+    """What a grid (preset NAME or YAML FILE) would run and cost; writes nothing.
+
+    Trials per stage, training and evaluation image-steps, GPU-hours at the images/s of a throughput table,
+    the cost at --gpu-hour-price, the longest trial, and whether the datasets and source weights are where
+    the workers look (on this machine).
+    """
+    from orchestrator.plan.grids import load_grid
+
+    _print_plan(load_grid(grid_name, max_specs), data_root, throughput_file, gpu_hour_price, as_json, db_url)
+
+
+@main.command()
+@click.argument("grid_name", metavar="NAME|FILE")
+@click.option("-e", "--experiment", type=EXPERIMENT, default=None, help="Experiment name (default: the grid's name).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (`rtgrid plan`) and write nothing.")
+@click.option("--record-only", is_flag=True, help="Record the experiment and its pending trials; run nothing.")
+@plan_options
 @max_specs_option
 @db_option
 @run_options
-def submit(grid_name: str, experiment: str | None, dry_run: bool, max_specs: int, db_url: str | None,
-           **run: Any) -> None:
+def submit(grid_name: str, experiment: str | None, dry_run: bool, record_only: bool, gpu_hour_price: float | None,
+           throughput_file: str | None, max_specs: int, db_url: str | None, **run: Any) -> None:
     """Run a grid (preset NAME or YAML FILE): every spec not already completed."""
     from orchestrator.console.store import open_repository
     from orchestrator.console.views import format_plan
@@ -296,9 +402,12 @@ def submit(grid_name: str, experiment: str | None, dry_run: bool, max_specs: int
 
     loaded = load_grid(grid_name, max_specs)
     name = experiment or check_experiment_name(loaded.name, "grid name", " (or name the experiment: --experiment)")
-    options = None if dry_run else _checked_options(db_url, run)
-    repo = open_repository(db_url, write=True)
     if dry_run:
+        _print_plan(loaded, run["data_root"], throughput_file, gpu_hour_price, False, db_url)
+        return
+    options = None if record_only else _checked_options(db_url, run)
+    repo = open_repository(db_url, write=True)
+    if record_only:
         result = plan_only(repo, loaded, name)
         click.echo(format_plan(name, result))
         if result.new == 0:
@@ -308,84 +417,121 @@ def submit(grid_name: str, experiment: str | None, dry_run: bool, max_specs: int
 
 
 @main.command()
-@click.argument("experiment", type=EXPERIMENT)
+@experiment_argument
 @db_option
 @run_options
-def resume(experiment: str, db_url: str | None, **run: Any) -> None:
+def resume(experiment_arg: str | None, experiment: str | None, db_url: str | None, **run: Any) -> None:
     """Run again what an experiment has not completed (failed, interrupted, pending)."""
     from orchestrator.console.store import open_repository
     from orchestrator.run.submit import grid_for_experiment
 
+    name = _one_experiment(experiment_arg, experiment)
+    assert name is not None
     options = _checked_options(db_url, run)
     repo = open_repository(db_url, write=True)
-    _run_and_print(repo, grid_for_experiment(repo, experiment), experiment, options, must_finish=True)
+    _run_and_print(repo, grid_for_experiment(repo, name), name, options, must_finish=True)
 
 
 @main.command()
-@click.argument("experiment", type=EXPERIMENT)
-@click.option("--failed", "statuses", flag_value=TrialStatus.FAILED.value, default=True,
-              help="Retry failed trials (default).")
-@click.option("--cancelled", "statuses", flag_value=TrialStatus.CANCELLED.value, help="Retry cancelled trials.")
+@experiment_argument
+@click.option("--failed", is_flag=True, help="Retry failed trials (the default when neither flag is given).")
+@click.option("--cancelled", is_flag=True, help="Retry cancelled trials (with --failed: both).")
 @db_option
 @run_options
-def retry(experiment: str, statuses: str, db_url: str | None, **run: Any) -> None:
-    """Reset an experiment's failed (or cancelled) trials to pending and run them."""
+def retry(experiment_arg: str | None, experiment: str | None, failed: bool, cancelled: bool, db_url: str | None,
+          **run: Any) -> None:
+    """Reset an experiment's failed and/or cancelled trials to pending and run them."""
     from orchestrator.console.store import open_repository
     from orchestrator.run.submit import grid_for_experiment
 
+    name = _one_experiment(experiment_arg, experiment)
+    assert name is not None
+    statuses = [s.value for s, wanted in ((TrialStatus.FAILED, failed or not cancelled),
+                                          (TrialStatus.CANCELLED, cancelled)) if wanted]
     options = _checked_options(db_url, run)  # before any trial is reset
     repo = open_repository(db_url, write=True)
-    loaded = grid_for_experiment(repo, experiment)
-    experiment_id = repo.experiment_id(experiment)
+    loaded = grid_for_experiment(repo, name)
+    experiment_id = repo.experiment_id(name)
     assert experiment_id is not None  # grid_for_experiment refused an unknown experiment
-    reset = repo.reset_for_retry(experiment_id, statuses=(statuses,))
-    click.echo(f"{reset} {statuses} trials reset to pending")
-    _run_and_print(repo, loaded, experiment, options, must_finish=True)
+    reset = repo.reset_for_retry(experiment_id, statuses=statuses)
+    click.echo(f"{reset} {' or '.join(statuses)} trials reset to pending")
+    _run_and_print(repo, loaded, name, options, must_finish=True)
 
 
 @main.command()
-@click.argument("experiment", type=EXPERIMENT)
+@experiment_argument
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @db_option
-def cancel(experiment: str, db_url: str | None) -> None:
-    """Mark an experiment's pending and running trials cancelled (a running driver stops)."""
+def cancel(experiment_arg: str | None, experiment: str | None, yes: bool, db_url: str | None) -> None:
+    """Mark an experiment's pending and running trials cancelled (a running driver stops). Asks first."""
     from orchestrator.console.store import open_repository
     from orchestrator.errors import UserError
 
+    name = _one_experiment(experiment_arg, experiment)
     repo = open_repository(db_url, write=True)
-    experiment_id = repo.experiment_id(experiment)
+    experiment_id = repo.experiment_id(str(name))
     if experiment_id is None:
-        raise UserError(f"unknown experiment {experiment!r}")
+        raise UserError(f"unknown experiment {name!r}")
+    if not yes:
+        counts = repo.status_counts(name)
+        active = sum(counts.get(s, 0) for s in (TrialStatus.PENDING, TrialStatus.RUNNING))
+        click.confirm(f"cancel experiment {name!r}: {active} pending or running trials (shared ones too)?",
+                      abort=True, err=True)
     click.echo(f"{repo.cancel_experiment(experiment_id)} trials cancelled")
 
 
 @main.command()
-@click.argument("experiment", type=EXPERIMENT, required=False)
-@db_option
+@experiment_argument
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--watch", is_flag=True, help="A live view, refreshed until nothing is pending or running (Ctrl-C "
+                                            "stops it).")
+@click.option("--interval", type=click.FloatRange(min=0.5), default=2.0, show_default=True,
+              help="Seconds between --watch refreshes.")
+@click.option("--failures", type=click.IntRange(min=0), default=5, show_default=True,
+              help="How many of the latest failures to show.")
+@readonly_db_option
 @timeout_option
-def status(experiment: str | None, db_url: str | None) -> None:
-    """Trial counts by status (one experiment or all), throughput and ETA."""
-    from orchestrator.console.status import status_report
+def status(experiment_arg: str | None, experiment: str | None, as_json: bool, watch: bool, interval: float,
+           failures: int, db_url: str | None) -> None:
+    """Stages and cells by state, running trials, the latest failures, throughput and an ETA weighted by
+    image-steps (one experiment, or all)."""
+    from orchestrator.console import status as view
     from orchestrator.console.store import open_repository
 
-    click.echo(status_report(open_repository(db_url, write=False), experiment))
+    name = _one_experiment(experiment_arg, experiment, required=False)
+    repo = open_repository(db_url, write=False)
+    if watch and as_json:
+        from orchestrator.errors import UserError
+
+        raise UserError("--watch is a live view; --json prints one snapshot: give one of them")
+    if watch:
+        view.watch(lambda: view.status_view(repo, name, failures), interval)
+        return
+    data = view.status_view(repo, name, failures)
+    click.echo(view.status_json(data) if as_json else view.format_status_view(data))
 
 
 @main.command("run-spec")
-@click.option("--preset", "grid_name", required=True, help="Grid preset or YAML file holding the spec.")
-@click.option("--index", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Position of the spec in the grid.")
+@click.option("--preset", "grid_name", default=None, help="Grid preset or YAML file holding the spec.")
+@click.option("--index", type=click.IntRange(min=0), default=None,
+              help="Position of the spec in the grid (default 0; see grid show --specs).")
+@click.option("--hash", "spec_hash", default=None,
+              help="The spec's hash (6+ leading characters): in the --preset grid, or without --preset the trial "
+                   "of that hash in the database (e.g. a failed one).")
 @click.option("--data-root", default=None, envvar="RTGRID_DATA")
 @click.option("--artifacts", default="rtgrid_artifacts", envvar="RTGRID_ARTIFACTS", show_default=True)
 @click.option("--source-path", default=None, help="Checkpoint file for the spec's source.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: all cores).")
 @click.option("--download", is_flag=True, help="Allow torchvision to download missing datasets.")
 @max_specs_option
-def run_spec(grid_name: str, index: int, data_root: str | None, artifacts: str, source_path: str | None,
-             threads: int | None, download: bool, max_specs: int) -> None:
-    """Run one spec's kernel here and print its per-epoch metrics (no Ray, no database)."""
-    from orchestrator.console.debug import run_one_spec
+@readonly_db_option
+def run_spec(grid_name: str | None, index: int | None, spec_hash: str | None, data_root: str | None, artifacts: str,
+             source_path: str | None, threads: int | None, download: bool, max_specs: int, db_url: str | None) -> None:
+    """Run one spec's kernel here and print its per-epoch metrics (no Ray; writes no database)."""
+    from orchestrator.console.debug import choose_spec, run_one_spec
 
-    for line in run_one_spec(grid_name, index, data_root, artifacts, source_path, threads, download, max_specs):
+    chosen = choose_spec(grid_name, index, spec_hash, db_url, max_specs)
+    for line in run_one_spec(chosen, data_root, artifacts, source_path, threads, download):
         click.echo(line)
 
 
@@ -409,7 +555,7 @@ def sources_convert(input_path: str, output_path: str) -> None:
 
 
 @main.command()
-@click.option("--db", "db_url", default=None, help="Database URL (default: sqlite:///rtgrid-demo.sqlite).")
+@db_option
 @click.option("--artifacts", default="rtgrid_artifacts", show_default=True)
 @click.option("--quiet", is_flag=True)
 def demo(db_url: str | None, artifacts: str, quiet: bool) -> None:
@@ -431,7 +577,7 @@ def er() -> None:
 @er.command("fit")
 @click.option("--id", "id_dataset", required=True, help="ID dataset, e.g. cifar10.")
 @click.option("--ood", "ood_dataset", required=True, help="OOD set, e.g. cifar10.1.")
-@click.option("--experiment", type=EXPERIMENT, default=None,
+@click.option("-e", "--experiment", type=EXPERIMENT, default=None,
               help="The experiment whose trials get ER (only its trials of the fitted protocol). Alone: also the "
                    "testbed (its random-init runs; a circular fit, warned).")
 @click.option("--testbed-experiment", type=EXPERIMENT, default=None,
@@ -475,6 +621,57 @@ def er_fit(id_dataset: str, ood_dataset: str, experiment: str | None, testbed_ex
         click.echo(fit.describe())
 
 
+@main.group()
+def experiment() -> None:
+    """The experiments in the database: list, show, delete."""
+
+
+@experiment.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@readonly_db_option
+def experiment_list(as_json: bool, db_url: str | None) -> None:
+    """Every experiment with its grid and trial counts by status."""
+    from orchestrator.console.experiments import experiment_rows, format_experiment_rows
+    from orchestrator.console.store import open_repository
+
+    rows = experiment_rows(open_repository(db_url, write=False))
+    click.echo(json.dumps(rows, indent=2) if as_json else format_experiment_rows(rows))
+
+
+@experiment.command("show")
+@experiment_argument
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@readonly_db_option
+def experiment_show(experiment_arg: str | None, experiment: str | None, as_json: bool, db_url: str | None) -> None:
+    """One experiment: its grid, trial counts, how many trials it shares with other experiments."""
+    from orchestrator.console.experiments import experiment_detail, format_experiment_detail
+    from orchestrator.console.store import open_repository
+
+    name = str(_one_experiment(experiment_arg, experiment))
+    detail = experiment_detail(open_repository(db_url, write=False), name)
+    click.echo(json.dumps(detail, indent=2) if as_json else format_experiment_detail(detail))
+
+
+@experiment.command("delete")
+@experiment_argument
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@db_option
+def experiment_delete(experiment_arg: str | None, experiment: str | None, yes: bool, db_url: str | None) -> None:
+    """Delete an experiment and the trials only it holds (trials shared with other experiments are kept)."""
+    from orchestrator.console.experiments import delete_experiment, experiment_detail
+    from orchestrator.console.store import open_repository
+
+    name = str(_one_experiment(experiment_arg, experiment))
+    repo = open_repository(db_url, write=True)
+    detail = experiment_detail(repo, name)
+    if not yes:
+        click.confirm(f"delete experiment {name!r}: {detail['trials'] - detail['shared_with_other_experiments']} "
+                      f"trials and their epochs (keeping {detail['shared_with_other_experiments']} shared with other "
+                      "experiments)?", abort=True, err=True)
+    result = delete_experiment(repo, name)
+    click.echo(f"deleted experiment {name}: {result.deleted} trials removed, {result.kept_shared} shared trials kept")
+
+
 # --- results (read-only) -----------------------------------------------------------------
 def _subset(value: str | None) -> int | str | None:
     if value is None or value == "full":
@@ -514,7 +711,7 @@ def query(sql: str | None, fmt: str, schema: bool, db_url: str | None) -> None:
 
 
 @main.command()
-@click.argument("experiment", type=EXPERIMENT)
+@experiment_argument
 @click.option("--table", type=click.Choice(["trials", "epochs"]), default="trials", show_default=True,
               help="trials: one row per trial; epochs: one row per (trial, evaluation epoch).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
@@ -522,11 +719,14 @@ def query(sql: str | None, fmt: str, schema: bool, db_url: str | None) -> None:
               help="Output file (CSV goes to stdout without it).")
 @readonly_db_option
 @timeout_option
-def export(experiment: str, table: str, fmt: str, output: str | None, db_url: str | None) -> None:
+def export(experiment_arg: str | None, experiment: str | None, table: str, fmt: str, output: str | None,
+           db_url: str | None) -> None:
     """Export an experiment's trials or per-epoch metrics (fractions) as CSV or Parquet."""
     from orchestrator.results.export import export_frame, write_export
 
-    frame = export_frame(experiment, table, db_url)
+    name = _one_experiment(experiment_arg, experiment)
+    assert name is not None
+    frame = export_frame(name, table, db_url)
     text = write_export(frame, fmt, output)
     if text is not None:
         click.echo(text, nl=False)
@@ -535,20 +735,40 @@ def export(experiment: str, table: str, fmt: str, output: str | None, db_url: st
 
 
 def _report_names() -> list[str]:
-    return ["utrera-table7", "utrera-blocks", "renofeation", "er", "demo"]
+    from orchestrator.results.reports import REPORTS
+
+    return list(REPORTS)
+
+
+def _known_name(what: str, name: str, known: list[str]) -> str:
+    """A report / plot name, or one line with a "did you mean" (not Click's multi-line usage)."""
+    if name not in known:
+        from orchestrator.errors import UserError
+        from orchestrator.results.reports import unknown_name_message
+
+        raise UserError(unknown_name_message(what, name, known))
+    return name
+
+
+WHERE_HELP = ("Only trials where COLUMN=VALUE[,VALUE…] or COLUMN!=VALUE, on a key column (kind, arch, source, "
+              "dataset, ood, method, blocks, subset_size, seed, epochs; null, or full for subset_size); repeatable.")
 
 
 @main.command()
-@click.argument("name", type=click.Choice(_report_names()))
-@click.option("--experiment", type=EXPERIMENT, required=True, help="Experiment name.")
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table",
-              show_default=True, help="csv: the report's data in long form, accuracies as fractions.")
+@click.argument("name", metavar="NAME")
+@click.option("-e", "--experiment", "experiments", type=EXPERIMENT, multiple=True, required=True,
+              help="Experiment name; repeat it to put experiments side by side.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "latex", "csv", "json"]), default="table",
+              show_default=True, help="csv: the report's data in long form, accuracies as fractions; json: the "
+                                      "tables as shown and that data; latex: booktabs tables.")
+@click.option("--where", "where", multiple=True, help=WHERE_HELP)
 @click.option("--blocks", type=click.IntRange(min=0), default=None,
               help="Fine-tuned blocks (utrera-table7; default 3).")
 @readonly_db_option
 @timeout_option
-def report(name: str, experiment: str, fmt: str, blocks: int | None, db_url: str | None) -> None:
-    """Print one of the papers' tables for an experiment (percentages; ER in pp).
+def report(name: str, experiments: tuple[str, ...], fmt: str, where: tuple[str, ...], blocks: int | None,
+           db_url: str | None) -> None:
+    """Print one of the papers' tables for an experiment (percentages with ± 95% CI and (runs); ER in pp).
 
     \b
     utrera-table7  mean test accuracy by target x subset size and source (± 95% CI, * = best)
@@ -557,28 +777,35 @@ def report(name: str, experiment: str, fmt: str, blocks: int | None, db_url: str
     er             per-epoch ER binned by ID accuracy, per architecture and init
     demo           the demo's closing tables and the SQL behind the first
     """
-    from orchestrator.results.reports import build_report, render
+    from orchestrator.results.reports import build_reports, render
 
-    click.echo(render(build_report(name, experiment, db_url, blocks), fmt))
+    _known_name("report", name, _report_names())
+    click.echo(render(build_reports(name, list(experiments), db_url, blocks, where), fmt))
 
 
 def _plot_names() -> list[str]:
-    return ["accuracy-delta", "learning-curve", "blocks", "asr-vs-clean", "er"]
+    from orchestrator.results.plots import PLOTS
+
+    return list(PLOTS)
 
 
 @main.command()
-@click.argument("name", type=click.Choice(_plot_names()))
-@click.option("--experiment", type=EXPERIMENT, required=True, help="Experiment name.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.argument("name", metavar="NAME")
+@click.option("-e", "--experiment", type=EXPERIMENT, required=True, help="Experiment name.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="File to write: .png, .pdf or .svg (the extension picks the format).")
+@click.option("--dpi", type=click.IntRange(min=20, max=1200), default=150, show_default=True,
+              help="Resolution of a PNG (PDF and SVG stay vector).")
+@click.option("--where", "where", multiple=True, help=WHERE_HELP)
 @click.option("--blocks", type=click.IntRange(min=0), default=None,
               help="Fine-tuned blocks (accuracy-delta, learning-curve; default 3).")
 @click.option("--subset-size", default=None, help="Training images (learning-curve, blocks; an integer or 'full'; "
                                                   "default the smallest).")
 @readonly_db_option
 @timeout_option
-def plot(name: str, experiment: str, output: str, blocks: int | None, subset_size: str | None,
-         db_url: str | None) -> None:
-    """Draw one of the papers' figures for an experiment as a PNG.
+def plot(name: str, experiment: str, output: str, dpi: int, where: tuple[str, ...], blocks: int | None,
+         subset_size: str | None, db_url: str | None) -> None:
+    """Draw one of the papers' figures for an experiment as PNG, PDF or SVG.
 
     \b
     accuracy-delta  robust − natural test accuracy vs training images (Utrera Fig. 2b)
@@ -589,9 +816,10 @@ def plot(name: str, experiment: str, output: str, blocks: int | None, subset_siz
     """
     from orchestrator.results.plots import check_output, make_plot, save_plot
 
+    _known_name("plot", name, _plot_names())
     check_output(output)
-    figure = make_plot(name, experiment, db_url, blocks=blocks, subset_size=_subset(subset_size))
-    click.echo(f"wrote {save_plot(figure, output)}")
+    figure = make_plot(name, experiment, db_url, blocks=blocks, subset_size=_subset(subset_size), where=where)
+    click.echo(f"wrote {save_plot(figure, output, dpi)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

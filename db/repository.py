@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, RowMapping, and_, bindparam, func, literal, or_, select, true, update
+from sqlalchemy import Connection, Engine, RowMapping, and_, bindparam, delete, func, literal, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from db.lifecycle import TrialWriter, aware, chunks, table_of, utc_now
@@ -65,6 +65,14 @@ class GridConflict(Exception):
 
 
 @dataclass(frozen=True)
+class DeleteResult:
+    """What deleting an experiment did."""
+
+    deleted: int  # trials only this experiment linked: removed with their epochs
+    kept_shared: int  # trials another experiment also links: kept
+
+
+@dataclass(frozen=True)
 class PlanResult:
     """What planning a grid into an experiment did (counts of distinct specs)."""
 
@@ -93,6 +101,19 @@ class Throughput:
         return self.completed * 3600.0 / self.window_s if self.window_s > 0 else 0.0
 
 
+
+
+class TrialProgress(NamedTuple):
+    """What `rtgrid status` shows of one trial."""
+
+    spec_hash: str
+    spec_json: str
+    status: str
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+    last_epoch: int | None  # the latest recorded evaluation epoch
 
 
 def _values(row: RowMapping) -> dict[str, Any]:
@@ -197,6 +218,35 @@ class Repository:
         with self._read() as connection:
             row = connection.execute(select(EXPERIMENTS).where(EXPERIMENTS.c.name == name)).one_or_none()
         return None if row is None else ExperimentRecord(**_values(row._mapping))
+
+    def delete_experiment(self, experiment_id: int) -> DeleteResult:
+        """Remove the experiment, its links, and the trials (with their epochs) no other experiment links.
+
+        Trials another experiment also links are kept, whatever their status: they are that experiment's
+        results too. One transaction. Refused (ValueError) while a trial of the experiment is running.
+        """
+        others = select(LINKS.c.trial_id).where(LINKS.c.experiment_id != experiment_id)
+        mine = select(LINKS.c.trial_id).where(LINKS.c.experiment_id == experiment_id)
+        with self._write() as connection:
+            running = connection.execute(select(func.count()).select_from(TRIALS).where(
+                TRIALS.c.id.in_(mine), TRIALS.c.status == TrialStatus.RUNNING.value)).scalar_one()
+            if running:
+                raise ValueError(f"{running} of its trials are {TrialStatus.RUNNING.value}")
+            exclusive = [int(i) for i in connection.execute(
+                select(TRIALS.c.id).where(TRIALS.c.id.in_(mine), TRIALS.c.id.not_in(others))).scalars()]
+            shared = connection.execute(select(func.count()).select_from(TRIALS).where(
+                TRIALS.c.id.in_(mine), TRIALS.c.id.in_(others))).scalar_one()
+            connection.execute(delete(LINKS).where(LINKS.c.experiment_id == experiment_id))
+            for chunk in chunks(exclusive):
+                connection.execute(delete(EPOCHS).where(EPOCHS.c.trial_id.in_(chunk)))
+                connection.execute(delete(TRIALS).where(TRIALS.c.id.in_(chunk)))
+            connection.execute(delete(EXPERIMENTS).where(EXPERIMENTS.c.id == experiment_id))
+        return DeleteResult(deleted=len(exclusive), kept_shared=int(shared))
+
+    def shared_trial_counts(self, experiment_id: int) -> dict[str, int]:
+        """The experiment's trials by status that another experiment also links (kept by a delete)."""
+        others = select(LINKS.c.trial_id).where(LINKS.c.experiment_id != experiment_id)
+        return self._counts(and_(self._experiment_filter(experiment_id), TRIALS.c.id.in_(others)))
 
     def plan_trials(self, experiment_id: int, rows: Sequence[Mapping[str, Any]]) -> PlanResult:
         """Insert new specs as pending, link every spec to the experiment, count what existed.
@@ -512,6 +562,21 @@ class Repository:
         if count and first_start is not None:
             window = min(window, max(60.0, (now - first_start).total_seconds()))
         return Throughput(int(count), window, float(mean_duration) if mean_duration is not None else None)
+
+    def trial_progress(self, experiment: str | None = None) -> list[TrialProgress]:
+        """Every trial of the experiment (or all) with its status, times, worker and latest epoch."""
+        last = (select(EPOCHS.c.trial_id, func.max(EPOCHS.c.epoch).label("last_epoch"))
+                .group_by(EPOCHS.c.trial_id).subquery())
+        query = (
+            select(TRIALS.c.spec_hash, TRIALS.c.spec_json, TRIALS.c.status, TRIALS.c.error, TRIALS.c.started_at,
+                   TRIALS.c.finished_at, TRIALS.c.worker, last.c.last_epoch)
+            .outerjoin(last, last.c.trial_id == TRIALS.c.id)
+            .where(self._experiment_filter(experiment))
+            .order_by(TRIALS.c.id)
+        )
+        with self._read() as connection:
+            return [TrialProgress(str(h), str(j), str(s), e, aware(a), aware(b), w, None if n is None else int(n))
+                    for h, j, s, e, a, b, w, n in connection.execute(query)]
 
     def completed_per_hour(self, experiment: str | None = None) -> float:
         return self.throughput(experiment, minutes=60.0).per_hour

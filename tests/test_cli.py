@@ -1,4 +1,4 @@
-"""The `rtgrid` command line: dry-run planning at full scale, status, and one-line errors."""
+"""The `rtgrid` command line: recording a plan at full scale (--record-only), status, and one-line errors."""
 
 from __future__ import annotations
 
@@ -25,25 +25,25 @@ def _count(db_url: str, sql: str) -> int:
 def test_grid_show_count_and_breakdown() -> None:
     assert run_cli("grid", "show", "utrera2021", "--count").stdout.strip() == "14400"
     out = run_cli("grid", "show", "utrera2021").stdout
-    assert "4 source x 6 dataset x 4 blocks" in out and "150 (subset, seed) pairs per cell" in out
+    assert "cells: 96 = 4 source x 6 dataset x 4 blocks; 150 specs per cell" in out
     out = run_cli("grid", "list").stdout
     assert "utrera2021" in out and "14400" in out and "smoke" in out
 
 
 @pytest.mark.slow
-def test_dry_run_of_14400_specs_twice(db_url: str) -> None:
+def test_record_only_of_14400_specs_twice(db_url: str) -> None:
     started = time.perf_counter()
-    out = run_cli("submit", "utrera2021", "--dry-run", "--db", db_url).stdout
+    out = run_cli("submit", "utrera2021", "--record-only", "--db", db_url).stdout
     seconds = time.perf_counter() - started
-    print(f"dry-run of 14,400 specs: {seconds:.1f}s")
+    print(f"record-only of 14,400 specs: {seconds:.1f}s")
     assert "14400 new" in out
     assert _count(db_url, "SELECT count(*) FROM trials") == 14400
     assert _count(db_url, "SELECT count(*) FROM trials WHERE status = 'pending'") == 14400
-    out = run_cli("submit", "utrera2021", "--dry-run", "--db", db_url).stdout
+    out = run_cli("submit", "utrera2021", "--record-only", "--db", db_url).stdout
     assert "0 new" in out and "nothing new to record" in out
     assert _count(db_url, "SELECT count(*) FROM trials") == 14400
     # A second experiment over a subset of the same specs (Table 4's seeds) links, never duplicates.
-    out = run_cli("submit", "utrera2021-table4", "--dry-run", "--db", db_url).stdout
+    out = run_cli("submit", "utrera2021-table4", "--record-only", "--db", db_url).stdout
     assert "12576 trials — 0 new" in out and "12576 already pending" in out
     assert _count(db_url, "SELECT count(*) FROM experiments") == 2
     assert _count(db_url, "SELECT count(*) FROM trials") == 14400
@@ -68,13 +68,13 @@ def test_second_experiment_links_the_specs_it_shares(db_url: str, tmp_path: Path
     """B shares 4 of its 6 specs with A: those are linked (A's trial rows, still completed), 2 are new."""
     (tmp_path / "a.yaml").write_text(GRID_A)
     (tmp_path / "b.yaml").write_text(GRID_B)
-    out = run_cli("submit", str(tmp_path / "a.yaml"), "--dry-run", "--db", db_url).stdout
+    out = run_cli("submit", str(tmp_path / "a.yaml"), "--record-only", "--db", db_url).stdout
     assert "8 new" in out
     engine = create_engine(normalise_url(db_url))
     with engine.begin() as connection:  # as if A had run
         connection.execute(text("UPDATE trials SET status = 'completed', attempts = 1, test_acc = 0.5"))
     engine.dispose()
-    out = run_cli("submit", str(tmp_path / "b.yaml"), "--dry-run", "--db", db_url).stdout
+    out = run_cli("submit", str(tmp_path / "b.yaml"), "--record-only", "--db", db_url).stdout
     assert "6 trials — 2 new, 4 already completed" in out, out
     assert _count(db_url, "SELECT count(*) FROM trials") == 10
     links = ("SELECT count(*) FROM experiment_trials et JOIN experiments e ON e.id = et.experiment_id "
@@ -104,7 +104,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_db_unchanged(db_url: str, tmp_p
         "{type}": "fixed: {arch: x, method: finetune, epochs: one, source: scratch, dataset: d}\naxes: {seed: [0]}\n",
     }
     # a database that already holds an experiment with trials, one of them completed with epochs
-    run_cli("submit", "smoke", "--dry-run", "--db", db_url)
+    run_cli("submit", "smoke", "--record-only", "--db", db_url)
     _complete_one_trial(db_url)
     before = db_fingerprint(db_url)
     resolved = []
@@ -134,7 +134,7 @@ def _complete_one_trial(db_url: str) -> None:
 
 def test_the_unchanged_check_can_fail(db_url: str) -> None:
     """The fingerprint sees a single changed value (not only row counts or file sizes)."""
-    run_cli("submit", "smoke", "--dry-run", "--db", db_url)
+    run_cli("submit", "smoke", "--record-only", "--db", db_url)
     before = db_fingerprint(db_url)
     engine = create_engine(normalise_url(db_url))
     with engine.begin() as connection:
@@ -145,7 +145,7 @@ def test_the_unchanged_check_can_fail(db_url: str) -> None:
 
 def test_readers_refuse_a_database_at_another_revision(db_url: str, tmp_path: Path) -> None:
     """query / export / report / plot check the schema revision as writers do (one line, exit 2)."""
-    run_cli("submit", "smoke", "--dry-run", "--experiment", "s", "--db", db_url)
+    run_cli("submit", "smoke", "--record-only", "--experiment", "s", "--db", db_url)
     engine = create_engine(normalise_url(db_url))
     with engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = 'ffffeeee0000'"))
@@ -176,9 +176,40 @@ def test_unreachable_database_is_one_line() -> None:
 
 def test_cancel_marks_pending_trials_and_status_counts_them(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'c.db'}"
-    run_cli("submit", "smoke", "--dry-run", "--experiment", "s", "--db", db)
-    out = run_cli("cancel", "s", "--db", db).stdout
+    run_cli("submit", "smoke", "--record-only", "--experiment", "s", "--db", db)
+    out = run_cli("cancel", "s", "--yes", "--db", db).stdout
     assert out.strip() == "61 trials cancelled"
     out = run_cli("status", "s", "--db", db).stdout
-    assert "cancelled 61" in out and "pending 0" in out and "eta: done" in out
-    run_cli("cancel", "nope", "--db", db, expect=2)
+    assert "cancelled 61" in out and "pending 0" in out
+    assert "eta: done" not in out and "eta: none: nothing is scheduled, 61 trials are cancelled" in out
+    run_cli("cancel", "nope", "--yes", "--db", db, expect=2)
+
+
+def test_cancel_asks_first_and_no_changes_nothing(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    run_cli("submit", "smoke", "--record-only", "-e", "s", "--db", db)
+    declined = CliRunner().invoke(main, ["cancel", "-e", "s", "--db", db], input="n\n")
+    assert declined.exit_code == 1 and "cancel experiment 's': 61 pending or running trials" in declined.output
+    assert _count(db, "SELECT count(*) FROM trials WHERE status = 'pending'") == 61
+    accepted = CliRunner().invoke(main, ["cancel", "s", "--db", db], input="y\n")
+    assert accepted.exit_code == 0 and "61 trials cancelled" in accepted.stdout
+
+
+def test_retry_takes_failed_and_cancelled_together(tmp_path: Path) -> None:
+    """`retry --failed --cancelled` resets both (Click's flag_value kept only the last flag)."""
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    run_cli("submit", "smoke", "--record-only", "-e", "s", "--db", db)
+    engine = create_engine(normalise_url(db))
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE trials SET status = 'failed' WHERE id <= 2"))
+        connection.execute(text("UPDATE trials SET status = 'cancelled' WHERE id > 2"))
+    engine.dispose()
+    # an unusable --artifacts stops the run after the reset: the reset is what this test reads
+    result = run_cli("retry", "-e", "s", "--failed", "--cancelled", "--artifacts", "ray://nowhere", "--db", db,
+                     expect=None)
+    assert "61 failed or cancelled trials reset to pending" in result.stdout, result.output
+    assert _count(db, "SELECT count(*) FROM trials WHERE status = 'pending'") == 61

@@ -28,7 +28,7 @@ def _lines(text: str) -> list[str]:
 @pytest.fixture
 def sqlite_db(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'e.db'}"
-    assert _invoke("submit", "smoke", "--dry-run", "--experiment", "s", "--db", url)[0] == 0
+    assert _invoke("submit", "smoke", "--record-only", "--experiment", "s", "--db", url)[0] == 0
     return url
 
 
@@ -112,9 +112,9 @@ def test_verbosity_flags() -> None:
 
 def test_verbose_shows_info_logs_of_a_real_command(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'v.db'}"
-    code, _, err = _invoke("-v", "submit", "smoke", "--dry-run", "--db", url)
+    code, _, err = _invoke("-v", "submit", "smoke", "--record-only", "--db", url)
     assert code == 0 and "rtgrid: info: new database" in err
-    code, _, err = _invoke("submit", "smoke", "--dry-run", "--db", f"sqlite:///{tmp_path / 'w.db'}")
+    code, _, err = _invoke("submit", "smoke", "--record-only", "--db", f"sqlite:///{tmp_path / 'w.db'}")
     assert code == 0 and err == ""
 
 

@@ -101,7 +101,7 @@ YAML_CASES = [
          "is a preset's name", "give the file its own name",
          files={"mine.yaml": "name: smoke\n" + GOOD_FIXED + "axes: {seed: [0]}\n"}),
     Case("yaml-name-path-escape", ("submit", "{dir}/esc.yaml", "--dry-run", "--db", "{db}"),
-         "esc.yaml '../../../x'", "use 1-64 letters",
+         "esc.yaml:1 '../../../x'", "use 1-64 letters",  # file:line (grid-file errors name the line)
          files={"esc.yaml": "name: ../../../x\n" + GOOD_FIXED + "axes: {seed: [0]}\n"}),
     Case("yaml-name-escape-sequence", ("submit", "{dir}/ansi.yaml", "--dry-run", "--db", "{db}"),
          "'\\x1b[31mred'", "letters, digits",
@@ -140,7 +140,8 @@ OPTION_CASES = [
     Case("timeout-nan", ("status", "--timeout", "nan", "--db", "{db}"), "--timeout must be a positive"),
     Case("report-blocks-negative", ("report", "utrera-table7", "--experiment", "utrera-mini", "--blocks", "-1",
                                     "--db", "{db}"), "--blocks"),
-    Case("report-unknown", ("report", "nope", "--experiment", "x", "--db", "{db}"), "'nope' is not one of"),
+    Case("report-unknown", ("report", "nope", "--experiment", "x", "--db", "{db}"), "unknown report 'nope'",
+         "known: utrera-table7"),
     Case("plot-subset-text", ("plot", "learning-curve", "--experiment", "utrera-mini", "-o", "{dir}/x.png",
                               "--subset-size", "many", "--db", "{db}"), "--subset-size must be an integer"),
     Case("plot-output-missing-dir", ("plot", "er", "--experiment", "smoke-mini", "-o", "{dir}/no/such/x.png",
@@ -367,7 +368,7 @@ def test_sqlite_on_read_only_media(tmp_path: Path) -> None:
     source, mount = tmp_path / "src", tmp_path / "ro"
     source.mkdir()
     mount.mkdir()
-    run_cli("submit", "smoke", "--dry-run", "--db", f"sqlite:///{source / 'r.sqlite'}")
+    run_cli("submit", "smoke", "--record-only", "--db", f"sqlite:///{source / 'r.sqlite'}")
     url = f"sqlite:///{mount / 'r.sqlite'}"
     before = sorted((p.name, p.read_bytes()) for p in source.iterdir())
     rtgrid = f"{sys.executable} -c 'from cli import main; main()'"
@@ -391,7 +392,7 @@ def test_database_is_locked_names_the_file(tmp_path: Path) -> None:
     from orchestrator.console.store import close_all, explain_database_error, open_repository
 
     path = tmp_path / "locked.sqlite"
-    run_cli("submit", "smoke", "--dry-run", "--db", f"sqlite:///{path}")
+    run_cli("submit", "smoke", "--record-only", "--db", f"sqlite:///{path}")
     holder = sqlite3.connect(path)
     holder.execute("BEGIN IMMEDIATE")
     try:

@@ -242,7 +242,7 @@ def test_cancel_stops_a_running_driver(ray_local, db_url: str, grid_file: Path, 
                 break
             assert driver.poll() is None, driver.stderr.read() if driver.stderr else "driver exited"
             time.sleep(0.5)
-        cancel = subprocess.run([sys.executable, "-m", "cli", "cancel", "stop-me"], env=env, text=True,
+        cancel = subprocess.run([sys.executable, "-m", "cli", "cancel", "stop-me", "--yes"], env=env, text=True,
                                 capture_output=True, cwd=Path(__file__).resolve().parents[1])
         assert cancel.returncode == 0 and "trials cancelled" in cancel.stdout
         out, err = driver.communicate(timeout=120)  # the driver notices and stops by itself

@@ -56,12 +56,12 @@ def test_unknown_name_in_grid_file_is_one_line_exit_2_db_unchanged(db_url: str, 
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(_grid_text())
     bad.write_text(_grid_text(**{field: typo}))
-    code, _, err = _invoke("submit", str(good), "--dry-run", "--db", db_url)  # the database exists, with rows
+    code, _, err = _invoke("submit", str(good), "--record-only", "--db", db_url)  # the database exists, with rows
     assert code == 0, err
     fingerprint = db_fingerprint(db_url)
     before = _sqlite_files(db_url) if db_url.startswith("sqlite") else None
     assert before is None or before[Path(db_url).name]  # a real database file, not an empty one
-    for args in (["grid", "show", str(bad)], ["submit", str(bad), "--dry-run", "--db", db_url],
+    for args in (["grid", "show", str(bad)], ["submit", str(bad), "--record-only", "--db", db_url],
                  ["submit", str(bad), "--db", db_url]):
         code, out, err = _invoke(*args)
         lines = err.strip().splitlines()

@@ -21,7 +21,7 @@ EXPECTED = {  # first axes: (title contains, x label, y label)
     "accuracy-delta": ("l2-3 − natural, 3 fine-tuned blocks", "training images (log scale)", "Δ test accuracy (pp)"),
     "learning-curve": ("cifar10: 100 images, 3 fine-tuned blocks", "epoch", "test accuracy (%)"),
     "blocks": ("cifar10: 100 images", "fine-tuned residual blocks", "test accuracy (%)"),
-    "asr-vs-clean": ("Attack success rate vs clean accuracy", "clean test accuracy (%)",
+    "asr-vs-clean": ("one point per (method, dataset)", "clean test accuracy (%)",
                      "attack success rate, ASR (%)"),
     "er": ("Effective robustness during training", "ID test accuracy (%)", "effective robustness (pp)"),
 }
@@ -65,7 +65,7 @@ def test_plot_errors_are_one_line(results_sqlite: str, tmp_path: Path) -> None:
     cases = [
         ["accuracy-delta", "--experiment", "reno-mini", "-o", str(tmp_path / "a.png")],  # no natural at 3 blocks
         ["er", "--experiment", "nope", "-o", str(tmp_path / "b.png")],
-        ["er", "--experiment", "utrera-mini", "-o", str(tmp_path / "c.pdf")],
+        ["er", "--experiment", "utrera-mini", "-o", str(tmp_path / "c.jpg")],  # png, pdf or svg
         ["er", "--experiment", "utrera-mini", "-o", str(tmp_path / "missing" / "d.png")],
         ["learning-curve", "--experiment", "utrera-mini", "--subset-size", "123", "-o", str(tmp_path / "e.png")],
         ["blocks", "--experiment", "utrera-mini", "--subset-size", "lots", "-o", str(tmp_path / "f.png")],

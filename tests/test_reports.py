@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from cli_helpers import command, error_line, run_cli
+from cli_helpers import error_line, run_cli
 from results_data import (
     RANDOM_INIT,
     VARIANT_OF,
@@ -192,10 +192,14 @@ def test_report_command_formats_and_errors(results_sqlite: str) -> None:
         error_line(run_cli("report", *args, "--db", results_sqlite, expect=2))  # one "rtgrid: error:" line
 
 
-def test_cli_choices_match_the_registries() -> None:
-    report_choices = next(p for p in command("report").params if p.name == "name").type.choices
-    plot_choices = next(p for p in command("plot").params if p.name == "name").type.choices
-    assert list(report_choices) == list(REPORTS) and list(plot_choices) == list(PLOTS)
+def test_report_and_plot_names_come_from_the_registries_with_a_did_you_mean() -> None:
+    from cli import _plot_names, _report_names
+
+    assert _report_names() == list(REPORTS) and _plot_names() == list(PLOTS)
+    line = error_line(run_cli("report", "utrera-tabel7", "-e", "x", expect=2))  # one line, not Click's usage
+    assert "unknown report 'utrera-tabel7'; did you mean 'utrera-table7'?" in line
+    line = error_line(run_cli("plot", "learning-curv", "-e", "x", "-o", "x.png", expect=2))
+    assert "unknown plot 'learning-curv'; did you mean 'learning-curve'?" in line
 
 
 def test_stats_ci_and_pairing() -> None:

@@ -153,11 +153,11 @@ def test_preset_counts_and_unique_hashes(name: str, count: int) -> None:
     assert len({s.spec_hash for s in grid.specs}) == count
 
 
-def test_utrera_breakdown_is_4x4x6_with_150_pairs_per_cell() -> None:
+def test_utrera_breakdown_is_4x4x6_with_150_specs_per_cell() -> None:
     grid = load_grid("utrera2021")
     info = breakdown(grid.specs)
     assert info["factors"] == {"source": 4, "dataset": 6, "blocks": 4}
-    assert info["cells"] == 96 and info["pairs_per_cell"] == [150]
+    assert info["cells"] == info["full_product"] == 96 and info["specs_per_cell"] == [150, 150]
     seeds = sorted({s.seed for s in grid.specs})
     assert seeds == [utrera_seed(i) for i in range(20)]
     small = next(s for s in grid.specs if s.subset_size == 100)

@@ -21,10 +21,11 @@ from workers.errors import KernelInputError
 __all__ = [
     "ARCHS", "AUGMENT_RECIPES", "CORRUPTIONS", "CORRUPTION_SEVERITIES", "CatalogError", "DATASETS",
     "DATASET_PATTERNS", "Derived", "KERNEL_VERSION", "KINDS", "METHODS", "MethodTraits", "OOD_SETS",
-    "PARAMS", "Param", "RENOFEATION_CODE_METHODS", "SCRATCH", "SOURCE_SCHEMES", "check_arch", "check_augment",
+    "PARAMS", "Param", "RENOFEATION_CODE_METHODS", "SCRATCH", "SOURCE_SCHEMES", "SPLIT_SIZES",
+    "SYNTHETIC_DEFAULT_CLASSES", "SYNTHETIC_DEFAULT_TEST", "SYNTHETIC_DEFAULT_TRAIN", "check_arch", "check_augment",
     "check_choice", "check_dataset",
     "check_ood", "check_param", "check_source_scheme", "method", "methods", "param_default", "param_defaults",
-    "param_types",
+    "param_types", "split_size",
 ]
 
 # Bump when a kernel changes numerically: old results stay in the DB, new specs hash anew.
@@ -83,6 +84,39 @@ def check_dataset(name: object) -> str:
     if name in DATASETS or (isinstance(name, str) and any(p.match(name) for p in DATASET_PATTERNS.values())):
         return str(name)
     raise _unknown("dataset", name, DATASETS, DATASET_PATTERNS)
+
+
+# --- split sizes (what `rtgrid plan` counts before anything is loaded) --------------------------------
+
+# dataset -> (training images, test images) of the split the loaders read (workers/data): the published
+# sizes (SVHN: the train split only, no "extra"; Flowers-102: train + val, as the Renofeation code trains;
+# digits: the fixed stratified 70/30 split). A test-only set has no training split (None).
+SPLIT_SIZES: Mapping[str, tuple[int | None, int]] = MappingProxyType({
+    "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "svhn": (73_257, 26_032),
+    "fmnist": (60_000, 10_000), "kmnist": (60_000, 10_000), "mnist": (60_000, 10_000),
+    "cifar10.1": (None, 2_000),
+    "bird": (5_994, 5_794), "flower": (2_040, 6_149), "dog": (12_000, 8_580), "action": (4_000, 5_532),
+    "indoor": (5_360, 1_340),
+    "digits": (1_257, 540),
+})
+# Generated sets: the sizes follow the params num_classes / train_images (workers/data/embedded.py reads these).
+SYNTHETIC_DEFAULT_CLASSES: Mapping[str, int] = MappingProxyType(
+    {"synthetic-source": 20, "synthetic-target-a": 10, "synthetic-target-b": 10})
+SYNTHETIC_DEFAULT_TRAIN = 2000
+SYNTHETIC_DEFAULT_TEST = 1000  # at least 50 images per class
+
+
+def split_size(dataset: str, train: bool, params: Mapping[str, Any]) -> int | None:
+    """Images in a dataset's training or test split; None where only the files can tell (imagefolder:<path>)."""
+    if dataset in SYNTHETIC_DEFAULT_CLASSES:
+        classes = params.get("num_classes") or SYNTHETIC_DEFAULT_CLASSES[dataset]
+        if train:
+            return int(params.get("train_images") or SYNTHETIC_DEFAULT_TRAIN)
+        return max(SYNTHETIC_DEFAULT_TEST, 50 * int(classes))
+    sizes = SPLIT_SIZES.get(dataset)
+    if sizes is None:
+        return None
+    return sizes[0] if train else sizes[1]
 
 
 # --- OOD evaluation sets ---------------------------------------------------------------------------

@@ -13,13 +13,14 @@ from orchestrator.results.er import fit_from_experiment
 from orchestrator.run.runner import RunOptions
 from orchestrator.run.submit import submit
 
-DEMO_DB = "sqlite:///rtgrid-demo.sqlite"
 DEMO_EXPERIMENT = "smoke-demo"
 
 
 def run_demo(db_url: str | None, artifacts: str, quiet: bool, echo: Callable[[str], None]) -> int:
     """Run (or resume) the demo grid, fit ER baselines, print the closing tables. Returns failures."""
-    repo = open_repository(db_url or DEMO_DB, write=True)
+    # The one default every command reads (--db, else $RTGRID_DB, else sqlite:///rtgrid.sqlite): the README's
+    # commands after `make demo` read what the demo wrote.
+    repo = open_repository(db_url, write=True)
     grid = smoke()
     cpus = os.cpu_count() or 1
     options = RunOptions(artifacts=artifacts, cpus_per_trial=1.0, max_concurrent=cpus, quiet=quiet)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from db.models import STATUSES, TrialStatus
-from orchestrator.plan.grids import Grid
+from orchestrator.plan.grids import Grid, value_label
 
 if TYPE_CHECKING:
     from db.repository import PlanResult
@@ -16,21 +16,46 @@ if TYPE_CHECKING:
 def format_breakdown(grid: Grid, info: Mapping[str, Any]) -> str:
     lines = [f"{grid.name}: {grid.description}", f"trials: {info['total']}"]
     factors = info["factors"]
-    if factors:
+    if info["total"]:
+        low, high = info["specs_per_cell"]
+        per_cell = str(low) if low == high else f"{low}..{high}"
         product = " x ".join(f"{n} {axis}" for axis, n in factors.items())
-        pairs = info["pairs_per_cell"]
-        per_cell = str(pairs[0]) if len(pairs) == 1 else f"{pairs[0]}..{pairs[-1]}"
-        lines.append(f"cells: {info['cells']} = {product}; {per_cell} (subset, seed) pairs per cell")
+        if not factors:
+            shape = ""
+        elif info["cells"] == info["full_product"]:
+            shape = f" = {product}"
+        else:
+            shape = f", not a full product ({product} = {info['full_product']} combinations)"
+        lines.append(f"cells: {info['cells']}{shape}; {per_cell} specs per cell "
+                     f"(a cell: one {', '.join(info['cell_axes'])})")
     for axis, counts in info["axes"].items():
-        if len(counts) == 1 and axis not in factors:
+        if len(counts) == 1:
             (value, _), = counts.items()
-            lines.append(f"  {axis:<12} {value}")
+            lines.append(f"  {axis:<24} {value}")
             continue
         shown = ", ".join(f"{value} ({n})" for value, n in list(counts.items())[:12])
         more = f", … {len(counts) - 12} more" if len(counts) > 12 else ""
-        lines.append(f"  {axis:<12} {len(counts)} values: {shown}{more}")
+        lines.append(f"  {axis:<24} {len(counts)} values: {shown}{more}")
     lines.extend(f"note: {note}" for note in grid.notes)
     return "\n".join(lines)
+
+
+def format_spec_rows(rows: list[dict[str, Any]]) -> str:
+    """`grid show --specs`: index, the hash's first 12 characters, the fields that vary across the grid."""
+    if not rows:
+        return "no specs"
+    columns = [c for c in rows[0] if c not in ("index", "spec_hash")]
+
+    def cell(column: str, value: Any) -> str:
+        text = value_label(column, value)
+        return text[:17] if text.startswith("spec:") else text  # spec:<12 of the source trial's hash>
+
+    widths = {c: max(len(c), *(len(cell(c, r[c])) for r in rows)) for c in columns}
+    lines = ["index  spec_hash     " + "  ".join(c.ljust(widths[c]) for c in columns)]
+    for row in rows:
+        lines.append(f"{row['index']:>5}  {row['spec_hash'][:12]}  "
+                     + "  ".join(cell(c, row[c]).ljust(widths[c]) for c in columns))
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def format_plan(experiment: str, result: PlanResult) -> str:

@@ -500,17 +500,67 @@ def _read_yaml(path: Path) -> Any:
         loader.dispose()
 
 
-def _check_top_level(data: Any, path: Path) -> None:
+class _Lines:
+    """1-based line of each mapping key of a grid file, by key path: ("axes", "seed") -> 7. Errors cite
+    `file:line:` so that a mistake in a long grid file is found at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: dict[tuple[Any, ...], int] = {}
+        import yaml
+
+        try:
+            root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):  # _read_yaml already read and parsed it
+            return
+        self._walk(root, ())
+
+    def _walk(self, node: Any, prefix: tuple[Any, ...]) -> None:
+        import yaml
+
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else None
+                self.lines[(*prefix, name)] = key.start_mark.line + 1
+                self._walk(value, (*prefix, name))
+
+    def at(self, *keys: Any) -> str:
+        """`file:line` of the key path (its closest known parent), else `file`."""
+        for end in range(len(keys), 0, -1):
+            line = self.lines.get(tuple(str(k) for k in keys[:end]))
+            if line is not None:
+                return f"{self.path}:{line}"
+        return str(self.path)
+
+    def blame(self, message: str, sections: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]]) -> str | None:
+        """`file:line` of the first field a spec error names (by name, or by a string value), else None.
+        `sections`: (key path, its mapping) pairs, e.g. (("axes",), axes), (("fixed",), fixed)."""
+        for prefix, fields in sections:
+            for key, value in fields.items():
+                names = {f"'{key}'", f"'{str(key).removeprefix('params.')}'"}
+                values = value if prefix == ("axes",) and isinstance(value, list) else [value]
+                if any(n in message for n in names) or any(
+                        isinstance(v, str) and f"'{v}'" in message for v in values):
+                    return self.at(*prefix, key)
+                if key == "params" and isinstance(value, dict):
+                    found = self.blame(message, [((*prefix, "params"), value)])
+                    if found is not None:
+                        return found
+        return None
+
+
+def _check_top_level(data: Any, path: Path, lines: _Lines) -> None:
     if not isinstance(data, dict):
         raise GridError(f"{path}: a grid file must be a mapping with 'fixed' and 'axes'")
-    unknown = set(data) - _TOP_KEYS
+    at = lines.at
+    unknown = sorted(map(str, set(data) - _TOP_KEYS))
     if unknown:
-        raise GridError(f"{path}: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))} (known: "
+        raise GridError(f"{at(unknown[0])}: unknown top-level key(s) {', '.join(unknown)} (known: "
                         f"{', '.join(sorted(_TOP_KEYS))})")
     for key, (expected, what) in _TOP_TYPES.items():
         value = data.get(key)
         if value is not None and not isinstance(value, expected):
-            raise GridError(f"{path}: '{key}' must be {what}, got {_shown(value)}")
+            raise GridError(f"{at(key)}: '{key}' must be {what}, got {_shown(value)}")
 
 
 def _check_size(count: int, what: str, max_specs: int) -> None:
@@ -522,33 +572,39 @@ def _check_size(count: int, what: str, max_specs: int) -> None:
 def load_grid_file(path: str | Path, max_specs: int = DEFAULT_MAX_SPECS) -> Grid:
     path = Path(path)
     data = _read_yaml(path)
-    _check_top_level(data, path)
+    lines = _Lines(path)
+    _check_top_level(data, path, lines)
     grid_name = str(data.get("name") or path.stem)
     if data.get("name") is not None:  # chosen by the file's author: the default experiment name, so the same rule
-        check_experiment_name(grid_name, f"grid name in {path}")
+        check_experiment_name(grid_name, f"grid name in {lines.at('name')}")
     if grid_name in PRESETS:
         # An experiment holds one grid, known by its name: a file named like a preset would be planned into
         # the preset's experiment as if it were the preset. Refused rather than renamed behind the user's back.
-        raise GridError(f"{path}: grid name {grid_name!r} is a preset's name; give the file its own name "
-                        "(name: … in the file, or rename it)")
+        raise GridError(f"{lines.at('name')}: grid name {grid_name!r} is a preset's name; give the file its own "
+                        "name (name: … in the file, or rename it)")
     fixed = data.get("fixed") or {}
     axes = data.get("axes") or {}
     for axis, values in axes.items():
         if not isinstance(values, list) or not values:
-            raise GridError(f"{path}: axis {_shown(axis)} must be a non-empty list")
+            raise GridError(f"{lines.at('axes', axis)}: axis {_shown(axis)} must be a non-empty list")
         if axis not in SPEC_AXES and not str(axis).startswith("params."):
-            raise GridError(f"{path}: unknown axis {_shown(axis)} (known: {', '.join(SPEC_AXES)}, params.<name>)")
-    overlap = set(fixed) & set(axes)
+            raise GridError(f"{lines.at('axes', axis)}: unknown axis {_shown(axis)} (known: {', '.join(SPEC_AXES)}, "
+                            "params.<name>)")
+    overlap = sorted(map(str, set(fixed) & set(axes)))
     if overlap:
-        raise GridError(f"{path}: {', '.join(sorted(map(str, overlap)))} is both fixed and an axis")
+        raise GridError(f"{lines.at('axes', overlap[0])}: {', '.join(overlap)} is both fixed and an axis")
 
     named_sources: dict[str, TrialSpec] = {}
     for name, fields in (data.get("sources") or {}).items():
         if not isinstance(name, str):
-            raise GridError(f"{path}: source names must be strings, got {_shown(name)}")
+            raise GridError(f"{lines.at('sources')}: source names must be strings, got {_shown(name)}")
         if not isinstance(fields, dict):
-            raise GridError(f"{path}: sources.{name} must be a mapping")
-        named_sources[name] = _spec_from_fields({"kind": "source", **fields}, f"{path}: sources.{name}")
+            raise GridError(f"{lines.at('sources', name)}: sources.{name} must be a mapping")
+        try:
+            named_sources[name] = _spec_from_fields({"kind": "source", **fields}, f"sources.{name}")
+        except GridError as exc:
+            where = lines.blame(str(exc), [(("sources", name), fields)]) or lines.at("sources", name)
+            raise GridError(f"{where}: {exc}") from None
 
     # count before expanding: the axes multiply
     sizes = " x ".join(f"{axis}: {len(values)}" for axis, values in axes.items())
@@ -563,8 +619,13 @@ def load_grid_file(path: str | Path, max_specs: int = DEFAULT_MAX_SPECS) -> Grid
             try:
                 fields["source"], checksum, file_path = _resolve_source(fields["source"], named_sources, path.parent)
             except GridError as exc:
-                raise GridError(f"{path}: {exc}") from None
-        spec = _spec_from_fields(fields, str(path))
+                where = lines.at("axes", "source") if "source" in axes else lines.at("fixed", "source")
+                raise GridError(f"{where}: {exc}") from None
+        try:
+            spec = _spec_from_fields(fields, "spec")
+        except GridError as exc:
+            where = lines.blame(str(exc), [(("axes",), axes), (("fixed",), fixed)]) or str(path)
+            raise GridError(f"{where}: {str(exc).removeprefix('spec: ')}") from None
         if checksum is not None:
             spec = TrialSpec.from_dict({**spec.to_dict(), "source_checksum": checksum})
         if file_path is not None:
@@ -593,28 +654,76 @@ def load_grid(name_or_path: str, max_specs: int = DEFAULT_MAX_SPECS) -> Grid:
 
 # --- breakdown ----------------------------------------------------------------------------
 
+# A cell: one value of each of these; the specs of a cell differ in subset size, seed, epochs and params.
 CELL_AXES = ("kind", "arch", "source", "dataset", "method", "blocks")
+FULL_LABEL = "full"  # subset_size NULL: the whole training split (the one axis where NULL means "full")
+NULL_LABEL = "null"  # any other axis: the field is not set
 
 
-def _label(value: Any) -> str:
-    return "full" if value is None else str(value)
+def value_label(axis: str, value: Any) -> str:
+    if value is None:
+        return FULL_LABEL if axis == "subset_size" else NULL_LABEL
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return str(value)
+
+
+def _value_order(value: Any) -> tuple[int, float, str]:
+    """Numbers by value, then strings, then lists; NULL last (subset_size: the full split is the biggest)."""
+    if value is None:
+        return (3, 0.0, "")
+    if isinstance(value, bool):
+        return (1, 0.0, str(value))
+    if isinstance(value, (int, float)):
+        return (0, float(value), "")
+    if isinstance(value, (tuple, list)):
+        return (2, float(len(value)), str(value))
+    return (1, 0.0, str(value))
+
+
+def axis_values(specs: Sequence[TrialSpec]) -> dict[str, list[tuple[Any, int]]]:
+    """Every axis (the spec fields, then params.<name> for each param any spec sets) -> [(value, specs)], sorted."""
+    axes: dict[str, Counter[Any]] = {axis: Counter(getattr(s, axis) for s in specs) for axis in SPEC_AXES}
+    param_names = sorted({name for s in specs for name in s.params})
+    for name in param_names:
+        axes[f"params.{name}"] = Counter(s.param(name) for s in specs)
+    return {axis: sorted(counts.items(), key=lambda kv: _value_order(kv[0])) for axis, counts in axes.items()}
 
 
 def breakdown(specs: Sequence[TrialSpec]) -> dict[str, Any]:
-    """Counts per axis value, plus how the grid factors into cells x (subset, seed) pairs."""
-    axes: dict[str, dict[str, int]] = {}
-    for axis in SPEC_AXES:
-        counts = Counter(_label(getattr(s, axis)) for s in specs)
-        axes[axis] = dict(sorted(counts.items(), key=lambda kv: kv[0]))
+    """Counts per axis value (every axis, params included) and the grid's cells, counted, never assumed a product."""
+    values = axis_values(specs)
+    axes = {axis: {value_label(axis, value): n for value, n in pairs} for axis, pairs in values.items()}
     cells = Counter(tuple(getattr(s, a) for a in CELL_AXES) for s in specs)
+    factors = {a: len(values[a]) for a in CELL_AXES if len(values[a]) > 1}
+    product = 1
+    for n in factors.values():
+        product *= n
     per_cell = sorted(set(cells.values()))
     return {
         "total": len(specs),
         "axes": axes,
+        "varying": [axis for axis, pairs in values.items() if len(pairs) > 1],
         "cells": len(cells),
-        "pairs_per_cell": per_cell,
-        "factors": {a: len(axes[a]) for a in CELL_AXES if len(axes[a]) > 1},
+        "cell_axes": list(CELL_AXES),
+        "factors": factors,
+        "full_product": product,
+        "specs_per_cell": [per_cell[0], per_cell[-1]] if per_cell else [],
     }
+
+
+def spec_rows(grid: Grid) -> list[dict[str, Any]]:
+    """One row per spec: its index in the grid (run-spec --index), its hash and the fields that vary."""
+    info = axis_values(grid.specs)
+    varying = [axis for axis, pairs in info.items() if len(pairs) > 1]
+    rows = []
+    for index, spec in enumerate(grid.specs):
+        row: dict[str, Any] = {"index": index, "spec_hash": spec.spec_hash}
+        for axis in varying:
+            value = spec.param(axis.removeprefix("params.")) if axis.startswith("params.") else getattr(spec, axis)
+            row[axis] = list(value) if isinstance(value, tuple) else value
+        rows.append(row)
+    return rows
 
 
 def iter_presets() -> Iterable[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""The papers' figures as PNGs (matplotlib, Agg; no pyplot global state). Each plot function
+"""The papers' figures as PNG, PDF or SVG (matplotlib; no pyplot global state). Each plot function
 returns its Figure; `save_plot` writes it. Numbers come from orchestrator.results.reports / stats.
 
 accuracy-delta  Utrera Fig. 2b: robust − natural test accuracy vs training images, per target,
@@ -44,6 +44,16 @@ from orchestrator.results.reports import (
     renofeation_frame,
     subset_label,
 )
+from orchestrator.results.style import (
+    ACCURACY_RANGE,
+    DEFAULT_DPI,
+    DELTA_RANGE,
+    ER_RANGE,
+    Style,
+    n_text,
+    output_format,
+    styles,
+)
 
 Figure = Any  # matplotlib.figure.Figure (imported lazily: plotting is the only user of matplotlib)
 
@@ -62,11 +72,15 @@ def _figure(panels: int, width: float = 5.2, height: float = 4.0, max_columns: i
     return figure, axes[:panels]
 
 
-def _band(ax: Any, x: Sequence[float], mean: np.ndarray, ci: np.ndarray, label: str, marker: str = "o") -> None:
-    line = ax.plot(x, mean, marker=marker, label=label)[0]
+def _band(ax: Any, x: Sequence[float], mean: np.ndarray, ci: np.ndarray, label: str, style: Style,
+          limits: tuple[float, float], n: Sequence[int] | None = None, marker_size: float = 5.0) -> None:
+    """A mean line with its CI band clipped to the metric's range; the label says on how many runs it rests."""
+    text = f"{label} ({n_text(n)})" if n is not None else label
+    ax.plot(x, mean, marker=style.marker, color=style.colour, markersize=marker_size, label=text)
     ci = np.nan_to_num(np.asarray(ci, dtype=float), nan=0.0)
     if np.any(ci > 0):
-        ax.fill_between(x, mean - ci, mean + ci, color=line.get_color(), alpha=0.2, linewidth=0)
+        low, high = np.clip(mean - ci, *limits), np.clip(mean + ci, *limits)
+        ax.fill_between(x, low, high, color=style.colour, alpha=0.18, linewidth=0)
 
 
 def _subset_axis(ax: Any, sizes: Sequence[Any]) -> dict[Any, float]:
@@ -114,19 +128,21 @@ def plot_accuracy_delta(db: ReadOnlyDatabase, experiment: str, blocks: int | Non
     data = accuracy_delta_frame(db, experiment, blocks)
     labels = sorted(data["source_label"].unique(), key=source_order)
     figure, axes = _figure(len(labels))
+    look = styles(sorted(str(d) for d in data["dataset"].unique()))  # one style per target in every panel
     for ax, label in zip(axes, labels, strict=True):
         part = data[data["source_label"] == label]
         positions = _subset_axis(ax, part["subset_size"].unique().tolist())
         for dataset, rows in part.groupby("dataset", sort=True):
             rows = rows.assign(x=rows["subset_size"].map(positions)).sort_values("x")
             _band(ax, rows["x"].to_numpy(float), 100 * rows["mean"].to_numpy(float),
-                  100 * rows["ci95"].to_numpy(float), str(dataset))
+                  100 * rows["ci95"].to_numpy(float), str(dataset), look[str(dataset)], DELTA_RANGE,
+                  rows["n"].tolist())
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_title(f"{label} − natural, {blocks} fine-tuned blocks")
         ax.set_xlabel("training images (log scale)")
         ax.set_ylabel("Δ test accuracy (pp)")
         ax.legend(title="target", fontsize="small")
-    figure.suptitle(f"{experiment}: robust − natural source, mean ± 95% CI over seed-paired runs")
+    figure.suptitle(f"{experiment}: robust − natural source, mean ± 95% CI over seed-paired runs (n = pairs)")
     return figure
 
 
@@ -185,18 +201,20 @@ def plot_learning_curve(db: ReadOnlyDatabase, experiment: str, blocks: int | Non
     data, size = learning_curve_frame(db, experiment, blocks, subset_size)
     datasets = sorted(data["dataset"].unique())
     figure, axes = _figure(len(datasets))
+    look = styles(sorted(data["source_label"].unique(), key=source_order))  # one style per source in every panel
     for ax, dataset in zip(axes, datasets, strict=True):
         part = data[data["dataset"] == dataset]
         for label in sorted(part["source_label"].unique(), key=source_order):
             rows = part[part["source_label"] == label].sort_values("epoch")
             _band(ax, rows["epoch"].to_numpy(float), 100 * rows["mean"].to_numpy(float),
-                  100 * rows["ci95"].to_numpy(float), label, marker=".")
+                  100 * rows["ci95"].to_numpy(float), label, look[label], ACCURACY_RANGE, rows["n"].tolist(),
+                  marker_size=3.0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{dataset}: {subset_label(size)} images, {blocks} fine-tuned blocks")
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.legend(title="source", fontsize="small")
-    figure.suptitle(f"{experiment}: test accuracy during fine-tuning, mean ± 95% CI over seeds")
+    figure.suptitle(f"{experiment}: test accuracy during fine-tuning, mean ± 95% CI over seeds (n = runs)")
     return figure
 
 
@@ -210,54 +228,57 @@ def plot_blocks(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None
     data = _at_subset(data, size)
     datasets = sorted(data["dataset"].unique())
     figure, axes = _figure(len(datasets))
+    look = styles(sorted(data["source_label"].unique(), key=source_order))  # one style per source in every panel
     for ax, dataset in zip(axes, datasets, strict=True):
         part = data[data["dataset"] == dataset]
         for label in sorted(part["source_label"].unique(), key=source_order):
             rows = part[part["source_label"] == label].sort_values("blocks")
             _band(ax, rows["blocks"].to_numpy(float), 100 * rows["mean"].to_numpy(float),
-                  100 * rows["ci95"].to_numpy(float), label)
+                  100 * rows["ci95"].to_numpy(float), label, look[label], ACCURACY_RANGE, rows["n"].tolist())
         ax.set_xticks(sorted(part["blocks"].dropna().unique().astype(int).tolist()))
         ax.set_title(f"{dataset}: {subset_label(size)} images")
         ax.set_xlabel("fine-tuned residual blocks")
         ax.set_ylabel("test accuracy (%)")
         ax.legend(title="source", fontsize="small")
-    figure.suptitle(f"{experiment}: accuracy by number of fine-tuned blocks, mean ± 95% CI over seeds")
+    figure.suptitle(f"{experiment}: accuracy by number of fine-tuned blocks, mean ± 95% CI over seeds (n = runs)")
     return figure
 
 
 # --- asr-vs-clean (Renofeation) --------------------------------------------------------------------
 
-_MARKERS = "osD^vP*Xh<>p"
-
-
 def plot_asr_vs_clean(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
                       subset_size: int | str | None = None) -> Figure:
-    from matplotlib.lines import Line2D
-
     data = renofeation_frame(db, experiment, caller="plot asr-vs-clean")
     data = data[data["dataset"] != "avg"]
     wide = data.pivot_table(index=["arch", "method", "dataset"], columns="metric", values="mean").reset_index()
     if "asr" not in wide or wide["asr"].isna().all():
         raise UserError(f"experiment {experiment!r} has no ASR values (run the attack: params.attack_steps > 0)")
     wide = wide.dropna(subset=["clean_acc", "asr"])
-    methods = list(dict.fromkeys(data["method"]))
-    datasets = sorted(wide["dataset"].unique())
-    figure, axes = _figure(1, width=7.0, height=5.0)
-    ax = axes[0]
-    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
-    markers = {d: _MARKERS[i % len(_MARKERS)] for i, d in enumerate(datasets)}
-    for row in wide.itertuples(index=False):
-        ax.scatter(100 * row.clean_acc, 100 * row.asr, color=colours[row.method], marker=markers[row.dataset],
-                   s=40, alpha=0.85)
-    handles = [Line2D([], [], color=colours[m], marker="o", linestyle="", label=m) for m in methods
-               if m in set(wide["method"])]
-    handles += [Line2D([], [], color="grey", marker=markers[d], linestyle="", label=d) for d in datasets]
-    ax.legend(handles=handles, fontsize="small", title="method / dataset", loc="best")
-    archs = ", ".join(sorted(wide["arch"].unique()))
-    ax.set_title(f"Attack success rate vs clean accuracy ({archs})")
-    ax.set_xlabel("clean test accuracy (%)")
-    ax.set_ylabel("attack success rate, ASR (%)")
-    ax.grid(alpha=0.3)
+    runs = data[data["metric"] == "asr"].set_index(["arch", "method", "dataset"])["n"]
+    methods = [m for m in dict.fromkeys(data["method"]) if m in set(wide["method"])]
+    archs = sorted(wide["arch"].unique())
+    look = styles(methods)  # one (colour, marker) per method in every architecture's panel
+    figure, axes = _figure(len(archs), width=6.0, height=5.0, max_columns=2)
+    for ax, arch in zip(axes, archs, strict=True):
+        part = wide[wide["arch"] == arch]
+        for method in methods:
+            rows = part[part["method"] == method]
+            if rows.empty:
+                continue
+            n = [int(runs.get((arch, method, d), 0)) for d in rows["dataset"]]
+            ax.scatter(100 * rows["clean_acc"], 100 * rows["asr"], color=look[method].colour,
+                       marker=look[method].marker, s=45, alpha=0.9, label=f"{method} ({n_text(n)})")
+            for row in rows.itertuples(index=False):
+                ax.annotate(str(row.dataset), (100 * row.clean_acc, 100 * row.asr), fontsize="xx-small",
+                            xytext=(3, 3), textcoords="offset points", color="dimgrey")
+        ax.set_title(f"{arch}: one point per (method, dataset)")
+        ax.set_xlabel("clean test accuracy (%)")
+        ax.set_ylabel("attack success rate, ASR (%)")
+        ax.set_xlim(*ACCURACY_RANGE)
+        ax.set_ylim(*ACCURACY_RANGE)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", title="method (n = seeds per point)", loc="best")
+    figure.suptitle(f"{experiment}: attack success rate vs clean accuracy, means over seeds (Renofeation)")
     return figure
 
 
@@ -269,11 +290,18 @@ def plot_er(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
     data = er_frame(db, experiment, caller="plot er")
     figure, axes = _figure(1, width=8.0, height=5.5)
     ax = axes[0]
+    # colour and marker: the architecture on its ID→OOD pair; line style: the init (solid = pre-trained)
+    series = {(d, o, a): f"{a} ({d}→{o})" for d, o, a in
+              data[["dataset", "ood", "arch"]].drop_duplicates().itertuples(index=False, name=None)}
+    look = styles(sorted(series.values()))
     for (dataset, ood, arch, init), rows in data.groupby(["dataset", "ood", "arch", "init"], sort=True):
         rows = rows.sort_values("id_low")
         x = 100 * (rows["id_low"] + rows["id_high"]).to_numpy(float) / 2
-        ax.plot(x, 100 * rows["mean_er"].to_numpy(float), marker=".", linestyle="-" if init == "pretrained" else "--",
-                label=f"{arch}, {init} ({dataset}→{ood})")
+        y = np.clip(100 * rows["mean_er"].to_numpy(float), *ER_RANGE)
+        style = look[series[(dataset, ood, arch)]]
+        ax.plot(x, y, marker=style.marker, markersize=3, color=style.colour,
+                linestyle="-" if init == "pretrained" else "--",
+                label=f"{series[(dataset, ood, arch)]}, {init} init ({int(rows['runs'].iloc[0])} runs)")
     ax.axhline(0, color="grey", linewidth=0.8)
     # The baselines behind the values, as a caption below the axes (the layout makes room for it).
     baselines = er_baseline_lines(er_baselines_frame(db, experiment))
@@ -301,25 +329,30 @@ PLOTS: dict[str, tuple[PlotFunction, str]] = {
 
 
 def make_plot(name: str, experiment: str, db: Database | Any = None, blocks: int | None = None,
-              subset_size: int | str | None = None) -> Figure:
+              subset_size: int | str | None = None, where: Sequence[str] = ()) -> Figure:
     if name not in PLOTS:
-        raise UserError(f"unknown plot {name!r} (known: {', '.join(PLOTS)})")
+        from orchestrator.results.reports import unknown_name_message
+
+        raise UserError(unknown_name_message("plot", name, list(PLOTS)))
+    from orchestrator.results.filters import FilteredDatabase, parse_where
+
+    conditions = parse_where(where)
     with reading(db) as database:
-        return PLOTS[name][0](database, experiment, blocks=blocks, subset_size=subset_size)
+        scoped = FilteredDatabase(database, conditions) if conditions else database
+        return PLOTS[name][0](scoped, experiment, blocks=blocks, subset_size=subset_size)
 
 
 def check_output(path: str | Path) -> Path:
-    """A PNG path whose directory exists (checked before any work)."""
+    """A .png / .pdf / .svg path whose directory exists (checked before any work)."""
     target = Path(path)
-    if target.suffix.lower() != ".png":
-        raise UserError(f"plots are PNG files: {target} does not end in .png")
+    output_format(target)
     if not target.parent.exists():
         raise UserError(f"output directory {target.parent} does not exist")
     return target
 
 
-def save_plot(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
+def save_plot(figure: Figure, path: str | Path, dpi: int = DEFAULT_DPI) -> Path:
+    """Write the figure in the format its extension names (dpi: raster resolution; PDF/SVG stay vector)."""
     target = check_output(path)
-    figure.savefig(target, dpi=dpi)
+    figure.savefig(target, dpi=dpi, format=output_format(target))
     return target
-

@@ -35,7 +35,7 @@ from orchestrator.results.frames import (
 from orchestrator.results.query import Database, ReadOnlyDatabase, reading, text_table
 from workers.trainable import METHODS
 
-FORMATS = ("table", "markdown", "csv")
+FORMATS = ("table", "markdown", "latex", "csv", "json")
 DEFAULT_BLOCKS = 3
 FULL_LABEL = "full"
 # Renofeation's table order: the catalog's transfer methods in its order, then the ablation variants
@@ -76,6 +76,14 @@ def pct(mean: float, ci: float | None = None, digits: int = 1, best: bool = Fals
     if ci is not None and not pd.isna(ci):
         text += f" ± {100 * ci:.{digits}f}"
     return text + (" *" if best else "")
+
+
+def pct_n(mean: float, ci: float | None, n: Any, best: bool = False) -> str:
+    """pct with the cell's number of runs in parentheses: `48.5 ± 2.1 (10) *`."""
+    text = pct(mean, ci)
+    if text and n is not None and not pd.isna(n):
+        text += f" ({int(n)})"
+    return text + (" *" if best and text else "")
 
 
 def _sorted_labels(labels: Sequence[str]) -> list[str]:
@@ -132,15 +140,17 @@ def _wide(frame: pd.DataFrame, rows: Sequence[str], column: str, cell: Callable[
                                                                                                          strict=True)}
         record.update({str(c): cells[key].get(c, "") for c in column_order})
         records.append(record)
-    return pd.DataFrame.from_records(records)
+    table = pd.DataFrame.from_records(records)
+    table.attrs["keys"] = [row_labels.get(r, r) for r in rows]  # the row-label columns (several experiments join on)
+    return table
 
 
 def render_table7(frame: pd.DataFrame, blocks: int) -> list[tuple[str, pd.DataFrame]]:
     order = _sorted_labels(frame["source_label"].tolist())
     table = _wide(frame, ["dataset", "subset_size"], "source_label",
-                  lambda r: pct(r["mean"], r["ci95"], best=bool(r["best"])), order,
+                  lambda r: pct_n(r["mean"], r["ci95"], r["n"], best=bool(r["best"])), order,
                   {"dataset": "target", "subset_size": "images"})
-    return [(f"test accuracy (%) at the last epoch, {blocks} fine-tuned blocks: mean ± 95% CI over seeds "
+    return [(f"test accuracy (%) at the last epoch, {blocks} fine-tuned blocks: mean ± 95% CI over seeds (runs) "
              "(* = best source of the row)", table)]
 
 
@@ -178,11 +188,12 @@ def utrera_blocks(db: ReadOnlyDatabase, experiment: str, blocks: int | None = No
     frame = blocks_frame(db, experiment)
     order = sorted(frame["blocks"].dropna().unique().tolist())
     table = _wide(frame, ["dataset", "subset_size", "source_label"], "blocks",
-                  lambda r: pct(r["mean"], r["ci95"]), order,
+                  lambda r: pct_n(r["mean"], r["ci95"], r["n"]), order,
                   {"dataset": "target", "subset_size": "images", "source_label": "source"})
     table = table.rename(columns={str(b): f"{b} blocks" for b in order})
+    table.attrs["keys"] = ["target", "images", "source"]
     return Report("utrera-blocks", f"Utrera et al. Fig. 4 / 11 — {experiment}", frame,
-                  [("test accuracy (%) by number of fine-tuned blocks: mean ± 95% CI over seeds", table)])
+                  [("test accuracy (%) by number of fine-tuned blocks: mean ± 95% CI over seeds (runs)", table)])
 
 
 # --- renofeation ---------------------------------------------------------------------------------
@@ -243,9 +254,9 @@ def renofeation(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None
         part = frame[frame["metric"] == metric]
         if part.empty:
             continue
-        tables.append((f"{caption}: mean ± 95% CI over seeds; avg = mean over datasets",
-                       _wide(part, ["arch", "method"], "dataset", lambda r: pct(r["mean"], r["ci95"]), datasets,
-                             {})))
+        tables.append((f"{caption}: mean ± 95% CI over seeds (runs); avg = mean over datasets (datasets)",
+                       _wide(part, ["arch", "method"], "dataset", lambda r: pct_n(r["mean"], r["ci95"], r["n"]),
+                             datasets, {})))
     return Report("renofeation", f"Renofeation Tables 2 and 4 — {experiment}", frame, tables)
 
 
@@ -412,6 +423,7 @@ def demo(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None) -> Re
                    lambda r: pct(r["mean"], r["ci95"]), [subset_label(s) for s in sizes],
                    {"dataset": "target", "source_label": "source"})
     table1 = table1.rename(columns={subset_label(s): f"{subset_label(s)} images" for s in sizes})
+    table1.attrs["keys"] = ["target", "source"]
     table2 = pd.DataFrame({
         "target": robustness["dataset"],
         "source": robustness["source_label"],
@@ -420,6 +432,7 @@ def demo(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None) -> Re
         "ASR (%)": [pct(m, c) for m, c in zip(robustness["asr_mean"], robustness["asr_ci95"], strict=True)],
         "ER, last epoch (pp)": [("" if pd.isna(m) else f"{100 * m:+.1f}") for m in robustness["er_mean"]],
     })
+    table2.attrs["keys"] = ["target", "source"]
     data = accuracy.assign(table="accuracy")
     return Report("demo", f"rtgrid demo — {experiment}", data, [
         ("test accuracy (%) by source and training images: mean ± 95% CI over seeds and block settings", table1),
@@ -456,11 +469,68 @@ REPORTS: dict[str, tuple[ReportFunction, str]] = {
 }
 
 
-def build_report(name: str, experiment: str, db: Database = None, blocks: int | None = None) -> Report:
+def build_report(name: str, experiment: str, db: Database = None, blocks: int | None = None,
+                 where: Sequence[str] = ()) -> Report:
+    """One report of one experiment; `where`: --where conditions on the trials' key columns (filters.py)."""
     if name not in REPORTS:
-        raise UserError(f"unknown report {name!r} (known: {', '.join(REPORTS)})")
+        raise UserError(unknown_name_message("report", name, list(REPORTS)))
+    from orchestrator.results.filters import FilteredDatabase, describe, parse_where
+
+    conditions = parse_where(where)
     with reading(db) as database:
-        return REPORTS[name][0](database, experiment, blocks)
+        scoped = FilteredDatabase(database, conditions) if conditions else database
+        report = REPORTS[name][0](scoped, experiment, blocks)
+    if conditions:
+        report.notes.append(f"trials where {describe(conditions)}")
+    return report
+
+
+def unknown_name_message(what: str, name: str, known: Sequence[str]) -> str:
+    """`unknown report 'utrera-tabel7'; did you mean 'utrera-table7'? (known: …)`: one line."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {what} {name!r}{hint} (known: {', '.join(known)})"
+
+
+def build_reports(name: str, experiments: Sequence[str], db: Database = None, blocks: int | None = None,
+                  where: Sequence[str] = ()) -> Report:
+    """The report of each experiment, side by side: each table joined on its row labels with one column per
+    (experiment, value column); the data stacked with an `experiment` column."""
+    if len(experiments) == 1:
+        return build_report(name, experiments[0], db, blocks, where)
+    if len(set(experiments)) != len(experiments):
+        raise UserError("an --experiment is given twice")
+    with reading(db) as database:
+        reports = [build_report(name, e, database, blocks, where) for e in experiments]
+    tables = []
+    for index, (caption, _) in enumerate(reports[0].tables):
+        parts = [r.tables[index][1] if index < len(r.tables) else pd.DataFrame() for r in reports]
+        tables.append((caption, _side_by_side(parts, experiments)))
+    data = pd.concat([r.data.assign(experiment=e) for r, e in zip(reports, experiments, strict=True)],
+                     ignore_index=True)
+    data = data[["experiment", *(c for c in data.columns if c != "experiment")]]
+    notes = [f"{e}: {note}" for r, e in zip(reports, experiments, strict=True) for note in r.notes]
+    return Report(name, f"{reports[0].title.split(' — ')[0]} — {' vs '.join(experiments)}", data, tables, notes)
+
+
+def _side_by_side(tables: Sequence[pd.DataFrame], experiments: Sequence[str]) -> pd.DataFrame:
+    keys = tables[0].attrs.get("keys")
+    if not keys or any(t.attrs.get("keys") != keys for t in tables if not t.empty):
+        stacked = pd.concat([t.assign(experiment=e) for t, e in zip(tables, experiments, strict=True)],
+                            ignore_index=True).fillna("")
+        return stacked[["experiment", *(c for c in stacked.columns if c != "experiment")]]
+    merged: pd.DataFrame | None = None
+    for table, experiment in zip(tables, experiments, strict=True):
+        if table.empty:
+            continue
+        renamed = table.rename(columns={c: f"{c} [{experiment}]" for c in table.columns if c not in keys})
+        merged = renamed if merged is None else merged.merge(renamed, on=keys, how="outer", sort=False)
+    assert merged is not None
+    merged = merged.fillna("")
+    merged.attrs["keys"] = keys
+    return merged
 
 
 def _text(table: pd.DataFrame) -> str:
@@ -486,14 +556,73 @@ def _markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "±": r"$\pm$", "→": r"$\to$", "−": "-", "–": "--"}
+
+
+def _latex_escape(value: Any) -> str:
+    """One pass, so that an escape's own braces are never escaped again."""
+    import re
+
+    return re.sub("|".join(re.escape(c) for c in _LATEX_SPECIAL), lambda m: _LATEX_SPECIAL[m.group(0)], str(value))
+
+
+def latex_table(caption: str, table: pd.DataFrame) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}): the row-label columns left, values right-aligned."""
+    keys = table.attrs.get("keys") or list(table.columns[:1])
+    align = "".join("l" if c in keys else "r" for c in table.columns)
+    lines = [r"\begin{table}[ht]", r"\centering", f"\\caption{{{_latex_escape(caption)}}}",
+             f"\\begin{{tabular}}{{{align}}}", r"\toprule",
+             " & ".join(_latex_escape(c) for c in table.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(_latex_escape("" if v is None else v) for v in row) + r" \\"
+              for row in table.itertuples(index=False, name=None)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines)
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return value
+
+
+def report_json(report: Report) -> str:
+    """The report as JSON: the shown tables (strings, as displayed) and the long-form data (fractions)."""
+    def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+        return [{str(k): _json_value(v) for k, v in row.items()} for row in frame.astype(object).to_dict("records")]
+
+    return json.dumps({
+        "report": report.name, "title": report.title,
+        "tables": [{"caption": caption, "columns": [str(c) for c in table.columns],
+                    "rows": [[_json_value(v) for v in row] for row in table.astype(object).itertuples(index=False)]}
+                   for caption, table in report.tables],
+        "data": records(report.data), "notes": report.notes, "sql": report.sql,
+    }, indent=2, default=str)
+
+
 def render(report: Report, fmt: str = "table") -> str:
-    """table: aligned text; markdown: pipe tables; csv: the long-form data (fractions)."""
+    """table: aligned text; markdown: pipe tables; latex: booktabs tables; csv: the long-form data
+    (fractions); json: the tables as shown and the long-form data."""
     if fmt == "csv":
         buffer = io.StringIO()
         report.data.to_csv(buffer, index=False)
         return buffer.getvalue().rstrip("\n")
+    if fmt == "json":
+        return report_json(report)
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    if fmt == "latex":
+        out = [f"% {_latex_escape(report.title)}"]
+        out += [latex_table(caption, table) for caption, table in report.tables]
+        out += [f"% note: {_latex_escape(note)}" for note in report.notes]
+        return "\n".join(out)
     out = [f"# {report.title}" if fmt == "markdown" else report.title]
     for caption, table in report.tables:
         out += ["", f"**{caption}**" if fmt == "markdown" else caption, ""]

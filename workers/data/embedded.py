@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from workers.catalog import SYNTHETIC_DEFAULT_CLASSES, SYNTHETIC_DEFAULT_TEST, SYNTHETIC_DEFAULT_TRAIN
 from workers.data.imageset import ImageSet
 from workers.errors import KernelInputError
 
@@ -116,9 +117,6 @@ SYNTHETIC_FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str,
         ("orange", "purple", "white", "pink", "teal", "lime"),
     ),
 }
-SYNTHETIC_DEFAULT_CLASSES = {"synthetic-source": 20, "synthetic-target-a": 10, "synthetic-target-b": 10}
-SYNTHETIC_DEFAULT_TRAIN = 2000
-SYNTHETIC_DEFAULT_TEST = 1000
 SYNTHETIC_SIZE = 32
 
 
