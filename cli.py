@@ -516,6 +516,25 @@ def export(experiment: str, table: str, fmt: str, output: str | None, db_url: st
         click.echo(f"wrote {len(frame)} rows to {output}", err=True)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8050, show_default=True)
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (the dashboard has no authentication).")
+@click.option("--refresh", "refresh_s", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
+              help="Seconds between refreshes of the open page while a grid runs.")
+@readonly_db_option
+@timeout_option
+def ui(host: str, port: int, allow_remote: bool, refresh_s: float, db_url: str | None) -> None:
+    """Serve a read-only web dashboard of the results (experiments, grid heatmap, trials, curves, reports)."""
+    from orchestrator.ui.server import check_bind, serve
+
+    warning = check_bind(host, allow_remote)
+    if warning:
+        click.echo(warning.format(host=host, port=port), err=True)
+    click.echo(f"rtgrid ui: http://{host}:{port}/ (read-only; Ctrl-C stops it)", err=True)
+    serve(db_url, host, port, refresh_s)
+
+
 def _report_names() -> list[str]:
     return ["utrera-table7", "utrera-blocks", "renofeation", "er", "demo"]
 

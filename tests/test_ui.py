@@ -1,0 +1,232 @@
+"""`rtgrid ui` in a real headless Chromium (Debian's package, driven by Playwright with its executable path),
+served by a real `rtgrid ui` process on a free loopback port over the results fixture database
+(tests/results_data.py: real rows through the real planner and schema). What the pages show is checked
+against plain SQL on the same database, and the database is byte-for-byte the same afterwards.
+
+Skipped only when Chromium or Playwright is missing outside CI; in CI ($RTGRID_REQUIRE_PG or CI=true)
+a missing browser fails. Screenshots go to $RTGRID_UI_SHOTS (default: the test's tmp dir).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from db_fixtures import pg_required
+from results_data import UTRERA_SOURCES, db_fingerprint, expected_label, raw_frame, t_ci
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _in_ci() -> bool:
+    return pg_required() or os.environ.get("CI", "").lower() == "true"
+
+
+def _need_browser() -> Any:
+    missing = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing = "playwright is not installed (pip install playwright; never `playwright install`)"
+    if missing is None and not CHROMIUM.exists():
+        missing = f"{CHROMIUM} is missing (apt-get install -y chromium)"
+    if missing:
+        if _in_ci():
+            pytest.fail(f"browser tests must run in CI: {missing}")
+        pytest.skip(missing)
+    return sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_ui(url: str, *extra: str, port: int | None = None) -> tuple[subprocess.Popen[str], str]:
+    port = port or _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", "from cli import main; main()", "ui", "--db", url,
+                                "--port", str(port), "--refresh", "1", *extra],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"rtgrid ui exited {process.returncode}: {process.stderr.read()}")  # type: ignore
+        try:
+            with urllib.request.urlopen(base + "/", timeout=2):
+                return process, base
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.3)
+    process.kill()
+    raise AssertionError("rtgrid ui did not answer within 60 s")
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    target = Path(os.environ.get("RTGRID_UI_SHOTS", tmp_path))
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+@pytest.fixture
+def server(results_url: str) -> Iterator[tuple[str, str]]:
+    process, base = _start_ui(results_url)
+    try:
+        yield results_url, base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _cell_trials_sql(experiment: str) -> str:
+    return ("SELECT t.id, t.status, t.kind, t.arch, t.source, t.dataset, t.ood, t.method, t.blocks, t.subset_size, "
+            "t.epochs, t.test_acc FROM trials t JOIN experiment_trials et ON et.trial_id = t.id "
+            f"JOIN experiments e ON e.id = et.experiment_id WHERE e.name = '{experiment}' ORDER BY t.id")
+
+
+def _fields_of(trial: dict[str, Any], url: str) -> dict[str, str]:
+    """A trial's cell fields as the heatmap spells them (None as –), computed here from the raw row."""
+    def text(value: Any) -> str:
+        if value is None or value != value:
+            return "–"
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+    fields = {k: text(trial[k]) for k in ("kind", "arch", "method", "dataset", "ood", "blocks", "subset_size",
+                                         "epochs")}
+    return {**fields, "source_label": expected_label(trial["source"], url)}
+
+
+def _click_heatmap_cell(page: Any, row: int, column: int) -> None:
+    """Click the centre of heatmap square (row, column), found from plotly's own axes."""
+    box = page.evaluate("""([row, column]) => {
+        const gd = document.querySelector('#heatmap .js-plotly-plot');
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, r = gd.getBoundingClientRect();
+        return {x: r.left + xa._offset + xa.l2p(column), y: r.top + ya._offset + ya.l2p(row)};
+    }""", [row, column])
+    page.mouse.click(box["x"], box["y"])
+
+
+def _table_text(page: Any, table_id: str) -> list[list[str]]:
+    return page.evaluate("""(id) => Array.from(document.querySelectorAll('#' + id + ' tbody tr'))
+        .map(tr => Array.from(tr.querySelectorAll('td')).map(td => td.innerText.trim()))
+        .filter(cells => cells.length > 0)""", table_id)
+
+
+def test_dashboard_walk_matches_sql(server: tuple[str, str], shots: Path) -> None:
+    """Experiments -> experiment grid -> a heatmap cell -> a trial -> a report and a figure; each shown
+    number equals SQL on the same database; the database is unchanged by the whole walk."""
+    sync_playwright = _need_browser()
+    url, base = server
+    before = db_fingerprint(url)
+    experiment = "utrera-mini"
+    trials = raw_frame(url, _cell_trials_sql(experiment))
+    backend = "sqlite" if url.startswith("sqlite") else "postgres"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(base + "/")
+        page.wait_for_selector("#experiments tbody tr td")
+        rows = {r[0]: r for r in _table_text(page, "experiments")}
+        counts = raw_frame(url, "SELECT e.name, COUNT(et.trial_id) AS n, SUM(CASE WHEN t.status "
+                                "IN ('completed', 'failed', 'cancelled') THEN 1 ELSE 0 END) AS f "
+                                "FROM experiments e JOIN experiment_trials et ON et.experiment_id = e.id "
+                                "JOIN trials t ON t.id = et.trial_id GROUP BY e.name")
+        assert set(rows) == set(counts["name"])
+        for name, total, finished in counts.itertuples(index=False):
+            assert f"({int(finished)}/{int(total)})" in rows[name][3], rows[name]
+        page.screenshot(path=str(shots / f"experiments-{backend}.png"))
+
+        page.click(f"#experiments a:text-is('{experiment}')")
+        page.wait_for_selector("#heatmap .js-plotly-plot .heatmaplayer")
+        cells = trials.drop_duplicates(["kind", "arch", "source", "dataset", "ood", "method", "blocks",
+                                        "subset_size", "epochs"])
+        assert page.inner_text("#summary").startswith(f"{len(trials)} trials in {len(cells)} cells"), \
+            page.inner_text("#summary")
+        page.screenshot(path=str(shots / f"grid-{backend}.png"), full_page=True)
+
+        labels = page.evaluate("""() => { const gd = document.querySelector('#heatmap .js-plotly-plot');
+            return {y: gd.data[0].y, x: gd.data[0].x, text: gd.data[0].text}; }""")
+        row, column = next((r, c) for r in range(len(labels["y"])) for c in range(len(labels["x"]))
+                           if labels["text"][r][c])
+        _click_heatmap_cell(page, row, column)
+        page.wait_for_url(re.compile(r".*/trials\?row=.*"))
+        page.wait_for_selector("#trials tbody tr td")
+        fields = dict(part.split("=", 1) for part in
+                      (labels["y"][row] + " · " + labels["x"][column]).split(" · "))
+        in_cell = trials[[{k: v for k, v in _fields_of(t, url).items() if k in fields} == fields
+                          for t in trials.to_dict("records")]]
+        assert page.inner_text("#trial-count") == f"{len(in_cell)} trials"
+        shown_ids = [int(r[0]) for r in _table_text(page, "trials")]
+        assert sorted(shown_ids) == sorted(int(i) for i in in_cell["id"])
+        page.screenshot(path=str(shots / f"cell-{backend}.png"), full_page=True)
+
+        trial_id = shown_ids[0]
+        page.click(f"#trials a:text-is('{trial_id}')")
+        page.wait_for_selector("#curves .js-plotly-plot .scatterlayer")
+        epochs = raw_frame(url, f"SELECT epoch, test_acc FROM epoch_metrics WHERE trial_id = {trial_id} ORDER BY epoch")
+        assert page.inner_text("#epoch-count") == f"{len(epochs)} epochs recorded"
+        plotted = page.evaluate("""() => { const gd = document.querySelector('#curves .js-plotly-plot');
+            const t = gd.data.find(d => d.name === 'test_acc'); return t ? Array.from(t.y) : null; }""")
+        expected = [100 * float(v) for v in epochs["test_acc"]]
+        assert plotted is not None and len(plotted) == len(expected)
+        assert all(abs(a - b) < 1e-9 for a, b in zip(plotted, expected, strict=True))
+        field_rows = {r[0]: r[1] for r in _table_text(page, "trial-fields")}
+        assert float(field_rows["test_acc"]) == pytest.approx(float(trials.set_index("id").at[trial_id, "test_acc"]))
+        page.screenshot(path=str(shots / f"trial-{backend}.png"), full_page=True)
+
+        page.go_back()
+        page.go_back()
+        page.wait_for_selector("#reports-link")
+        page.click("#reports-link")
+        page.wait_for_selector("#report")
+        page.click("#report")
+        page.get_by_text("utrera-table7", exact=True).last.click()
+        page.wait_for_selector("#report-title")
+        page.wait_for_selector("#report-table-0 tbody tr td")
+        _check_table7(page, url, experiment)
+        page.click("#figure")
+        page.get_by_text("accuracy-delta", exact=True).last.click()
+        page.wait_for_selector("#report-figure .js-plotly-plot .scatterlayer")
+        hover = page.evaluate("""() => { const gd = document.querySelector('#report-figure .js-plotly-plot');
+            Plotly.Fx.hover(gd, [{curveNumber: 0, pointNumber: 0}]);
+            return document.querySelector('#report-figure .hoverlayer').textContent; }""")
+        assert re.search(r"n=\d+", hover) and "95% CI" in hover, hover
+        page.screenshot(path=str(shots / f"report-{backend}.png"), full_page=True)
+        browser.close()
+    assert db_fingerprint(url) == before
+
+
+def _check_table7(page: Any, url: str, experiment: str) -> None:
+    """The table is the CLI's (`rtgrid report utrera-table7`), and its first natural cell is the mean ± CI
+    of that cell's trials by plain SQL and the tests' own t-interval."""
+    from orchestrator.results.reports import build_report
+
+    header = page.evaluate("""() => Array.from(document.querySelectorAll('#report-table-0 th.dash-header'))
+        .map(th => th.innerText.trim()).filter(h => h)""")
+    shown = _table_text(page, "report-table-0")
+    _caption, table = build_report("utrera-table7", experiment, url).tables[0]
+    assert header == [str(c) for c in table.columns]
+    assert shown == [[str(v) for v in row] for row in table.itertuples(index=False, name=None)]
+    target, images, natural = shown[0][:3]
+    assert header[:3] == ["target", "images", "natural"]
+    rows = raw_frame(url, "SELECT t.source, t.subset_size, t.test_acc FROM trials t JOIN experiment_trials et "
+                          "ON et.trial_id = t.id JOIN experiments e ON e.id = et.experiment_id "
+                          f"WHERE e.name = '{experiment}' AND t.status = 'completed' AND t.kind = 'transfer' "
+                          f"AND t.blocks = 3 AND t.dataset = '{target}' AND t.source = '{UTRERA_SOURCES['natural']}'")
+    rows = rows[rows["subset_size"].map(lambda v: "full" if v is None or v != v else str(int(v))) == images]
+    n, mean, ci = t_ci(rows["test_acc"].astype(float))
+    assert n >= 2 and natural.startswith(f"{100 * mean:.1f} ± {100 * ci:.1f}"), (natural, n, mean, ci)
