@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import error_line, run_cli
 from db_fixtures import pg_required
 from results_data import UTRERA_SOURCES, db_fingerprint, expected_label, raw_frame, t_ci
 
@@ -230,3 +231,69 @@ def _check_table7(page: Any, url: str, experiment: str) -> None:
     rows = rows[rows["subset_size"].map(lambda v: "full" if v is None or v != v else str(int(v))) == images]
     n, mean, ci = t_ci(rows["test_acc"].astype(float))
     assert n >= 2 and natural.startswith(f"{100 * mean:.1f} ± {100 * ci:.1f}"), (natural, n, mean, ci)
+
+
+# --- loopback by default; refusals --------------------------------------------------------------------
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local IPv4/IPv6 addresses (hex, as the kernel writes them) listening on `port` (Linux /proc)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_ui_binds_loopback_by_default(results_sqlite: str) -> None:
+    """No --host: the server listens on 127.0.0.1 only (0100007F in /proc/net/tcp), nowhere else."""
+    port = _free_port()
+    process, _base = _start_ui(results_sqlite, port=port)
+    try:
+        assert _listening_addresses(port) == {"0100007F"}
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_ui_refuses_a_remote_bind_without_the_flag(results_sqlite: str) -> None:
+    line = error_line(run_cli("ui", "--db", results_sqlite, "--host", "0.0.0.0", expect=2))
+    assert "not a loopback address" in line and "--allow-remote" in line
+
+
+def test_ui_warns_on_an_allowed_remote_bind(results_sqlite: str) -> None:
+    """--allow-remote: it serves on all addresses, after a warning that there is no authentication."""
+    port = _free_port()
+    process, _base = _start_ui(results_sqlite, "--host", "0.0.0.0", "--allow-remote", port=port)
+    try:
+        assert _listening_addresses(port) == {"00000000"}
+    finally:
+        process.terminate()
+        _out, err = process.communicate(timeout=20)
+    assert "warning: the dashboard has no authentication" in err
+
+
+def test_ui_reaches_no_write(results_url: str) -> None:
+    """Every way the dashboard could write is refused: its one database handle (the `rtgrid query` reader)
+    refuses DML and DDL, the server answers only GET pages and Dash's own callback POSTs (an unknown
+    callback is an error), and the database is unchanged afterwards."""
+    from orchestrator.results.query import ReadOnlyDatabase
+    from orchestrator.ui.app import create_app
+
+    before = db_fingerprint(results_url)
+    with ReadOnlyDatabase(results_url) as database:
+        for statement in ("INSERT INTO experiments (name, grid) VALUES ('x', 'y')",
+                          "UPDATE trials SET status = 'failed'", "DELETE FROM epoch_metrics", "CREATE TABLE x (a INTEGER)", "DROP TABLE trials"):
+            with pytest.raises(Exception, match=r"(?i)read.?only|readonly|not authorized|prohibited"):
+                database.rows(statement)
+        client = create_app(database, timeout_s=10.0, refresh_s=5.0).server.test_client()
+        assert client.get("/").status_code == 200
+        for method in ("put", "delete", "patch"):
+            assert getattr(client, method)("/").status_code == 405
+        forged = client.post("/_dash-update-component", json={
+            "output": "page.children", "outputs": {"id": "page", "property": "children"},
+            "inputs": [{"id": "url", "property": "sql", "value": "DELETE FROM trials"}], "changedPropIds": []})
+        assert forged.status_code >= 400
+    assert db_fingerprint(results_url) == before
