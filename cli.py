@@ -499,15 +499,20 @@ def query(sql: str | None, fmt: str, schema: bool, db_url: str | None) -> None:
 @click.argument("experiment", type=EXPERIMENT)
 @click.option("--table", type=click.Choice(["trials", "epochs"]), default="trials", show_default=True,
               help="trials: one row per trial; epochs: one row per (trial, evaluation epoch).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
-@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
-              help="Output file (CSV goes to stdout without it).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "tensorboard"]), default="csv",
+              show_default=True, help="tensorboard: one run per trial (epoch scalars, HParams) under -o DIR.")
+@click.option("-o", "--output", default=None, type=click.Path(),
+              help="Output file (CSV goes to stdout without it); a directory for tensorboard.")
 @readonly_db_option
 @timeout_option
 def export(experiment: str, table: str, fmt: str, output: str | None, db_url: str | None) -> None:
-    """Export an experiment's trials or per-epoch metrics (fractions) as CSV or Parquet."""
-    from orchestrator.results.export import export_frame, write_export
+    """Export an experiment's trials or per-epoch metrics (fractions) as CSV or Parquet, or as TensorBoard runs."""
+    from orchestrator.results.export import RUN_FORMATS, export_frame, export_runs, write_export
 
+    if fmt in RUN_FORMATS:
+        runs = export_runs(experiment, fmt, output, db_url)
+        click.echo(f"wrote {runs} runs to {output}/{experiment} (tensorboard --logdir {output})", err=True)
+        return
     frame = export_frame(experiment, table, db_url)
     text = write_export(frame, fmt, output)
     if text is not None:

@@ -285,7 +285,8 @@ def test_ui_reaches_no_write(results_url: str) -> None:
     before = db_fingerprint(results_url)
     with ReadOnlyDatabase(results_url) as database:
         for statement in ("INSERT INTO experiments (name, grid) VALUES ('x', 'y')",
-                          "UPDATE trials SET status = 'failed'", "DELETE FROM epoch_metrics", "CREATE TABLE x (a INTEGER)", "DROP TABLE trials"):
+                          "UPDATE trials SET status = 'failed'", "DELETE FROM epoch_metrics",
+                          "CREATE TABLE x (a INTEGER)", "DROP TABLE trials"):
             with pytest.raises(Exception, match=r"(?i)read.?only|readonly|not authorized|prohibited"):
                 database.rows(statement)
         client = create_app(database, timeout_s=10.0, refresh_s=5.0).server.test_client()

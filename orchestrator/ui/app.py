@@ -28,8 +28,6 @@ from orchestrator.results.query import ReadOnlyDatabase
 from orchestrator.results.reports import REPORTS, build_report, pct
 from orchestrator.ui import data
 
-STATUS_COLOURS = {"pending": "#9e9e9e", "running": "#1f77b4", "completed": "#2ca02c", "failed": "#d62728",
-                  "cancelled": "#ff7f0e"}
 _CURVES = (("accuracy (%)", ("train_acc", "test_acc", "ood_acc"), 100.0), ("ER (pp)", ("er",), 100.0),
            ("train loss", ("train_loss",), 1.0), ("learning rate", ("lr",), 1.0))
 
