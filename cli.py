@@ -531,13 +531,14 @@ def export(experiment: str, table: str, fmt: str, output: str | None, db_url: st
 @timeout_option
 def ui(host: str, port: int, allow_remote: bool, refresh_s: float, db_url: str | None) -> None:
     """Serve a read-only web dashboard of the results (experiments, grid heatmap, trials, curves, reports)."""
-    from orchestrator.ui.server import check_bind, serve
+    from orchestrator.ui.server import check_bind, open_database, serve
 
     warning = check_bind(host, allow_remote)
+    database = open_database(db_url)
     if warning:
         click.echo(warning.format(host=host, port=port), err=True)
-    click.echo(f"rtgrid ui: http://{host}:{port}/ (read-only; Ctrl-C stops it)", err=True)
-    serve(db_url, host, port, refresh_s)
+    click.echo(f"rtgrid ui: http://{host}:{port}/ on {database.safe_url} (read-only; Ctrl-C stops it)", err=True)
+    serve(database, host, port, refresh_s)
 
 
 def _report_names() -> list[str]:

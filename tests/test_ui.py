@@ -263,6 +263,21 @@ def test_ui_refuses_a_remote_bind_without_the_flag(results_sqlite: str) -> None:
     assert "not a loopback address" in line and "--allow-remote" in line
 
 
+def test_ui_refuses_a_database_it_cannot_read(tmp_path: Path, results_sqlite: str) -> None:
+    """A missing database or one at another schema revision: one line, exit 2, nothing served or created."""
+    import shutil
+    import sqlite3
+
+    missing = tmp_path / "missing.sqlite"
+    assert "no rtgrid database at" in error_line(run_cli("ui", "--db", f"sqlite:///{missing}", expect=2))
+    assert not missing.exists()
+    newer = tmp_path / "newer.sqlite"
+    shutil.copy(results_sqlite.removeprefix("sqlite:///"), newer)
+    with sqlite3.connect(newer) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'ffffeeee0000'")
+    assert "revision ffffeeee0000" in error_line(run_cli("ui", "--db", f"sqlite:///{newer}", expect=2))
+
+
 def test_ui_warns_on_an_allowed_remote_bind(results_sqlite: str) -> None:
     """--allow-remote: it serves on all addresses, after a warning that there is no authentication."""
     port = _free_port()

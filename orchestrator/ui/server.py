@@ -6,6 +6,7 @@ import ipaddress
 import socket
 
 from orchestrator.errors import UserError
+from orchestrator.results.query import ReadOnlyDatabase
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8050
@@ -33,18 +34,26 @@ def check_bind(host: str, allow_remote: bool) -> str | None:
     return REMOTE_WARNING
 
 
-def serve(db_url: str | None, host: str, port: int, refresh_s: float) -> None:
-    """Serve until interrupted. The database is opened read-only once; each page's reads run under the
-    command's --timeout (read here: the server's threads do not inherit the command's context)."""
-    from db.timeouts import current_limit
-    from orchestrator.results.query import ReadOnlyDatabase
-    from orchestrator.ui.app import create_app
-
+def open_database(db_url: str | None) -> ReadOnlyDatabase:
+    """The dashboard's one database handle: `rtgrid query`'s reader. A bad URL, a missing file or another
+    schema revision fails here, as one line, before anything is served."""
     database = ReadOnlyDatabase(db_url)
     try:
-        with database.engine.connect():  # a bad URL or a missing file fails here, as one line, not per page
+        with database.engine.connect():
             pass
-        app = create_app(database, current_limit(), refresh_s)
-        app.run(host=host, port=port, debug=False)
+    except BaseException:
+        database.close()
+        raise
+    return database
+
+
+def serve(database: ReadOnlyDatabase, host: str, port: int, refresh_s: float) -> None:
+    """Serve until interrupted; each page's reads run under the command's --timeout (read here: the
+    server's threads do not inherit the command's context)."""
+    from db.timeouts import current_limit
+    from orchestrator.ui.app import create_app
+
+    try:
+        create_app(database, current_limit(), refresh_s).run(host=host, port=port, debug=False)
     finally:
         database.close()
