@@ -158,6 +158,7 @@ def test_dashboard_walk_matches_sql(server: tuple[str, str], shots: Path) -> Non
         assert page.inner_text("#summary").startswith(f"{len(trials)} trials in {len(cells)} cells"), \
             page.inner_text("#summary")
         page.screenshot(path=str(shots / f"grid-{backend}.png"), full_page=True)
+        page.locator(".rtgrid").screenshot(path=str(shots / f"dashboard-{backend}.png"))  # the README's image
 
         labels = page.evaluate("""() => { const gd = document.querySelector('#heatmap .js-plotly-plot');
             return {y: gd.data[0].y, x: gd.data[0].x, text: gd.data[0].text}; }""")
