@@ -314,3 +314,42 @@ def test_ui_reaches_no_write(results_url: str) -> None:
             "inputs": [{"id": "url", "property": "sql", "value": "DELETE FROM trials"}], "changedPropIds": []})
         assert forged.status_code >= 400
     assert db_fingerprint(results_url) == before
+
+
+def test_ui_refreshes_while_a_grid_runs(results_sqlite: str, tmp_path: Path, shots: Path) -> None:
+    """A trial that starts and completes while the grid page is open shows up without a reload (the
+    --refresh tick) on the grid page's summary line. Writes go to a copy of the database
+    through the Repository, as a running driver's would."""
+    import sqlite3
+
+    from db.repository import Repository
+    from db.session import open_database
+
+    sync_playwright = _need_browser()
+    copy = tmp_path / "live.sqlite"
+    with sqlite3.connect(results_sqlite.removeprefix("sqlite:///")) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    url = f"sqlite:///{copy}"
+    pending = raw_frame(url, "SELECT t.spec_hash FROM trials t WHERE t.status = 'pending'")["spec_hash"].tolist()
+    assert len(pending) == 1
+    process, base = _start_ui(url)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page()
+            page.goto(base + "/experiment/utrera-mini")
+            page.wait_for_selector("#summary")
+            assert "pending 1, running 0, completed 100" in page.inner_text("#summary")
+            engine = open_database(url, create=False)
+            repo = Repository(engine)
+            repo.mark_started(pending[0])
+            page.wait_for_function("() => document.querySelector('#summary').innerText.includes('running 1')")
+            repo.complete(pending[0], {"test_acc": 0.5})
+            page.wait_for_function("() => document.querySelector('#summary').innerText.includes('completed 101')")
+            assert "pending 0, running 0, completed 101" in page.inner_text("#summary")
+            engine.dispose()
+            page.screenshot(path=str(shots / "refreshed.png"))
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
