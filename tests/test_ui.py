@@ -353,3 +353,32 @@ def test_ui_refreshes_while_a_grid_runs(results_sqlite: str, tmp_path: Path, sho
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_figure_points_are_the_trials_mean_and_ci(results_url: str) -> None:
+    """Every point the reports page can draw carries n, mean and CI; for `blocks`, each point is the t-interval
+    of its trials' final test accuracy by plain SQL (what the hover shows)."""
+    from orchestrator.results.query import ReadOnlyDatabase
+    from orchestrator.ui.data import FIGURES
+
+    trials = raw_frame(results_url, "SELECT t.source, t.dataset, t.subset_size, t.blocks, t.test_acc FROM trials t "
+                                    "JOIN experiment_trials et ON et.trial_id = t.id JOIN experiments e ON "
+                                    "e.id = et.experiment_id WHERE e.name = 'utrera-mini' AND t.status = 'completed' "
+                                    "AND t.kind = 'transfer' AND t.init = 'pretrained'")
+    with ReadOnlyDatabase(results_url) as database:
+        for name, (build, _y, _x) in FIGURES.items():
+            frame = build(database, "utrera-mini")
+            assert len(frame) and {"x", "series", "n", "mean", "ci95"} <= set(frame.columns), name
+        points = FIGURES["blocks"][0](database, "utrera-mini")
+    checked = 0
+    for point in points.to_dict("records"):
+        size = point["subset_size"]
+        mine = trials[(trials["dataset"] == point["dataset"]) & (trials["blocks"] == point["blocks"])
+                      & (trials["subset_size"].isna() if size is None or size != size
+                         else trials["subset_size"] == size)]
+        mine = mine[[expected_label(s, results_url) == point["source_label"] for s in mine["source"]]]
+        n, mean, ci = t_ci(mine["test_acc"].astype(float))
+        assert (point["n"], point["mean"]) == (n, pytest.approx(mean)), point
+        assert point["ci95"] == pytest.approx(ci, nan_ok=True), point  # one seed: no interval
+        checked += 1
+    assert checked == len(points) > 0

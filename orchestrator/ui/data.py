@@ -135,8 +135,17 @@ def _learning_curve(db: ReadOnlyDatabase, experiment: str) -> pd.DataFrame:
     return frame.assign(x=frame["epoch"], series=frame["source_label"] + ", " + frame["dataset"].astype(str))
 
 
+def _blocks(db: ReadOnlyDatabase, experiment: str) -> pd.DataFrame:
+    from orchestrator.results.reports import blocks_frame, subset_label
+
+    frame = blocks_frame(db, experiment, caller="figure blocks")
+    return frame.assign(x=frame["blocks"], series=frame["source_label"] + ", " + frame["dataset"].astype(str) + ", "
+                        + frame["subset_size"].map(subset_label) + " images")
+
+
 # name -> (figure data with x, series, mean, n, ci95; y-axis title; x-axis title)
 FIGURES: dict[str, tuple[Callable[[ReadOnlyDatabase, str], pd.DataFrame], str, str]] = {
     "accuracy-delta": (_accuracy_delta, "Δ test accuracy, robust − natural (pp)", "training images"),
     "learning-curve": (_learning_curve, "test accuracy (%)", "epoch"),
+    "blocks": (_blocks, "test accuracy (%)", "fine-tuned residual blocks"),
 }
