@@ -382,3 +382,42 @@ def test_figure_points_are_the_trials_mean_and_ci(results_url: str) -> None:
         assert point["ci95"] == pytest.approx(ci, nan_ok=True), point  # one seed: no interval
         checked += 1
     assert checked == len(points) > 0
+
+
+def test_trial_table_filters_and_sorts(results_sqlite: str) -> None:
+    """The all-trials table: the status filter keeps exactly the failed trials; sorting by test_acc puts the
+    lowest completed trial first (both checked against SQL)."""
+    sync_playwright = _need_browser()
+    url = results_sqlite
+    process, base = _start_ui(url)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(base + "/experiment/utrera-mini")
+            page.click("#all-trials")
+            page.wait_for_selector("#trials tbody tr td")
+            headers = page.evaluate("""() => Array.from(document.querySelectorAll('#trials th.dash-header'))
+                .map(th => th.innerText.trim())""")
+            status_filter = page.locator("#trials th.dash-filter").nth(headers.index("status")).locator(
+                "input[type=text]")
+            status_filter.fill("failed")
+            status_filter.press("Enter")
+            page.wait_for_function("() => document.querySelectorAll('#trials tbody tr td').length < 60")
+            failed = raw_frame(url, "SELECT t.id FROM trials t JOIN experiment_trials et ON et.trial_id = t.id "
+                                    "JOIN experiments e ON e.id = et.experiment_id WHERE e.name = 'utrera-mini' "
+                                    "AND t.status = 'failed'")
+            assert sorted(int(r[0]) for r in _table_text(page, "trials")) == sorted(failed["id"].astype(int))
+            status_filter.fill("completed")
+            status_filter.press("Enter")
+            sort = page.locator("#trials th.dash-header").nth(headers.index("test_acc")).locator(".column-header--sort")
+            sort.click()
+            lowest = raw_frame(url, "SELECT t.id FROM trials t JOIN experiment_trials et ON et.trial_id = t.id "
+                                    "JOIN experiments e ON e.id = et.experiment_id WHERE e.name = 'utrera-mini' "
+                                    "AND t.status = 'completed' ORDER BY t.test_acc ASC LIMIT 1")
+            page.wait_for_function(f"""() => {{ const td = document.querySelector('#trials tbody tr td');
+                return td && td.innerText.trim() === '{int(lowest['id'].iloc[0])}'; }}""")
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
