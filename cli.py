@@ -523,7 +523,7 @@ def export(experiment: str, table: str, fmt: str, output: str | None, db_url: st
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
-@click.option("--port", type=click.IntRange(min=0, max=65535), default=8050, show_default=True)
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=8050, show_default=True)
 @click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (the dashboard has no authentication).")
 @click.option("--refresh", "refresh_s", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
               help="Seconds between refreshes of the open page while a grid runs.")

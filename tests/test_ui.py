@@ -355,6 +355,14 @@ def test_ui_refreshes_while_a_grid_runs(results_sqlite: str, tmp_path: Path, sho
         process.wait(timeout=20)
 
 
+def test_trial_curves_name_epoch_metrics() -> None:
+    from db.models import EPOCH_METRICS
+    from orchestrator.ui.app import CURVES
+
+    drawn = [metric for _title, metrics, _scale in CURVES for metric in metrics]
+    assert set(drawn) <= set(EPOCH_METRICS) and {"test_acc", "ood_acc", "er", "train_loss", "lr"} <= set(drawn)
+
+
 def test_figure_points_are_the_trials_mean_and_ci(results_url: str) -> None:
     """Every point the reports page can draw carries n, mean and CI; for `blocks`, each point is the t-interval
     of its trials' final test accuracy by plain SQL (what the hover shows)."""

@@ -1,6 +1,6 @@
 """The Dash app: one page per URL, every page built from orchestrator/ui/data.py over one read-only database.
 
-Pages (the URL says everything a page shows, so the refresh tick can rebuild it):
+Pages (the URL says everything a page shows; the refresh tick updates a page's live parts in place):
   /                               experiments with progress
   /experiment/NAME?metric=M       the grid as a heatmap of cells, coloured by status or a final metric
   /experiment/NAME/trials?row=&column=   the trial table (filter and sort in the header), optionally one cell
@@ -28,7 +28,8 @@ from orchestrator.results.query import ReadOnlyDatabase
 from orchestrator.results.reports import REPORTS, build_report, pct
 from orchestrator.ui import data
 
-_CURVES = (("accuracy (%)", ("train_acc", "test_acc", "ood_acc"), 100.0), ("ER (pp)", ("er",), 100.0),
+# The trial page's panels: (title, epoch metrics of db.models EPOCH_METRICS, scale); tests/test_ui.py checks them.
+CURVES = (("accuracy (%)", ("train_acc", "test_acc", "ood_acc"), 100.0), ("ER (pp)", ("er",), 100.0),
            ("train loss", ("train_loss",), 1.0), ("learning rate", ("lr",), 1.0))
 
 
@@ -249,9 +250,9 @@ def trial_content(database: ReadOnlyDatabase, trial_id: int) -> tuple[go.Figure,
     epochs = data.epochs_frame(database, trial_id)
     fields = pd.DataFrame({"field": _TRIAL_FIELDS,
                            "value": [None if record.get(f) is None else str(record[f]) for f in _TRIAL_FIELDS]})
-    figure = make_subplots(rows=len(_CURVES), cols=1, shared_xaxes=True, vertical_spacing=0.05,
-                           subplot_titles=[title for title, _m, _s in _CURVES])
-    for index, (_title, metrics, scale) in enumerate(_CURVES, start=1):
+    figure = make_subplots(rows=len(CURVES), cols=1, shared_xaxes=True, vertical_spacing=0.05,
+                           subplot_titles=[title for title, _m, _s in CURVES])
+    for index, (_title, metrics, scale) in enumerate(CURVES, start=1):
         for metric in metrics:
             values = epochs[metric].astype(float)
             if values.notna().any():
@@ -259,7 +260,7 @@ def trial_content(database: ReadOnlyDatabase, trial_id: int) -> tuple[go.Figure,
                                             mode="lines+markers", name=metric),
                                  row=index, col=1)
     figure.update_layout(height=720, margin={"l": 10, "r": 10, "t": 40, "b": 10})
-    figure.update_xaxes(title_text="epoch", row=len(_CURVES), col=1)
+    figure.update_xaxes(title_text="epoch", row=len(CURVES), col=1)
     return figure, f"{len(epochs)} epochs recorded", epochs.round(4), fields
 
 

@@ -107,8 +107,7 @@ def trial_record(db: ReadOnlyDatabase, trial_id: int) -> dict[str, Any] | None:
     if frame.empty:
         return None
     frame = add_source_labels(frame, db)
-    return {k: (None if pd.isna(v) else v) if not isinstance(v, (list, dict)) else v
-            for k, v in frame.iloc[0].to_dict().items()}
+    return {key: None if pd.isna(value) else value for key, value in frame.iloc[0].to_dict().items()}
 
 
 def epochs_frame(db: ReadOnlyDatabase, trial_id: int) -> pd.DataFrame:
