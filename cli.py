@@ -714,24 +714,49 @@ def query(sql: str | None, fmt: str, schema: bool, db_url: str | None) -> None:
 @experiment_argument
 @click.option("--table", type=click.Choice(["trials", "epochs"]), default="trials", show_default=True,
               help="trials: one row per trial; epochs: one row per (trial, evaluation epoch).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
-@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
-              help="Output file (CSV goes to stdout without it).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "tensorboard"]), default="csv",
+              show_default=True, help="tensorboard: one run per trial (epoch scalars, HParams) under -o DIR.")
+@click.option("-o", "--output", default=None, type=click.Path(),
+              help="Output file (CSV goes to stdout without it); a directory for tensorboard.")
 @readonly_db_option
 @timeout_option
 def export(experiment_arg: str | None, experiment: str | None, table: str, fmt: str, output: str | None,
            db_url: str | None) -> None:
-    """Export an experiment's trials or per-epoch metrics (fractions) as CSV or Parquet."""
-    from orchestrator.results.export import export_frame, write_export
+    """Export an experiment's trials or per-epoch metrics (fractions) as CSV or Parquet, or as TensorBoard runs."""
+    from orchestrator.results.export import RUN_FORMATS, export_frame, export_runs, write_export
 
     name = _one_experiment(experiment_arg, experiment)
     assert name is not None
+    if fmt in RUN_FORMATS:
+        runs = export_runs(name, fmt, output, db_url)
+        click.echo(f"wrote {runs} runs to {output}/{name} (tensorboard --logdir {output})", err=True)
+        return
     frame = export_frame(name, table, db_url)
     text = write_export(frame, fmt, output)
     if text is not None:
         click.echo(text, nl=False)
     else:
         click.echo(f"wrote {len(frame)} rows to {output}", err=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=8050, show_default=True)
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (the dashboard has no authentication).")
+@click.option("--refresh", "refresh_s", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
+              help="Seconds between refreshes of the open page while a grid runs.")
+@readonly_db_option
+@timeout_option
+def ui(host: str, port: int, allow_remote: bool, refresh_s: float, db_url: str | None) -> None:
+    """Serve a read-only web dashboard of the results (experiments, grid heatmap, trials, curves, reports)."""
+    from orchestrator.ui.server import check_bind, open_database, serve
+
+    warning = check_bind(host, allow_remote)
+    database = open_database(db_url)
+    if warning:
+        click.echo(warning.format(host=host, port=port), err=True)
+    click.echo(f"rtgrid ui: http://{host}:{port}/ on {database.safe_url} (read-only; Ctrl-C stops it)", err=True)
+    serve(database, host, port, refresh_s)
 
 
 def _report_names() -> list[str]:

@@ -1,4 +1,5 @@
-"""`rtgrid export`: an experiment's trials or per-epoch metrics as CSV or Parquet (read-only)."""
+"""`rtgrid export`: an experiment's trials or per-epoch metrics as CSV or Parquet, or both as TensorBoard
+runs (tensorboard.py writes those), all read-only."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from orchestrator.results.frames import add_source_labels, experiment_trials_sql
 from orchestrator.results.query import Database, reading
 
 TABLES = ("trials", "epochs")
-FORMATS = ("csv", "parquet")
+FORMATS = ("csv", "parquet")  # one table to one file
+RUN_FORMATS = ("tensorboard",)  # the trials and their epochs to a directory of runs
 # From the schema: a new key column or epoch metric is exported without an edit here.
 _TRIAL_KEYS = ", ".join(f"t.{column}" for column in ("spec_hash", "status", *KEY_COLUMNS, *DERIVED_COLUMNS))
 _EPOCH_COLUMNS = ", ".join(f"m.{column}" for column in ("epoch", *EPOCH_METRICS, "recorded_at"))
@@ -44,6 +46,15 @@ def export_frame(experiment: str, table: str = "trials", db: Database | Any = No
     return nullable_ints(frame, ("blocks", "subset_size", "seed", "epochs", "epoch", "attempts"))
 
 
+def _output_file(path: str) -> Path:
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{target} is a directory: give a file name with -o")
+    if not target.parent.exists():
+        raise UserError(f"output directory {target.parent} does not exist")
+    return target
+
+
 def write_export(frame: pd.DataFrame, fmt: str, path: str | None) -> str | None:
     """Write `frame` to `path`; CSV without a path is returned as text (for stdout)."""
     if fmt not in FORMATS:
@@ -51,9 +62,7 @@ def write_export(frame: pd.DataFrame, fmt: str, path: str | None) -> str | None:
     if fmt == "parquet":
         if not path:
             raise UserError("parquet is binary: give an output file with -o PATH")
-        target = Path(path)
-        if not target.parent.exists():
-            raise UserError(f"output directory {target.parent} does not exist")
+        target = _output_file(path)
         table = frame.copy()
         for column in table.columns:  # SQLite gives timestamps as text, PostgreSQL as datetimes: one type
             if column.endswith("_at"):
@@ -61,11 +70,23 @@ def write_export(frame: pd.DataFrame, fmt: str, path: str | None) -> str | None:
         table.to_parquet(target, index=False)
         return None
     if path:
-        target = Path(path)
-        if not target.parent.exists():
-            raise UserError(f"output directory {target.parent} does not exist")
+        target = _output_file(path)
         frame.to_csv(target, index=False)
         return None
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False)
     return buffer.getvalue()
+
+
+def export_runs(experiment: str, fmt: str, directory: str | None, db: Database | Any = None) -> int:
+    """The experiment's trials with their epochs as runs under `directory` (idempotent); the run count."""
+    if fmt not in RUN_FORMATS:
+        raise UserError(f"unknown format {fmt!r} (known: {', '.join(RUN_FORMATS)})")
+    if not directory:
+        raise UserError(f"{fmt} writes a directory of runs: give it with -o DIR")
+    from orchestrator.results.tensorboard import write_tensorboard
+
+    with reading(db) as database:
+        trials = export_frame(experiment, "trials", database)
+        epochs = export_frame(experiment, "epochs", database)
+    return write_tensorboard(trials, epochs, experiment, directory)
