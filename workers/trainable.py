@@ -76,11 +76,20 @@ __all__ = [
     # running kernels
     "KernelContext", "KernelInputError", "PackRunner", "convert_trusted_checkpoint", "execute",
     "resume_checkpoint_path", "tune_entry",
+    # `rtgrid plan`'s preflight on the driver: where datasets and published weights must lie
+    "dataset_location", "resolve_source_path",
 ]
 
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]  # sends one Tune report (a plain dict)
+
+
+def dataset_location(name: str, data_root: str | None) -> Path | None:
+    """Where dataset `name` must lie for its loader (None: built in); workers.data imports torch, lazily here."""
+    from workers.data.registry import expected_location
+
+    return expected_location(name, data_root)
 
 
 def kernel_for(spec: Mapping[str, Any], override: KernelOverride | None) -> Callable[..., dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -96,6 +97,22 @@ def load_split(
     """The train or test split of dataset `name`, loaded once per process."""
     root = os.path.abspath(os.path.expanduser(data_root)) if data_root else None
     return loader_of(name)(name, bool(train), root, bool(download), params or {})
+
+
+def expected_location(name: str, data_root: str | None) -> Path | None:
+    """Where dataset `name` must lie for its loader (checked by `rtgrid plan` before anything runs);
+    None for a set that needs no files (embedded, generated). Without a data root, the path is relative."""
+    root = Path(os.path.expanduser(data_root)) if data_root else Path(".")
+    if name in TORCHVISION_LAYOUT:
+        return TORCHVISION_LAYOUT[name](root, True)
+    if name == "cifar10.1":
+        return root / "cifar10.1"
+    if name in RENOFEATION_SETS:
+        return root / RENOFEATION_SETS[name]
+    if name.startswith("imagefolder:"):
+        base = Path(os.path.expanduser(name.split(":", 1)[1]))
+        return base if base.is_absolute() or not (root / base).exists() else root / base
+    return None
 
 
 def transform_recipe(dataset: str, requested: str | None = None) -> str:
