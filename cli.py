@@ -206,6 +206,30 @@ def db_current(db_url: str | None) -> None:
     click.echo(revision_line(db_url))
 
 
+@main.command()
+@click.option("--grid", "grid_name", default=None, help="Grid preset or YAML file whose datasets and sources to check.")
+@click.option("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://… (default: local Ray).")
+@click.option("--data-root", default=None, envvar="RTGRID_DATA", help="Dataset root ($RTGRID_DATA).")
+@click.option("--artifacts", default="rtgrid_artifacts", envvar="RTGRID_ARTIFACTS", show_default=True,
+              help="Directory every node must read and write.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
+@max_specs_option
+@db_option
+@click.pass_context
+def doctor(ctx: click.Context, grid_name: str | None, address: str | None, data_root: str | None, artifacts: str,
+           as_json: bool, max_specs: int, db_url: str | None) -> None:
+    """Check a cluster before a grid: database, Ray and versions, datasets and sources on every node, artifacts.
+
+    One line per check with its verdict and fix; exit 0 only when every check passes (1 otherwise)."""
+    from orchestrator.console.doctor import Options, render, run_checks
+    from orchestrator.plan.grids import load_grid
+
+    loaded = load_grid(grid_name, max_specs) if grid_name else None
+    verdicts = run_checks(loaded, Options(address=address, data_root=data_root, artifacts=artifacts, db_url=db_url))
+    if not render(verdicts, as_json, click.echo):
+        ctx.exit(1)
+
+
 # --- running grids --------------------------------------------------------------------------
 
 
