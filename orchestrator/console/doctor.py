@@ -119,11 +119,44 @@ class Options:
     data_root: str | None = None
     artifacts: str = "rtgrid_artifacts"
     db_url: str | None = None
+    manifest: str | None = None
     node_timeout_s: float = 120.0
+
+
+def load_grid_verdict(grid_name: str, max_specs: int) -> tuple[Grid | None, Verdict]:
+    """The grid, or None with the verdict saying why it does not load (a manifest source whose file
+    does not match its sha256 lands here: loading refuses it, as `rtgrid submit` would)."""
+    from orchestrator.errors import UserError
+    from orchestrator.plan.grids import load_grid
+
+    try:
+        grid = load_grid(grid_name, max_specs)
+    except UserError as exc:
+        return None, Verdict("grid", False, str(exc), "correct the grid, or the source file it names")
+    return grid, Verdict("grid", True, f"{grid_name}: {len(grid.specs)} specs")
+
+
+def manifest_verdicts(manifest: str | None) -> list[Verdict]:
+    """Every file of the source manifest hashed again (none when there is no manifest)."""
+    from orchestrator.plan.manifest import ManifestError, load, manifest_path, verify_entry
+
+    where = manifest_path(manifest)
+    try:
+        entries = load(where)
+    except ManifestError as exc:
+        return [Verdict("source manifest", False, str(exc), "restore the file, or remove it and add the sources again")]
+    verdicts = []
+    for entry in entries.values():
+        problem = verify_entry(entry)
+        verdicts.append(Verdict(f"source {entry.name}", problem is None, problem or f"{entry.file} sha256 "
+                                f"{entry.sha256[:12]}", "" if problem is None else
+                                "replace the file with the one recorded (compare sizes: truncated download?)"))
+    return verdicts
 
 
 def run_checks(grid: Grid | None, options: Options) -> list[Verdict]:
     verdicts = [database_verdict(options.db_url)]
+    verdicts += manifest_verdicts(options.manifest)
     artifacts_ok, artifacts_verdicts, probe, token = _prepare_artifacts(options.artifacts)
     verdicts += artifacts_verdicts
     if grid is not None:
@@ -193,7 +226,7 @@ def _cluster_verdicts(grid: Grid | None, options: Options, probe: str | None, to
                                                 "as --address, or omit --address for a local instance")]
     import ray
 
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    nodes = [node for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     gpus = resources.get("GPU", 0.0)
     verdicts = [Verdict("ray", True, f"{options.address or 'local'}: {len(nodes)} node(s), "
