@@ -13,25 +13,19 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 from cli_helpers import error_line, run_cli
+from loopback_cluster import REPO, can_unshare, loopback_cluster
 
 from db.session import head_revision, open_database, upgrade
 from orchestrator.console.doctor import database_verdict
 from orchestrator.plan.manifest import PUBLISHED_TOP1, load
 
-REPO = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).with_name("ray"))
 PORT = int(os.environ.get("RTGRID_TEST_DOCTOR_RAY_PORT", "6410"))  # not test_cluster's 6390/6392
-NODE_IP = "127.0.0.2"
 
 GRID = """
 fixed:
@@ -137,37 +131,10 @@ def test_unknown_manifest_source_is_one_line(tmp_path: Path) -> None:
 # --- a real two-node cluster --------------------------------------------------------------
 
 
-def _stop(process: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=20)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _alive_nodes(address: str, env: dict[str, str]) -> int:
-    probe = (f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
-             "print(sum(1 for n in ray.nodes() if n['Alive']))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=90, env=env)
-    lines = out.stdout.strip().splitlines()
-    return int(lines[-1]) if lines and lines[-1].isdigit() else 0
-
-
-def _can_unshare() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     """(address, env, dirs): a head, and a second node that sees `data_hidden` and `art_hidden` empty."""
-    if not _can_unshare():
+    if not can_unshare():
         pytest.skip("needs `unshare -m` (a private mount namespace) to give one node different disks")
     base = tmp_path_factory.mktemp("doctor")
     dirs = {name: base / name for name in ("data_shared", "data_hidden", "art_shared", "art_hidden")}
@@ -175,36 +142,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         path.mkdir()
         if name.startswith("data"):
             (path / "cifar-10-batches-py").mkdir()  # where cifar10 must lie under a data root
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    ray_dir = tempfile.mkdtemp(prefix="rtg-doc-", dir="/tmp")  # Ray's socket paths must fit 107 bytes
-    address = f"{NODE_IP}:{PORT}"
-    common = [f"--node-ip-address={NODE_IP}", "--num-cpus=1", "--include-dashboard=false"]
-    logs = [open(base / f"{name}.log", "w") for name in ("head", "node")]  # noqa: SIM115 - closed below
-    head = subprocess.Popen([RAY, "start", "--block", "--head", f"--port={PORT}", f"--temp-dir={ray_dir}",
-                             f"--ray-client-server-port={PORT + 2}", *common], stdout=logs[0],
-                            stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO, env=env)
-    node = None
-    try:
-        deadline = time.time() + 120
-        while _alive_nodes(address, env) < 1:
-            assert head.poll() is None and time.time() < deadline, (base / "head.log").read_text()
-            time.sleep(2)
+    with loopback_cluster(PORT, base) as running:
         # The second raylet (and every worker it starts) sees an empty tmpfs over these two directories.
-        masked = (f"mount -t tmpfs tmpfs {dirs['data_hidden']} && mount -t tmpfs tmpfs {dirs['art_hidden']} && "
-                  f"exec {RAY} start --block --address={address} {' '.join(common[:2])}")
-        node = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", masked], stdout=logs[1],
-                                stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO, env=env)
-        while _alive_nodes(address, env) < 2:
-            assert node.poll() is None and time.time() < deadline, (base / "node.log").read_text()
-            time.sleep(2)
-        yield address, env, dirs
-    finally:
-        if node is not None:
-            _stop(node)
-        _stop(head)
-        for log in logs:
-            log.close()
-        shutil.rmtree(ray_dir, ignore_errors=True)
+        running.start_node("node", f"mount -t tmpfs tmpfs {dirs['data_hidden']} && "
+                                   f"mount -t tmpfs tmpfs {dirs['art_hidden']} && ")
+        yield running.address, running.env, dirs
 
 
 def _doctor(address: str, env: dict[str, str], *args: str) -> tuple[int, dict]:
