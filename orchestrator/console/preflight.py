@@ -67,3 +67,30 @@ def _natural_shifts() -> tuple[str, ...]:
     from workers.trainable import catalog
 
     return tuple(catalog.OOD_SETS)
+
+
+def completed_in_database(grid: Grid, db_url: str | None) -> set[str] | None:
+    """The grid's spec hashes already completed in the database (read-only); None when there is no database
+    yet (a missing SQLite file is never created)."""
+    from pathlib import Path
+
+    from db.models import TrialStatus
+    from db.session import is_sqlite, parse_url, resolve_url, sqlite_path
+    from orchestrator.results.query import ReadOnlyDatabase
+
+    url = resolve_url(db_url)
+    parsed = parse_url(url)
+    if is_sqlite(parsed):
+        path = sqlite_path(parsed)
+        if path is None or not Path(path).is_file():
+            return None
+    hashes = [s.spec_hash for s in grid.specs]
+    done: set[str] = set()
+    with ReadOnlyDatabase(url) as database:
+        for start in range(0, len(hashes), 1000):
+            chunk = hashes[start:start + 1000]
+            names = {f"h{i}": h for i, h in enumerate(chunk)}
+            sql = (f"SELECT spec_hash FROM trials WHERE status = :status AND spec_hash IN "
+                   f"({', '.join(':' + n for n in names)})")
+            done.update(str(r[0]) for r in database.rows(sql, {"status": TrialStatus.COMPLETED.value, **names}).rows)
+    return done
