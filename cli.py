@@ -223,8 +223,12 @@ def doctor(ctx: click.Context, grid_name: str | None, address: str | None, data_
     """Check a cluster before a grid: database, Ray and versions, datasets and sources on every node, artifacts.
 
     One line per check with its verdict and fix; exit 0 only when every check passes (1 otherwise)."""
+    import os
+
     from orchestrator.console.doctor import Options, load_grid_verdict, render, run_checks
 
+    if manifest:  # the grid's manifest: sources resolve against the same file doctor verifies
+        os.environ["RTGRID_SOURCES"] = manifest
     loaded, verdicts = (load_grid_verdict(grid_name, max_specs) if grid_name else (None, None))
     options = Options(address=address, data_root=data_root, artifacts=artifacts, db_url=db_url, manifest=manifest)
     if not render(([verdicts] if verdicts else []) + run_checks(loaded, options), as_json, click.echo):
