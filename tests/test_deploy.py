@@ -191,3 +191,10 @@ def test_kuberay_raycluster_parses() -> None:
     cluster = yaml.safe_load(KUBERAY[0].read_text())
     assert cluster["kind"] == "RayCluster"
     _check_cluster_spec(cluster["spec"])
+
+
+def test_sbatch_script_embedded_python_compiles() -> None:
+    snippets = re.findall(r"<<'PY'\n(.*?)\nPY\n", SBATCH.read_text(), flags=re.S)
+    assert snippets
+    for snippet in snippets:
+        compile(snippet, str(SBATCH), "exec")

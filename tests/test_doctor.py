@@ -22,7 +22,7 @@ from cli_helpers import error_line, run_cli
 from loopback_cluster import REPO, can_unshare, loopback_cluster
 
 from db.session import head_revision, open_database, upgrade
-from orchestrator.console.doctor import database_verdict
+from orchestrator.console.doctor import database_verdict, load_grid_verdict
 from orchestrator.plan.manifest import PUBLISHED_TOP1, load
 
 PORT = int(os.environ.get("RTGRID_TEST_DOCTOR_RAY_PORT", "6410"))  # not test_cluster's 6390/6392
@@ -120,6 +120,19 @@ def test_grid_names_a_manifest_source_and_a_wrong_file_is_refused_before_the_dat
     line = error_line(run_cli("submit", str(grid), "--db", f"sqlite:///{db}", "--dry-run", env=env, expect=2))
     assert "source 'mine'" in line and "the manifest records" in line
     assert not db.exists()  # refused before anything was written
+
+
+def test_doctor_reports_a_grid_whose_manifest_file_differs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = tmp_path / "sources.json"
+    weights = _checkpoint(tmp_path / "mine.pt")
+    run_cli("sources", "add", "mine", str(weights), "--arch", "tiny_resnet", "--manifest", str(manifest))
+    monkeypatch.setenv("RTGRID_SOURCES", str(manifest))
+    grid = _manifest_grid(tmp_path, "mine")
+    loaded, verdict = load_grid_verdict(str(grid), 1000)
+    assert loaded is not None and verdict.ok
+    weights.write_bytes(b"")  # an empty (failed) download
+    loaded, verdict = load_grid_verdict(str(grid), 1000)
+    assert loaded is None and not verdict.ok and "0 bytes" in verdict.detail and verdict.fix
 
 
 def test_unknown_manifest_source_is_one_line(tmp_path: Path) -> None:
