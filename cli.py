@@ -241,6 +241,35 @@ def db_current(db_url: str | None) -> None:
     click.echo(revision_line(db_url))
 
 
+@main.command()
+@click.option("--grid", "grid_name", default=None, help="Grid preset or YAML file whose datasets and sources to check.")
+@click.option("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://… (default: local Ray).")
+@click.option("--data-root", default=None, envvar="RTGRID_DATA", help="Dataset root ($RTGRID_DATA).")
+@click.option("--artifacts", default="rtgrid_artifacts", envvar="RTGRID_ARTIFACTS", show_default=True,
+              help="Directory every node must read and write.")
+@click.option("--manifest", default=None,
+              help="Source manifest (default: $RTGRID_SOURCES, else $RTGRID_ARTIFACTS/sources.json).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
+@max_specs_option
+@db_option
+@click.pass_context
+def doctor(ctx: click.Context, grid_name: str | None, address: str | None, data_root: str | None, artifacts: str,
+           manifest: str | None, as_json: bool, max_specs: int, db_url: str | None) -> None:
+    """Check a cluster before a grid: database, Ray and versions, datasets and sources on every node, artifacts.
+
+    One line per check with its verdict and fix; exit 0 only when every check passes (1 otherwise)."""
+    import os
+
+    from orchestrator.console.doctor import Options, load_grid_verdict, render, run_checks
+
+    if manifest:  # the grid's manifest: sources resolve against the same file doctor verifies
+        os.environ["RTGRID_SOURCES"] = manifest
+    loaded, verdicts = (load_grid_verdict(grid_name, max_specs) if grid_name else (None, None))
+    options = Options(address=address, data_root=data_root, artifacts=artifacts, db_url=db_url, manifest=manifest)
+    if not render(([verdicts] if verdicts else []) + run_checks(loaded, options), as_json, click.echo):
+        ctx.exit(1)
+
+
 # --- running grids --------------------------------------------------------------------------
 
 
@@ -538,6 +567,60 @@ def run_spec(grid_name: str | None, index: int | None, spec_hash: str | None, da
 @main.group()
 def sources() -> None:
     """Source checkpoints."""
+
+
+def manifest_option(func: F) -> F:
+    return click.option("--manifest", default=None,
+                        help="Source manifest (default: $RTGRID_SOURCES, else $RTGRID_ARTIFACTS/sources.json).")(func)
+
+
+@sources.command("list")
+@manifest_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+def sources_list(manifest: str | None, as_json: bool) -> None:
+    """The source models of the manifest: name, architecture, clean ImageNet top-1, sha256, file."""
+    from orchestrator.plan.manifest import as_rows, load, manifest_path
+
+    rows = as_rows(load(manifest_path(manifest)))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        top1 = "-" if row["top1"] is None else f"{row['top1']:.2f}"
+        click.echo(f"{row['name']:<24} {row['arch']:<14} top1 {top1:>6}  {row['sha256'][:12]}  {row['file']}")
+    if not rows:
+        click.echo(f"no sources in {manifest_path(manifest)} (add one: rtgrid sources add NAME FILE --arch ARCH)")
+
+
+@sources.command("add")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--arch", required=True, help="Architecture of the checkpoint, e.g. resnet50.")
+@click.option("--top1", type=float, default=None, help="Clean ImageNet top-1 (%%); known for the published models.")
+@click.option("--replace", is_flag=True, help="Record a new file under an existing name.")
+@manifest_option
+def sources_add(name: str, file: str, arch: str, top1: float | None, replace: bool, manifest: str | None) -> None:
+    """Hash FILE and record it as NAME: grid files then name it `source: manifest:NAME`."""
+    from orchestrator.plan.manifest import add, manifest_path
+
+    entry = add(manifest_path(manifest), name, file, arch, top1, replace=replace)
+    click.echo(f"{entry.name}: {entry.file} sha256 {entry.sha256[:12]} ({manifest_path(manifest)})")
+
+
+@sources.command("verify")
+@manifest_option
+@click.pass_context
+def sources_verify(ctx: click.Context, manifest: str | None) -> None:
+    """Hash every file of the manifest again; exit 1 when one is missing or differs."""
+    from orchestrator.plan.manifest import load, manifest_path, verify_entry
+
+    entries = load(manifest_path(manifest))
+    problems = [problem for problem in map(verify_entry, entries.values()) if problem]
+    for problem in problems:
+        click.echo(f"FAIL  {problem}")
+    click.echo(f"{len(entries) - len(problems)} of {len(entries)} source files match their sha256")
+    if problems:
+        ctx.exit(1)
 
 
 @sources.command("convert")

@@ -404,10 +404,14 @@ def _resolve_source(value: Any, named_sources: Mapping[str, TrialSpec], base_dir
         if name not in named_sources:
             raise GridError(f"source {value!r} names no entry of 'sources:' (have: {', '.join(named_sources)})")
         return f"spec:{named_sources[name].spec_hash}", None, None
+    if value.startswith("manifest:"):  # a source model by id: its file must match the manifest's sha256
+        from orchestrator.plan.manifest import resolve
+
+        return resolve(value)
     try:
         ref = SourceRef.parse(value)
     except ValueError as exc:
-        raise GridError(f"{exc} (or grid:<name> of 'sources:')") from None
+        raise GridError(f"{exc} (or grid:<name> of 'sources:', or manifest:<name> of `rtgrid sources list`)") from None
     if ref.scheme == "file":
         try:
             path = Path(ref.name).expanduser()
