@@ -22,14 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _mnist_root() -> Path | None:
-    """../shared/datasets/mnist-10k from the checkout or any folder above it ($RTGRID_TEST_MNIST wins)."""
-    if os.environ.get("RTGRID_TEST_MNIST"):
-        return Path(os.environ["RTGRID_TEST_MNIST"])
-    for folder in REPO.parents:
-        candidate = folder / "shared" / "datasets" / "mnist-10k"
-        if (candidate / "MNIST").is_dir():
-            return candidate
-    return None
+    """$RTGRID_SHARED_DATASETS/mnist-10k (default ../shared/datasets, as tests/test_data.py), if present."""
+    shared = Path(os.environ.get("RTGRID_SHARED_DATASETS") or REPO.parent / "shared" / "datasets")
+    root = shared / "mnist-10k"
+    return root if (root / "MNIST" / "raw").is_dir() else None
 
 
 MNIST = _mnist_root()
@@ -38,7 +34,7 @@ MNIST = _mnist_root()
 @pytest.fixture(scope="module")
 def mnist_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, subprocess.CompletedProcess]:
     if MNIST is None:
-        pytest.skip("real MNIST-10k not found (../shared/datasets/mnist-10k); set RTGRID_TEST_MNIST")
+        pytest.skip("real MNIST-10k not found ($RTGRID_SHARED_DATASETS/mnist-10k, default ../shared/datasets)")
     workdir = tmp_path_factory.mktemp("study")
     db_url = f"sqlite:///{workdir / 'study.sqlite'}"
     run = subprocess.run([sys.executable, "-m", "cli", "demo", "--quiet", "--reduced", "--target", "mnist",
