@@ -56,8 +56,9 @@ def test_mnist_study_completes_with_every_claim(mnist_study: tuple[str, str, sub
     engine = create_engine(db_url)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM trials WHERE status <> 'completed'")).scalar_one() == 0
-        # ASR on the whole MNIST-10k test set: every Chin-arm run attacked all 2,000 images' clean-correct part
-        assert conn.execute(text("SELECT count(*) FROM trials WHERE dataset = 'mnist' AND asr IS NULL")).scalar_one() == 0
+        # every MNIST run has its ASR (the attack covers the whole 2,000-image test set)
+        missing = conn.execute(text("SELECT count(*) FROM trials WHERE dataset = 'mnist' AND asr IS NULL"))
+        assert missing.scalar_one() == 0
     engine.dispose()
     frame = _verdicts(db_url, experiment)
     papers = set(frame["paper"])
