@@ -41,6 +41,7 @@ def mnist_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, sub
                           "--data-root", str(MNIST), "--db", db_url, "--artifacts", str(workdir / "artifacts")],
                          cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    print(run.stdout)  # the verdict table on MNIST, shown with pytest -s
     return db_url, DemoOptions(target="mnist", scale="reduced").experiment, run
 
 
