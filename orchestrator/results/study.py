@@ -81,6 +81,10 @@ def study_trials(db: ReadOnlyDatabase, experiment: str) -> pd.DataFrame:
     return add_source_labels(frame, db)
 
 
+def _size_text(subset: Any) -> str:
+    return "full training set" if subset is None or pd.isna(subset) else f"{int(subset)} images"
+
+
 def _smallest(sizes: pd.Series) -> Any:
     known = sizes.dropna()
     return known.min() if not known.empty else None
@@ -100,7 +104,7 @@ def utrera_verdicts(trials: pd.DataFrame) -> list[Verdict]:
             for blocks, at_blocks in cell.groupby("blocks", sort=True):
                 deltas = stats.paired_deltas(at_blocks, [], "source_label", label, NATURAL, "test_acc")["delta"]
                 out.append(_verdict("Utrera", f"{label} source > natural source (test accuracy)",
-                                    f"{dataset}, {int(smallest)} images, {int(blocks)} blocks", deltas))
+                                    f"{dataset}, {_size_text(smallest)}, {int(blocks)} blocks", deltas))
     return out
 
 
@@ -124,7 +128,7 @@ def chin_verdicts(trials: pd.DataFrame) -> list[Verdict]:
     for (dataset, subset), cell in chin_trials(trials).groupby(
             ["dataset", "subset_size"], sort=True, dropna=False):
         require_one_trial_per_seed(cell, ("dataset", "subset_size", "method"), "report study")
-        where = f"{dataset}, {'full' if pd.isna(subset) else int(subset)} images"
+        where = f"{dataset}, {_size_text(subset)}"
 
         def delta(treated: str, control: str, value: str, frame: pd.DataFrame = cell) -> pd.Series:
             return stats.paired_deltas(frame, [], "method", treated, control, value)["delta"]
@@ -176,7 +180,7 @@ def andreassen_verdicts(runs: pd.DataFrame) -> list[Verdict]:
         if not {"pretrained", "random"} <= set(cell["init"]):
             continue
         require_one_trial_per_seed(cell, ("dataset", "ood", "subset_size", "init"), "report study")
-        where = f"{dataset} -> {ood}, {'full' if pd.isna(subset) else int(subset)} images"
+        where = f"{dataset} -> {ood}, {_size_text(subset)}"
         deltas = stats.paired_deltas(cell, [], "init", "pretrained", "random", "max_er")["delta"]
         out.append(_verdict("Andreassen", "pre-trained max ER > random-init max ER", where, deltas))
         pretrained = cell[cell["init"] == "pretrained"]
