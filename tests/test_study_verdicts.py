@@ -177,3 +177,44 @@ def test_a_claim_without_pairs_is_not_reproduced(tmp_path: Path) -> None:
     engine.dispose()
     row = _row(_verdicts(url), "pgd-linf source > natural", "digits, 100 images")
     assert row["n"] == 1 and row["verdict"].startswith(NOT_REPRODUCED)
+
+
+def test_study_report_and_plots_refuse_two_trials_of_one_seed_in_a_cell(tmp_path: Path) -> None:
+    """A Renofeation and an Andreassen random-init run planned twice for one seed (another lr): the verdicts
+    and the Chin / Andreassen plots refuse to pool them, in one line naming the cell."""
+    from orchestrator.errors import UserError
+    from orchestrator.results.plots import make_plot
+    from orchestrator.results.study import study_lines
+
+    url = f"sqlite:///{tmp_path / 'study.sqlite'}"
+    _fill(url, {"digits": 0.1, STUDY_SHAPE_TARGET: 0.0})
+    grid = study(0, "digits", "reduced")
+    twins = []
+    for spec in grid.transfers:
+        chin = spec.method == "renofeation" and spec.seed == 0 and spec.subset_size == 100
+        andreassen = spec.method == "retrain" and spec.seed == 0 and spec.subset_size is None
+        if chin or andreassen:
+            fields = {**spec.to_dict(), "params": {**spec.params, "lr": 0.02}}
+            twins.append(TrialSpec.from_dict(fields))
+    assert len(twins) == 2
+    engine = open_database(url, create=False)
+    repo = Repository(engine)
+    record_plan(repo, grid.__class__(grid.name, grid.description, [*grid.specs, *twins]), EXPERIMENT)
+    trials, epoch_table = Base.metadata.tables["trials"], Base.metadata.tables["epoch_metrics"]
+    with engine.begin() as connection:
+        for twin in twins:
+            connection.execute(update(trials).where(trials.c.spec_hash == twin.spec_hash).values(
+                status="completed", test_acc=0.5, ood_acc=0.3, asr=0.1 if twin.dataset == "digits" else None))
+        ids = dict(connection.execute(trials.select().with_only_columns(trials.c.spec_hash, trials.c.id)).all())
+        twin_er = next(t for t in twins if t.dataset == STUDY_SHAPE_TARGET)
+        connection.execute(epoch_table.insert(), [{"trial_id": ids[twin_er.spec_hash], "epoch": e, "test_acc": 0.5,
+                                                   "ood_acc": 0.3, "er": 0.01} for e in range(1, 6)])
+    engine.dispose()
+    with pytest.raises(UserError) as info:
+        list(study_lines(url, EXPERIMENT))
+    assert str(info.value).startswith("report study: cell ") and "method=renofeation" in str(info.value)
+    assert "params.lr" in str(info.value)
+    for name, part in (("study-asr", "method=renofeation"), ("study-er", "init=random")):
+        with pytest.raises(UserError) as info:
+            make_plot(name, EXPERIMENT, url)
+        assert str(info.value).startswith(f"plot {name}: cell ") and part in str(info.value), str(info.value)

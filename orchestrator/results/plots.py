@@ -364,6 +364,7 @@ def plot_study_er(db: ReadOnlyDatabase, experiment: str, blocks: int | None = No
 
     data = er_epochs(db, experiment)
     require_rows(data, "runs with per-epoch ER (fit a baseline: rtgrid er fit)", experiment)
+    require_one_trial_per_seed(data, ("dataset", "ood", "subset_size", "init"), "plot study-er")
     figure, axes = _figure(1, width=8.0, height=5.5)
     ax = axes[0]
     styles = {"pretrained": ("C0", "-"), "random": ("C3", "--"), "distilled": ("C2", ":")}
