@@ -218,3 +218,29 @@ def test_study_report_and_plots_refuse_two_trials_of_one_seed_in_a_cell(tmp_path
         with pytest.raises(UserError) as info:
             make_plot(name, EXPERIMENT, url)
         assert str(info.value).startswith(f"plot {name}: cell ") and part in str(info.value), str(info.value)
+
+
+def test_the_study_plots_draw_the_three_arms(tmp_path: Path) -> None:
+    import matplotlib.image
+    from cli_helpers import run_cli
+
+    from orchestrator.console.demo import STUDY_PLOTS
+    from orchestrator.results.plots import make_plot
+
+    url = f"sqlite:///{tmp_path / 'study.sqlite'}"
+    _fill(url, {"digits": 0.1, STUDY_SHAPE_TARGET: 0.05})
+    expected = {  # first axes: (title contains, x label, y label, legend entries)
+        "study-accuracy": ("digits: fine-tuning the last 3 blocks", "training images",
+                           "test accuracy (%), mean ± 95% CI", 3),
+        "study-asr": ("digits, 100 training images", "clean test accuracy (%)", "attack success rate, ASR (%)", 5),
+        "study-er": ("Andreassen et al.", "ID test accuracy (%)", "effective robustness (pp)", 2),
+    }
+    assert set(expected) == set(STUDY_PLOTS)
+    for name, (title, xlabel, ylabel, entries) in expected.items():
+        target = tmp_path / f"{name}.png"
+        run_cli("plot", name, "--experiment", EXPERIMENT, "-o", str(target), "--db", url)
+        image = matplotlib.image.imread(target)
+        assert image.ndim == 3 and image.shape[0] > 200 and image.std() > 0.01
+        ax = make_plot(name, EXPERIMENT, url).axes[0]
+        assert title in ax.get_title() and ax.get_xlabel() == xlabel and ax.get_ylabel() == ylabel, name
+        assert len(ax.get_legend().get_texts()) == entries, name
