@@ -427,7 +427,8 @@ def test_ood_corruptions() -> None:
     assert torch.allclose(recoloured.data.sum(dim=1), shapes.data.sum(dim=1), atol=1e-5)  # channels moved only
     with pytest.raises(KernelInputError, match="noise-1..5"):
         data.load_ood("digits", "noise-6", None)
-    with pytest.raises(KernelInputError, match="unknown OOD set 'snow-1'.*known: cifar10.1, shape-conflict, noise-1..5"):
+    with pytest.raises(KernelInputError,
+                       match="unknown OOD set 'snow-1'.*known: cifar10.1, shape-conflict, noise-1..5"):
         data.load_ood("digits", "snow-1", None)
 
 
