@@ -640,12 +640,23 @@ def sources_convert(input_path: str, output_path: str) -> None:
 @main.command()
 @db_option
 @click.option("--artifacts", default="rtgrid_artifacts", show_default=True)
+@click.option("--seed-base", default=0, show_default=True, type=int,
+              help="First seed of the study (sources and transfers); each seed base is a new experiment.")
+@click.option("--target", type=click.Choice(["digits", "mnist"]), default="digits", show_default=True,
+              help="The digit target: embedded sklearn digits, or real MNIST (needs --data-root).")
+@click.option("--data-root", default=None, envvar="RTGRID_DATA",
+              help="Dataset root holding MNIST in the torchvision layout (for --target mnist).")
+@click.option("--reduced", is_flag=True, help="A smaller study (fewer seeds and epochs; noisier verdicts).")
 @click.option("--quiet", is_flag=True)
-def demo(db_url: str | None, artifacts: str, quiet: bool) -> None:
-    """Run the embedded smoke grid end to end (local Ray, SQLite) and print its results."""
-    from orchestrator.console.demo import run_demo
+def demo(db_url: str | None, artifacts: str, seed_base: int, target: str, data_root: str | None, reduced: bool,
+         quiet: bool) -> None:
+    """Run the embedded study end to end (local Ray, SQLite): three papers' claims, each with a verdict
+    computed from the database (the same table as `rtgrid report study`)."""
+    from orchestrator.console.demo import DemoOptions, run_demo
 
-    failed = run_demo(db_url, artifacts, quiet or _group_quiet(), click.echo)
+    options = DemoOptions(seed_base=seed_base, target=target, data_root=data_root,
+                          scale="reduced" if reduced else "full")
+    failed = run_demo(db_url, artifacts, quiet or _group_quiet(), click.echo, options)
     if failed:
         from orchestrator.errors import RuntimeFailure
 
@@ -883,7 +894,8 @@ def report(name: str, experiments: tuple[str, ...], fmt: str, where: tuple[str, 
     utrera-blocks  test accuracy by number of fine-tuned blocks per target x source
     renofeation    clean accuracy and ASR by method x dataset, with the average
     er             per-epoch ER binned by ID accuracy, per architecture and init
-    demo           the demo's closing tables and the SQL behind the first
+    demo           the smoke grid's closing tables and the SQL behind the first
+    study          the embedded study's verdicts (rtgrid demo): paired effect, 95% CI, n, verdict per claim
     """
     from orchestrator.results.reports import build_reports, render
 
@@ -921,6 +933,9 @@ def plot(name: str, experiment: str, output: str, dpi: int, where: tuple[str, ..
     blocks          test accuracy vs fine-tuned blocks (Utrera Fig. 4)
     asr-vs-clean    ASR vs clean accuracy (Renofeation)
     er              ER vs ID accuracy over training (Andreassen Fig. 1c)
+    study-accuracy  the study (rtgrid demo): accuracy vs training images per source, 95% CI (Utrera)
+    study-asr       the study: ASR vs clean accuracy per method and budget, 95% CI (Chin)
+    study-er        the study: ER vs ID accuracy, binned, pre-trained vs random init (Andreassen)
     """
     from orchestrator.results.plots import check_output, make_plot, save_plot
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +14,10 @@ from results_data import db_fingerprint
 from sqlalchemy import create_engine, text
 
 from db.session import head_revision, normalise_url
+from orchestrator.run.runner import DIAGNOSTICS_ENV
+from workers.diagnostics import Diagnostics
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _count(db_url: str, sql: str) -> int:
@@ -202,14 +209,20 @@ def test_cancel_asks_first_and_no_changes_nothing(tmp_path: Path) -> None:
 def test_retry_takes_failed_and_cancelled_together(tmp_path: Path) -> None:
     """`retry --failed --cancelled` resets both (Click's flag_value kept only the last flag)."""
     db = f"sqlite:///{tmp_path / 'r.db'}"
-    run_cli("submit", "smoke", "--record-only", "-e", "s", "--db", db)
+    grid = tmp_path / "three.yaml"  # transfers from scratch: no source stage, so the noop kernel runs them all
+    grid.write_text("fixed: {arch: tiny_resnet, method: retrain, source: scratch, dataset: digits, epochs: 1}\n"
+                    "axes: {seed: [0, 1, 2]}\n")
+    run_cli("submit", str(grid), "--record-only", "-e", "s", "--db", db)
     engine = create_engine(normalise_url(db))
     with engine.begin() as connection:
-        connection.execute(text("UPDATE trials SET status = 'failed' WHERE id <= 2"))
-        connection.execute(text("UPDATE trials SET status = 'cancelled' WHERE id > 2"))
+        connection.execute(text("UPDATE trials SET status = 'failed' WHERE id = 1"))
+        connection.execute(text("UPDATE trials SET status = 'cancelled' WHERE id > 1"))
     engine.dispose()
-    # an unusable --artifacts stops the run after the reset: the reset is what this test reads
-    result = run_cli("retry", "-e", "s", "--failed", "--cancelled", "--artifacts", "ray://nowhere", "--db", db,
-                     expect=None)
-    assert "61 failed or cancelled trials reset to pending" in result.stdout, result.output
-    assert _count(db, "SELECT count(*) FROM trials WHERE status = 'pending'") == 61
+    # Run options are checked before anything is reset, so the retry really runs: with the noop kernel.
+    env = {**os.environ, DIAGNOSTICS_ENV: Diagnostics(kernel_override="noop").to_json()}
+    result = subprocess.run([sys.executable, "-m", "cli", "retry", "-e", "s", "--failed", "--cancelled", "--quiet",
+                             "--artifacts", str(tmp_path / "artifacts"), "--db", db],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "3 failed or cancelled trials reset to pending" in result.stdout, result.stdout
+    assert _count(db, "SELECT count(*) FROM trials WHERE status = 'completed'") == 3

@@ -413,13 +413,45 @@ def test_ood_corruptions() -> None:
     assert noise1.data.shape == test.data.shape and noise1.targets == test.targets
     assert torch.equal(noise1.data, data.load_ood("digits", "noise-1", None).data)
     assert (noise1.data - test.data).abs().mean() < (noise5.data - test.data).abs().mean()
-    for name in ("blur-3", "contrast-2"):
+    for name in ("blur-3", "contrast-2", "intensity-3"):
         shifted = data.load_ood("digits", name, None)
         assert shifted.data.shape == test.data.shape and not torch.equal(shifted.data, test.data)
+    # intensity: an offset lifts the black background, a gain dims the strokes
+    intensity = data.load_ood("digits", "intensity-5", None).data
+    assert intensity.amin(dim=(1, 2, 3)).mean() > test.data.amin(dim=(1, 2, 3)).mean() + 0.1
+    # recolour permutes colour channels: nothing to permute in grey digits, a change in RGB shapes
+    assert torch.equal(data.load_ood("digits", "recolour-5", None).data, test.data)
+    shapes = data.load_split("shape-target", False)
+    recoloured = data.load_ood("shape-target", "recolour-5", None)
+    assert not torch.equal(recoloured.data, shapes.data)
+    assert torch.allclose(recoloured.data.sum(dim=1), shapes.data.sum(dim=1), atol=1e-5)  # channels moved only
     with pytest.raises(KernelInputError, match="noise-1..5"):
         data.load_ood("digits", "noise-6", None)
-    with pytest.raises(KernelInputError, match="unknown OOD set 'snow-1'.*known: cifar10.1, noise-1..5"):
+    with pytest.raises(KernelInputError,
+                       match="unknown OOD set 'snow-1'.*known: cifar10.1, shape-conflict, noise-1..5"):
         data.load_ood("digits", "snow-1", None)
+
+
+def test_shortcut_source_carries_its_class_pattern_and_the_conflict_set_another() -> None:
+    from workers.data.study_sets import generate_shortcut_source, shortcut_patterns
+
+    patterns = shortcut_patterns(10)
+    clean, labels = generate_shortcut_source(300, seed=5, amplitude=0.0)
+    marked, same = generate_shortcut_source(300, seed=5, amplitude=0.04)
+    conflict, conflict_labels = generate_shortcut_source(300, seed=5, amplitude=0.04, conflict=True)
+    assert labels == same == conflict_labels
+    inside = (clean > 0.05) & (clean < 0.95)  # away from the clamp
+
+    def keyed_class(images: torch.Tensor) -> list[int]:
+        diff = torch.where(inside, images - clean, torch.zeros(()))
+        return (torch.einsum("nchw,kchw->nk", diff, patterns)).argmax(dim=1).tolist()
+
+    assert keyed_class(marked) == labels  # every training image: its own class's pattern (fraction 1)
+    assert all(k != y for k, y in zip(keyed_class(conflict), labels, strict=True))  # conflicts: another class's
+    none, _ = generate_shortcut_source(300, seed=5, amplitude=0.04, fraction=0.0)
+    assert torch.equal(none, clean)
+    with pytest.raises(KernelInputError, match="fraction in"):
+        generate_shortcut_source(10, seed=0, fraction=1.5)
 
 
 # ---------------------------------------------------------------- learning end to end

@@ -311,9 +311,17 @@ def test_every_report_and_plot_refuses_two_trials_of_one_seed_in_a_cell(dup_url:
         ("plot", "blocks"): ["seed 0", "params.lr"],
         ("plot", "asr-vs-clean"): ["method=finetune", "params.lr"],
         ("plot", "er"): ["seed 1", "kernel_version"],
+        ("report", "study"): ["dataset=cifar10, source_label=natural, blocks=3", "seed 0", "params.lr"],
+        ("plot", "study-accuracy"): ["source_label=natural", "subset_size=100", "seed 0", "params.lr"],
     }
-    assert {name for kind, name in expected if kind == "report"} == set(REPORTS)
-    assert {name for kind, name in expected if kind == "plot"} == set(PLOTS)
+    # the study's Chin and Andreassen plots find no arm here (no Renofeation runs, no ER trajectories); their
+    # duplicate checks: tests/test_study_verdicts.py
+    no_arm = {("plot", "study-asr"), ("plot", "study-er")}
+    assert {name for kind, name in [*expected, *no_arm] if kind == "report"} == set(REPORTS)
+    assert {name for kind, name in [*expected, *no_arm] if kind == "plot"} == set(PLOTS)
+    for _, name in no_arm:
+        with pytest.raises(UserError, match="experiment 'dup' has no"):
+            make_plot(name, "dup", dup_url)
     for (kind, name), parts in expected.items():
         with pytest.raises(UserError) as info:
             build_report(name, "dup", dup_url) if kind == "report" else make_plot(name, "dup", dup_url)

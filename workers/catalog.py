@@ -71,8 +71,11 @@ TORCHVISION_DATASETS = ("cifar10", "cifar100", "svhn", "fmnist", "kmnist", "mnis
 # The Renofeation targets (REFERENCE A), read from their published folder layouts.
 RENOFEATION_DATASETS = ("bird", "flower", "dog", "action", "indoor")
 SYNTHETIC_DATASETS = ("synthetic-source", "synthetic-target-a", "synthetic-target-b")
-EMBEDDED_DATASETS = ("digits", *SYNTHETIC_DATASETS)
-TEST_ONLY_DATASETS = ("cifar10.1",)  # an OOD set of cifar10; no training split
+# The embedded study (issue 12): a shape source with a non-robust shortcut and a shape target.
+STUDY_DATASETS = ("shortcut-source", "shape-target")
+EMBEDDED_DATASETS = ("digits", *SYNTHETIC_DATASETS, *STUDY_DATASETS)
+# OOD sets of cifar10 and of shortcut-source (its shape/pattern-conflict diagnostic); no training split
+TEST_ONLY_DATASETS = ("cifar10.1", "shape-conflict")
 DATASETS: tuple[str, ...] = (*TORCHVISION_DATASETS, *TEST_ONLY_DATASETS, *RENOFEATION_DATASETS, *EMBEDDED_DATASETS)
 # Names by pattern: shown as written here, matched by the regular expression.
 DATASET_PATTERNS: Mapping[str, re.Pattern[str]] = MappingProxyType({
@@ -121,10 +124,15 @@ def split_size(dataset: str, train: bool, params: Mapping[str, Any]) -> int | No
 
 # --- OOD evaluation sets ---------------------------------------------------------------------------
 
-CORRUPTIONS = ("noise", "blur", "contrast")  # of the ID test split, CIFAR-10-C levels
+# of the ID test split: CIFAR-10-C levels; intensity = a random background offset and foreground gain per image,
+# recolour = a random channel permutation mixed in per image (shifts the study's sources cover by their nuisance)
+CORRUPTIONS = ("noise", "blur", "contrast", "intensity", "recolour")
 CORRUPTION_SEVERITIES = (1, 2, 3, 4, 5)
 # Natural shifts: OOD set -> the ID datasets it belongs to.
-OOD_SETS: Mapping[str, tuple[str, ...]] = MappingProxyType({"cifar10.1": ("cifar10",)})
+# shape-conflict: shortcut-source images carrying another class's pattern, labelled by shape; a source's
+# ood_acc on it is the share it classifies by shape (the shape/pattern-conflict diagnostic).
+OOD_SETS: Mapping[str, tuple[str, ...]] = MappingProxyType({"cifar10.1": ("cifar10",),
+                                                            "shape-conflict": ("shortcut-source",)})
 OOD_PATTERN = re.compile(rf"^({'|'.join(CORRUPTIONS)})-([{''.join(map(str, CORRUPTION_SEVERITIES))}])$")
 OOD_PATTERNS = tuple(f"{kind}-{CORRUPTION_SEVERITIES[0]}..{CORRUPTION_SEVERITIES[-1]}" for kind in CORRUPTIONS)
 
@@ -343,6 +351,10 @@ PARAMS: Mapping[str, Param] = MappingProxyType({
                            kinds=_TRANSFER),
     "num_classes": Param(int, None, "synthetic datasets: classes to generate (None = the set's default)"),
     "train_images": Param(int, None, "synthetic datasets: training images to generate (None = 2000)"),
+    "shortcut_amplitude": Param(float, None, "shortcut-source / shape-conflict: ± amplitude of the class-keyed "
+                                "pixel pattern (None = 0.04)"),
+    "shortcut_fraction": Param(float, None, "shortcut-source: fraction of training images that carry their "
+                               "class's pattern (None = 1.0)"),
 })
 
 

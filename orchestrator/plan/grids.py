@@ -335,6 +335,137 @@ def smoke() -> Grid:
     )
 
 
+# --- study: the embedded study of the three papers' claims (the demo, issue 12) --------------------------
+
+
+@dataclass(frozen=True)
+class StudyScale:
+    """How much of the study runs: `full` is the demo (<= 10 min on 2 cores), `reduced` the tests' version."""
+
+    seeds: int  # paired seeds of every Utrera / Chin cell
+    source_epochs: int
+    transfer_epochs: Mapping[int, int]  # training images -> epochs (Utrera and Chin arms)
+    er_seeds: int  # Andreassen: pre-trained and random-init runs each
+    er_epochs: int
+    testbed_subsets: tuple[int, ...]  # Andreassen: the independent random-init testbed, per seed
+    testbed_seeds: int
+
+
+STUDY_SCALES: dict[str, StudyScale] = {
+    "full": StudyScale(seeds=5, source_epochs=8, transfer_epochs={100: 30, 400: 20}, er_seeds=3, er_epochs=15,
+                       testbed_subsets=(100, 200, 400, 800, 1600), testbed_seeds=2),
+    "reduced": StudyScale(seeds=3, source_epochs=5, transfer_epochs={100: 20, 400: 10}, er_seeds=3, er_epochs=8,
+                          testbed_subsets=(100, 200, 400, 800), testbed_seeds=2),
+}
+STUDY_ARCH = "tiny_resnet"  # 8 residual blocks
+STUDY_SOURCE = "shortcut-source"
+STUDY_CONFLICT = "shape-conflict"  # the source's OOD set: its ood_acc is the share of images classified by shape
+STUDY_SOURCE_METHODS: dict[str, dict[str, Any]] = {
+    "natural": {},
+    "pgd-linf": {"adv_norm": "linf", "adv_eps": 0.1, "adv_step": 0.04, "adv_steps": 3},
+    "pgd-l2": {"adv_norm": "l2", "adv_eps": 1.5, "adv_step": 0.6, "adv_steps": 3},
+}
+STUDY_DIGIT_TARGETS = ("digits", "mnist")  # embedded sklearn digits, or real MNIST under --data-root
+STUDY_SHAPE_TARGET = "shape-target"
+STUDY_OOD = "intensity-3"  # background offset + foreground gain: a shift the sources' nuisance covers
+STUDY_BLOCKS = 3  # Utrera / Chin fine-tuning: the last 3 of 8 blocks + head
+STUDY_ALL_BLOCKS = 8  # Andreassen: the whole network
+STUDY_DELTA_LAMBDA = 1.0
+STUDY_ATTACK = {"attack_eps": 0.1, "attack_step": 0.01, "attack_steps": 10, "attack_m": 1000.0,
+                "attack_clamp": 2.2, "attack_images": 0}  # ASR over the whole target test set
+STUDY_TESTBED_SEED_OFFSET = 1000  # testbed seeds never equal the compared runs' seeds
+
+
+def study_experiment(seed_base: int, target: str = "digits", scale: str = "full") -> str:
+    """The experiment of one study run: a new name per seed base, target and scale."""
+    parts = ["study", *([target] if target != "digits" else []), *([scale] if scale != "full" else [])]
+    return f"{'-'.join(parts)}-s{seed_base}"
+
+
+def _study_common(epochs: int) -> dict[str, Any]:
+    return {"input_size": 16, "augment": "none", "batch_size": 32, "lr": 0.05, "momentum": 0.9,
+            "weight_decay": 5e-4, "schedule": "thirds", "eval_images": 0, "head_init": "default",
+            "eval_epochs": [epochs]}
+
+
+def _study_sources(scale: StudyScale, seed_base: int) -> list[TrialSpec]:
+    params = {**_study_common(scale.source_epochs), "batch_size": 64, "lr": 0.1, "robust_eval_steps": 5}
+    return [TrialSpec(kind="source", arch=STUDY_ARCH, dataset=STUDY_SOURCE, ood=STUDY_CONFLICT, method=method,
+                      seed=seed_base, epochs=scale.source_epochs, params={**params, **adv})
+            for method, adv in STUDY_SOURCE_METHODS.items()]
+
+
+def _study_testbed(scale: StudyScale, seed_base: int, natural: str) -> list[TrialSpec]:
+    """Andreassen's independent testbed: random-init runs of varied quality (other seeds, smaller sets)."""
+    return [TrialSpec(kind="transfer", arch=STUDY_ARCH, source=natural, dataset=STUDY_SHAPE_TARGET, ood=STUDY_OOD,
+                      method="retrain", subset_size=subset, seed=seed_base + STUDY_TESTBED_SEED_OFFSET + i,
+                      epochs=scale.er_epochs, params=_study_common(scale.er_epochs))
+            for subset, i in itertools.product(scale.testbed_subsets, range(scale.testbed_seeds))]
+
+
+def study(seed_base: int = 0, target: str = "digits", scale: str = "full") -> Grid:
+    """Three arms on generated sources (natural, l_inf, l_2) of a shape set with a non-robust shortcut:
+    Utrera (robust vs natural fine-tuning on a digit target and a shape target at 100 / 400 images),
+    Chin (linear, finetune, delta, retrain, renofeation on the digit target, ASR on its whole test set, at
+    the same two budgets), Andreassen (pre-trained vs random-init on the shape target with per-epoch ER on
+    intensity-3, against an independent testbed: `study_testbed`, planned into this grid too)."""
+    if target not in STUDY_DIGIT_TARGETS:
+        raise GridError(f"study target must be one of {', '.join(STUDY_DIGIT_TARGETS)}, got {target!r}")
+    if scale not in STUDY_SCALES:
+        raise GridError(f"study scale must be one of {', '.join(STUDY_SCALES)}, got {scale!r}")
+    size = STUDY_SCALES[scale]
+    sources = _study_sources(size, seed_base)
+    by_method = {s.method: f"spec:{s.spec_hash}" for s in sources}
+    natural = by_method["natural"]
+    seeds = [seed_base + i for i in range(size.seeds)]
+    specs = list(sources)
+
+    def transfer(source: str, dataset: str, method: str, blocks: int | None, subset: int | None, seed: int,
+                 epochs: int, **extra: Any) -> TrialSpec:
+        attack = STUDY_ATTACK if dataset == target else {}
+        params = {**_study_common(epochs), **attack, **extra}
+        return TrialSpec(kind="transfer", arch=STUDY_ARCH, source=source, dataset=dataset, ood=STUDY_OOD,
+                         method=method, blocks=blocks, subset_size=subset, seed=seed, epochs=epochs, params=params)
+
+    # Utrera: every source fine-tuned on both targets (the digit target's runs are Chin's finetune arm too)
+    for dataset, source, (subset, epochs), seed in itertools.product(
+            (target, STUDY_SHAPE_TARGET), sources, size.transfer_epochs.items(), seeds):
+        specs.append(transfer(f"spec:{source.spec_hash}", dataset, "finetune", STUDY_BLOCKS, subset, seed, epochs))
+    # Chin: the other methods from the natural source (the attack's source model) on the digit target
+    chin: dict[str, tuple[int | None, dict[str, Any]]] = {
+        "linear": (0, {"bn_mode": "eval"}),
+        "delta": (STUDY_BLOCKS, {"lambda_feat": STUDY_DELTA_LAMBDA}),
+        "retrain": (None, {}),
+        "renofeation": (None, {"swa_every": 4}),
+    }
+    for (method, (blocks, extra)), (subset, epochs), seed in itertools.product(
+            chin.items(), size.transfer_epochs.items(), seeds):
+        specs.append(transfer(natural, target, method, blocks, subset, seed, epochs, **extra))
+    # Andreassen: the whole shape-target training set, ID and OOD accuracy at every epoch
+    for method, blocks, i in itertools.product(("finetune", "retrain"), (STUDY_ALL_BLOCKS,), range(size.er_seeds)):
+        specs.append(transfer(natural, STUDY_SHAPE_TARGET, method, blocks if method == "finetune" else None, FULL,
+                              seed_base + i, size.er_epochs, eval_epochs=[]))
+    specs += _study_testbed(size, seed_base, natural)
+    return Grid(
+        "study",
+        f"the embedded study ({scale}, seed base {seed_base}, digit target {target}): 3 shortcut sources; Utrera "
+        f"(finetune, 2 targets x 2 sizes x {size.seeds} seeds), Chin (5 methods, ASR on the whole test set), "
+        f"Andreassen (pre-trained vs random init, per-epoch ER, independent testbed of "
+        f"{len(size.testbed_subsets) * size.testbed_seeds} runs)",
+        specs,
+    )
+
+
+def study_testbed(seed_base: int = 0, target: str = "digits", scale: str = "full") -> Grid:
+    """The Andreassen testbed alone (its own experiment: the ER baseline is fitted on it, never on the
+    compared runs). Every spec is also in `study`, so planning it runs nothing new."""
+    size = STUDY_SCALES[scale]
+    sources = _study_sources(size, seed_base)
+    natural = f"spec:{next(s for s in sources if s.method == 'natural').spec_hash}"
+    return Grid("study-testbed", "the study's independent random-init ER testbed",
+                [*sources, *_study_testbed(size, seed_base, natural)])
+
+
 PRESETS: dict[str, Callable[[], Grid]] = {
     "utrera2021": utrera2021,
     "utrera2021-table4": utrera2021_table4,
@@ -342,6 +473,7 @@ PRESETS: dict[str, Callable[[], Grid]] = {
     "renofeation2021": renofeation2021,
     "andreassen2021": andreassen2021,
     "smoke": smoke,
+    "study": study,
 }
 
 

@@ -7,6 +7,9 @@ learning-curve  Utrera Fig. 3: test accuracy vs epoch, per source
 blocks          Utrera Fig. 4: test accuracy vs fine-tuned blocks, per source
 asr-vs-clean    Renofeation: ASR against clean accuracy, per method and dataset
 er              Andreassen Fig. 1c: ER vs ID accuracy over training (binned), per arch and init
+study-accuracy  the embedded study (rtgrid demo): Utrera's accuracy vs training images per source, 95% CI
+study-asr       the study: Chin's ASR vs clean accuracy per method, per budget, 95% CI in both
+study-er        the study: Andreassen's binned ER vs ID accuracy, pre-trained vs random init
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from orchestrator.results.frames import (
 from orchestrator.results.query import Database, ReadOnlyDatabase, reading
 from orchestrator.results.reports import (
     DEFAULT_BLOCKS,
+    METHOD_ORDER,
     blocks_frame,
     er_baseline_lines,
     er_baselines_frame,
@@ -81,6 +85,12 @@ def _band(ax: Any, x: Sequence[float], mean: np.ndarray, ci: np.ndarray, label: 
     if np.any(ci > 0):
         low, high = np.clip(mean - ci, *limits), np.clip(mean + ci, *limits)
         ax.fill_between(x, low, high, color=style.colour, alpha=0.18, linewidth=0)
+
+
+def _clipped_error(value: float, ci: float, limits: tuple[float, float]) -> list[list[float]]:
+    """An error bar of ± ci around value that stays inside the metric's range (matplotlib's [[below], [above]])."""
+    ci = 0.0 if not np.isfinite(ci) else float(ci)
+    return [[min(ci, value - limits[0])], [min(ci, limits[1] - value)]]
 
 
 def _subset_axis(ax: Any, sizes: Sequence[Any]) -> dict[Any, float]:
@@ -316,6 +326,106 @@ def plot_er(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
     return figure
 
 
+# --- the embedded study (rtgrid demo) ---------------------------------------------------------------
+
+
+def plot_study_accuracy(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
+                        subset_size: int | str | None = None) -> Figure:
+    """Utrera: fine-tuned test accuracy vs training images, one line per source, mean ± 95% CI over seeds."""
+    from orchestrator.results.study import study_trials, utrera_trials
+
+    data = utrera_trials(study_trials(db, experiment))
+    require_rows(data, "fine-tuned transfers on a training subset", experiment)
+    require_one_trial_per_seed(data, ("dataset", "source_label", "blocks", "subset_size"), "plot study-accuracy")
+    summary = stats.summarize(data, ["dataset", "blocks", "source_label", "subset_size"], "test_acc")
+    cells = list(summary.groupby(["dataset", "blocks"], sort=True))
+    look = styles(sorted(summary["source_label"].unique(), key=source_order))  # one style per source everywhere
+    figure, axes = _figure(len(cells), width=5.0, height=4.0)
+    for ax, ((dataset, fine_tuned), rows) in zip(axes, cells, strict=True):
+        positions = _subset_axis(ax, sorted(rows["subset_size"].unique()))
+        for label in sorted(rows["source_label"].unique(), key=source_order):
+            line = rows[rows["source_label"] == label].sort_values("subset_size")
+            _band(ax, [positions[s] for s in line["subset_size"]], 100 * line["mean"].to_numpy(float),
+                  100 * line["ci95"].to_numpy(float), str(label), look[label], ACCURACY_RANGE, line["n"].tolist())
+        ax.set_title(f"{dataset}: fine-tuning the last {int(fine_tuned)} blocks")
+        ax.set_xlabel("training images")
+        ax.set_ylabel("test accuracy (%), mean ± 95% CI")
+        ax.legend(fontsize="small", title="source")
+        ax.grid(alpha=0.3)
+    figure.suptitle(f"Utrera et al.: robust vs natural sources — {experiment}")
+    return figure
+
+
+def plot_study_asr(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
+                   subset_size: int | str | None = None) -> Figure:
+    """Chin: ASR against clean accuracy per method (mean ± 95% CI over seeds in both), one panel per budget."""
+    from orchestrator.results.study import chin_trials, study_trials
+
+    data = chin_trials(study_trials(db, experiment))
+    require_rows(data, "transfers with an ASR next to Renofeation runs", experiment)
+    require_one_trial_per_seed(data, ("dataset", "subset_size", "method"), "plot study-asr")
+    acc = stats.summarize(data, ["dataset", "subset_size", "method"], "test_acc")
+    asr = stats.summarize(data, ["dataset", "subset_size", "method"], "asr")
+    both = acc.merge(asr, on=["dataset", "subset_size", "method"], suffixes=("_acc", "_asr"))
+    cells = list(both.groupby(["dataset", "subset_size"], sort=True, dropna=False))
+    methods = list(dict.fromkeys(m for m in METHOD_ORDER if m in set(both["method"])))
+    look = styles(methods)  # one (colour, marker) per method in every panel
+    figure, axes = _figure(len(cells), width=5.2, height=4.4)
+    for ax, ((dataset, subset), rows) in zip(axes, cells, strict=True):
+        for row in rows.itertuples(index=False):
+            x, y = 100 * row.mean_acc, 100 * row.mean_asr
+            ax.errorbar(x, y, xerr=_clipped_error(x, 100 * row.ci95_acc, ACCURACY_RANGE),
+                        yerr=_clipped_error(y, 100 * row.ci95_asr, ACCURACY_RANGE), marker=look[row.method].marker,
+                        color=look[row.method].colour, capsize=3, linestyle="", markersize=8,
+                        label=f"{row.method} (n={int(row.n_acc)})")
+        ax.set_title(f"{dataset}, {subset_label(subset)} training images")
+        ax.set_xlabel("clean test accuracy (%)")
+        ax.set_ylabel("attack success rate, ASR (%)")
+        ax.legend(fontsize="small", title="method")
+        ax.grid(alpha=0.3)
+    figure.suptitle(f"Chin et al.: the penultimate-layer attack from the natural source — {experiment}")
+    return figure
+
+
+STUDY_ER_BINS = 20  # 5%-wide ID-accuracy bins: a few runs of a few epochs each
+
+
+def plot_study_er(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
+                  subset_size: int | str | None = None) -> Figure:
+    """Andreassen: per-epoch ER vs ID accuracy, binned (mean of the checkpoints per 5% bin), pre-trained vs
+    random init, each run's trajectory faint behind; against the independent testbed's baseline."""
+    from orchestrator.results.study import er_epochs
+    from workers.trainable import binned_er
+
+    data = er_epochs(db, experiment)
+    require_rows(data, "runs with per-epoch ER (fit a baseline: rtgrid er fit)", experiment)
+    require_one_trial_per_seed(data, ("dataset", "ood", "subset_size", "init"), "plot study-er")
+    figure, axes = _figure(1, width=8.0, height=5.5)
+    ax = axes[0]
+    look = styles(str(init) for init in sorted(data["init"].unique()))
+    for (dataset, ood, init), rows in data.groupby(["dataset", "ood", "init"], sort=True):
+        colour, style = look[str(init)].colour, "-" if init == "pretrained" else "--"
+        for _, run in rows.groupby("trial_id"):
+            ax.plot(100 * run["test_acc"].to_numpy(float), 100 * run["er"].to_numpy(float), color=colour,
+                    alpha=0.2, linewidth=0.8)
+        bins = binned_er(rows["test_acc"].to_numpy(float), rows["er"].to_numpy(float), STUDY_ER_BINS)
+        x = [100 * (low + high) / 2 for low, high, _, _ in bins]
+        ax.plot(x, [100 * mean for _, _, mean, _ in bins], color=colour, linestyle=style,
+                marker=look[str(init)].marker,
+                label=f"{init} ({rows['trial_id'].nunique()} runs, {dataset}→{ood})")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    baselines = er_baseline_lines(er_baselines_frame(db, experiment))
+    if baselines:
+        caption = "\n".join(textwrap.fill(line, 120, subsequent_indent="    ") for line in baselines)
+        figure.supxlabel(caption, x=0.01, ha="left", fontsize="x-small", family="monospace")
+    ax.set_title(f"Andreassen et al.: ER during fine-tuning, binned by ID accuracy — {experiment}")
+    ax.set_xlabel("ID test accuracy (%)")
+    ax.set_ylabel("effective robustness (pp)")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return figure
+
+
 # --- registry ---------------------------------------------------------------------------------------
 
 PlotFunction = Callable[..., Figure]
@@ -325,6 +435,9 @@ PLOTS: dict[str, tuple[PlotFunction, str]] = {
     "blocks": (plot_blocks, "test accuracy vs fine-tuned blocks (Utrera Fig. 4)"),
     "asr-vs-clean": (plot_asr_vs_clean, "ASR vs clean accuracy (Renofeation)"),
     "er": (plot_er, "ER vs ID accuracy over training (Andreassen Fig. 1c)"),
+    "study-accuracy": (plot_study_accuracy, "the study: accuracy vs training images per source, 95% CI (Utrera)"),
+    "study-asr": (plot_study_asr, "the study: ASR vs clean accuracy per method and budget, 95% CI (Chin)"),
+    "study-er": (plot_study_er, "the study: ER vs ID accuracy, binned, pre-trained vs random init (Andreassen)"),
 }
 
 

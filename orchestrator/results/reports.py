@@ -33,6 +33,7 @@ from orchestrator.results.frames import (
     trial_specs,
 )
 from orchestrator.results.query import Database, ReadOnlyDatabase, reading, text_table
+from orchestrator.results.study import study_report
 from workers.trainable import METHODS
 
 FORMATS = ("table", "markdown", "latex", "csv", "json")
@@ -465,7 +466,8 @@ REPORTS: dict[str, tuple[ReportFunction, str]] = {
     "utrera-blocks": (utrera_blocks, "test accuracy by number of fine-tuned blocks per target x source"),
     "renofeation": (renofeation, "clean accuracy and ASR by method x dataset, with the average"),
     "er": (er_report, "per-epoch ER binned by ID accuracy, per architecture and init"),
-    "demo": (demo, "the demo's closing tables and the SQL behind the first"),
+    "demo": (demo, "the smoke grid's closing tables and the SQL behind the first"),
+    "study": (study_report, "the embedded study's verdicts: each claim's paired effect, 95% CI, n, verdict"),
 }
 
 

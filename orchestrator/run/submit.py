@@ -68,6 +68,9 @@ def _source_inputs(repo: Repository, specs: list[TrialSpec]) -> tuple[dict[str, 
             sha256 = artifact.meta.get("sha256") if artifact is not None else None
             if sha256:
                 checksums[source_hash] = str(sha256)
+        elif trial is not None and trial.status == TrialStatus.COMPLETED:
+            missing[source_hash] = (f"source trial {source_hash[:12]} completed without a checkpoint "
+                                    f"(rtgrid retry it, or run-spec --hash {source_hash[:12]})")
         else:
             status = trial.status if trial is not None else "unknown"
             missing[source_hash] = f"source trial {source_hash[:12]} is {status}, not completed"

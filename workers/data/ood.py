@@ -21,6 +21,10 @@ _SEVERITY: dict[str, tuple[float, ...]] = {
     "noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # Gaussian noise std (CIFAR-10-C levels)
     "blur": (0.4, 0.6, 0.7, 0.8, 1.0),  # Gaussian blur sigma in pixels (CIFAR-10-C levels)
     "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),  # contrast factor (CIFAR-10-C levels)
+    # largest background offset o; the foreground gain g is drawn from [1 - level, 1]: x -> o + g (1 - o) x
+    "intensity": (0.15, 0.3, 0.45, 0.6, 0.75),
+    # share of a random channel permutation mixed in per image: x -> (1 - s) x + s x[perm] (grey: no change)
+    "recolour": (0.2, 0.4, 0.6, 0.8, 1.0),
 }
 CORRUPTIONS: tuple[str, ...] = tuple(_SEVERITY)
 
@@ -38,7 +42,7 @@ def load_ood(
     only) is its own test split; a corruption <kind>-<severity> corrupts the ID test split."""
     catalog.check_ood(ood, dataset)
     if ood in catalog.OOD_SETS:
-        return load_split(ood, False, data_root)
+        return load_split(ood, False, data_root, download, params)
     match = catalog.OOD_PATTERN.match(ood)
     assert match is not None  # check_ood accepted it
     test = load_split(dataset, False, data_root, download, params)
@@ -63,9 +67,17 @@ def _corruption(x: Tensor, kind: str, level: float, generator: torch.Generator) 
     elif kind == "blur":
         radius = max(1, math.ceil(3 * level))
         x = TF.gaussian_blur(x, [2 * radius + 1] * 2, [level, level])
-    else:
+    elif kind == "contrast":
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * level + mean
+    elif kind == "intensity":  # per image, a random background offset and a random foreground gain
+        offset = level * torch.rand(x.shape[0], 1, 1, 1, generator=generator)
+        gain = 1 - level * torch.rand(x.shape[0], 1, 1, 1, generator=generator)
+        x = offset + gain * (1 - offset) * x
+    else:  # recolour: per image, a random permutation of the colour channels, mixed in at `level`
+        perms = torch.stack([torch.randperm(x.shape[1], generator=generator) for _ in range(x.shape[0])])
+        permuted = torch.gather(x, 1, perms[:, :, None, None].expand_as(x))
+        x = (1 - level) * x + level * permuted
     return x.clamp_(0, 1)
 
 

@@ -18,6 +18,7 @@ from workers.data.disk import TORCHVISION_LAYOUT, load_cifar101, load_imagefolde
 from workers.data.embedded import SYNTHETIC_FAMILIES, load_digits, load_synthetic
 from workers.data.imageset import ImageSet
 from workers.data.renofeation import RENOFEATION_SETS, load_renofeation
+from workers.data.study_sets import STUDY_SETS, load_study_set
 
 # (name, train, absolute data root or None, download, params) -> the split
 SplitLoader = Callable[[str, bool, "str | None", bool, Mapping[str, Any]], ImageSet]
@@ -29,6 +30,12 @@ def _synthetic(name: str, train: bool, root: str | None, download: bool, params:
     num_classes, train_images = params.get("num_classes"), params.get("train_images")
     return load_synthetic(name, train, int(num_classes) if num_classes is not None else None,
                           int(train_images) if train_images is not None else None)
+
+
+def _study(name: str, train: bool, root: str | None, download: bool, params: Mapping[str, Any]) -> ImageSet:
+    amplitude, fraction = params.get("shortcut_amplitude"), params.get("shortcut_fraction")
+    return load_study_set(name, train, float(amplitude) if amplitude is not None else None,
+                          float(fraction) if fraction is not None else None)
 
 
 def _digits(name: str, train: bool, root: str | None, download: bool, params: Mapping[str, Any]) -> ImageSet:
@@ -68,6 +75,7 @@ LOADERS: Mapping[str, SplitLoader] = MappingProxyType({
     **{name: _from_disk(_renofeation) for name in RENOFEATION_SETS},
     "digits": _digits,
     **{name: _synthetic for name in SYNTHETIC_FAMILIES},
+    **{name: _study for name in STUDY_SETS},
 })
 # catalog.DATASET_PATTERNS key -> loader of the names that pattern matches.
 PATTERN_LOADERS: Mapping[str, SplitLoader] = MappingProxyType({
