@@ -808,19 +808,21 @@ def query(sql: str | None, fmt: str, schema: bool, db_url: str | None) -> None:
 @experiment_argument
 @click.option("--table", type=click.Choice(["trials", "epochs"]), default="trials", show_default=True,
               help="trials: one row per trial; epochs: one row per (trial, evaluation epoch).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "tensorboard"]), default="csv",
-              show_default=True, help="tensorboard: one run per trial (epoch scalars, HParams) under -o DIR.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "tensorboard"]), default=None,
+              help="Default: from -o's extension (.parquet), else csv. tensorboard: one run per trial "
+                   "(epoch scalars, HParams) under -o DIR.")
 @click.option("-o", "--output", default=None, type=click.Path(),
               help="Output file (CSV goes to stdout without it); a directory for tensorboard.")
 @readonly_db_option
 @timeout_option
-def export(experiment_arg: str | None, experiment: str | None, table: str, fmt: str, output: str | None,
+def export(experiment_arg: str | None, experiment: str | None, table: str, fmt: str | None, output: str | None,
            db_url: str | None) -> None:
     """Export an experiment's trials or per-epoch metrics (fractions) as CSV or Parquet, or as TensorBoard runs."""
-    from orchestrator.results.export import RUN_FORMATS, export_frame, export_runs, write_export
+    from orchestrator.results.export import RUN_FORMATS, export_format, export_frame, export_runs, write_export
 
     name = _one_experiment(experiment_arg, experiment)
     assert name is not None
+    fmt = export_format(fmt, output)
     if fmt in RUN_FORMATS:
         runs = export_runs(name, fmt, output, db_url)
         click.echo(f"wrote {runs} runs to {output}/{name} (tensorboard --logdir {output})", err=True)

@@ -294,6 +294,14 @@ def test_export_trials_and_epochs(results_url: str, tmp_path: Path) -> None:
     assert epochs.groupby("trial_id")["epoch"].max().max() == 3
     error_line(run_cli("export", "smoke-mini", "--format", "parquet", "--db", results_url, expect=2))
     error_line(run_cli("export", "no-such-experiment", "--db", results_url, expect=2))
+    # the format follows -o's extension; a --format that contradicts it is refused, nothing written
+    by_name = tmp_path / "trials.parquet"
+    run_cli("export", "smoke-mini", "-o", str(by_name), "--db", results_url)
+    assert sorted(pd.read_parquet(by_name)["spec_hash"]) == sorted(trials["spec_hash"])
+    contradicted = tmp_path / "other.parquet"
+    assert ".parquet" in error_line(run_cli("export", "smoke-mini", "--format", "csv", "-o", str(contradicted),
+                                            "--db", results_url, expect=2))
+    assert not contradicted.exists()
 
 
 def test_results_frame(results_url: str) -> None:

@@ -55,6 +55,17 @@ def _output_file(path: str) -> Path:
     return target
 
 
+def export_format(fmt: str | None, path: str | None) -> str:
+    """The format asked for, else the one the output file's extension names (.parquet, else CSV); a file
+    whose extension names the other table format is refused rather than written in the wrong one."""
+    named = {f".{f}": f for f in FORMATS}.get(Path(path).suffix.lower()) if path else None
+    if fmt is None:
+        return named or "csv"
+    if named is not None and named != fmt and fmt in FORMATS:
+        raise UserError(f"--format {fmt} but {path} ends in .{named}: drop --format, or name the file .{fmt}")
+    return fmt
+
+
 def write_export(frame: pd.DataFrame, fmt: str, path: str | None) -> str | None:
     """Write `frame` to `path`; CSV without a path is returned as text (for stdout)."""
     if fmt not in FORMATS:
