@@ -52,7 +52,7 @@ def recorded(db_url: str, tmp_path: Path) -> str:
     """A database holding experiment 'preflight': three pending trials, one of them failed."""
     grid = tmp_path / "preflight.yaml"
     grid.write_text(GRID)
-    run_cli("submit", grid, "--dry-run", "--db", db_url)
+    run_cli("submit", grid, "--record-only", "--db", db_url)
     from orchestrator.console.store import close_all, open_repository
 
     repo = open_repository(db_url, write=True)
