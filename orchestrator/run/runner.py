@@ -122,7 +122,9 @@ class StageInputs:
 
 # A busy head can fail to start the per-client server a `ray://` connection needs (its start-up
 # races the head's other work); the next connection usually gets one. Anything else fails at once.
-CLIENT_SERVER_START_FAILED = "Starting Ray client server failed"
+# Both the proxier's own message and its crash while watching the new server start (psutil on a process
+# that already exec'd or exited) arrive as an "Initialization failure from server".
+CLIENT_SERVER_START_FAILED = ("Starting Ray client server failed", "Initialization failure from server")
 CLIENT_CONNECT_ATTEMPTS = 3
 
 
@@ -203,7 +205,7 @@ def start_ray(options: RunOptions) -> None:
             where = options.address or "a local Ray instance"
             # Ray's messages span lines ("Initialization failure from server:\n<the reason>"): keep them all.
             reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:600]
-            if attempt == CLIENT_CONNECT_ATTEMPTS or CLIENT_SERVER_START_FAILED not in reason:
+            if attempt == CLIENT_CONNECT_ATTEMPTS or not any(m in reason for m in CLIENT_SERVER_START_FAILED):
                 raise UserError(f"cannot connect to Ray at {where}: {reason}") from None
             delay = 5.0 * attempt
             logger.warning("Ray at %s could not start this client's server (attempt %d of %d); retrying in %.0f s",
