@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from loopback_cluster import stop
 from sqlalchemy import create_engine, text
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -66,19 +66,6 @@ def _start(args: list[str], tmp_path: Path, name: str) -> subprocess.Popen:
                             start_new_session=True, cwd=REPO, env=LOOPBACK)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=20)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _nodes_alive(address: str) -> int:
     probe = (f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
              "print(sum(1 for n in ray.nodes() if n['Alive']))")
@@ -111,8 +98,8 @@ def two_node_cluster(tmp_path_factory: pytest.TempPathFactory):
         yield address
     finally:
         if worker is not None:
-            _stop(worker)
-        _stop(head)
+            stop(worker)
+        stop(head)
         shutil.rmtree(ray_dir, ignore_errors=True)
 
 
