@@ -454,6 +454,30 @@ def test_shortcut_source_carries_its_class_pattern_and_the_conflict_set_another(
         generate_shortcut_source(10, seed=0, fraction=1.5)
 
 
+def test_the_study_adversaries_can_erase_the_study_shortcut() -> None:
+    """The study's sources carry a pattern that each adversarial source's training budget can remove from every
+    image (else the robust sources could keep the shortcut), at the strongest such amplitude (0.01 steps)."""
+    from orchestrator.plan.grids import study
+    from workers.data.study_sets import generate_shortcut_source
+
+    sources = {s.method: s for s in study().specs if s.kind == "source"}
+    amplitude = sources["natural"].params["shortcut_amplitude"]
+    assert {s.params["shortcut_amplitude"] for s in sources.values()} == {amplitude}
+    clean, _ = generate_shortcut_source(200, seed=3, amplitude=0.0)
+    marked, _ = generate_shortcut_source(200, seed=3, amplitude=amplitude)
+    stronger, _ = generate_shortcut_source(200, seed=3, amplitude=amplitude + 0.01)
+    budgets = [(s.params["adv_norm"], s.params["adv_eps"]) for s in sources.values() if "adv_norm" in s.params]
+    assert sorted(norm for norm, _ in budgets) == ["l2", "linf"]
+
+    def size(images: torch.Tensor, norm: str) -> torch.Tensor:
+        flat = (images - clean).flatten(1)
+        return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+    for norm, eps in budgets:
+        assert float(size(marked, norm).max()) <= eps + 1e-6, norm
+    assert any(float(size(stronger, norm).max()) > eps for norm, eps in budgets)
+
+
 # ---------------------------------------------------------------- learning end to end
 
 

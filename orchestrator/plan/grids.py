@@ -365,6 +365,16 @@ STUDY_SOURCE_METHODS: dict[str, dict[str, Any]] = {
     "pgd-linf": {"adv_norm": "linf", "adv_eps": 0.1, "adv_step": 0.04, "adv_steps": 3},
     "pgd-l2": {"adv_norm": "l2", "adv_eps": 1.5, "adv_step": 0.6, "adv_steps": 3},
 }
+STUDY_INPUT_SIZE = 16
+STUDY_CHANNELS = 3
+# The shortcut's ± amplitude: the largest (to 0.01) that BOTH training adversaries can erase from every pixel
+# (l_inf: a <= eps; l_2: a * sqrt(3*16*16) <= eps), so the pattern is as easy as it can be for a natural
+# model while adversarial training still removes it. The data's default (0.04) was too weak: natural sources
+# of some seeds classified conflict images by shape (26-79 % vs 2-12 % at 0.05, seeds 0-300).
+STUDY_SHORTCUT_AMPLITUDE = math.floor(100 * min(
+    next(m["adv_eps"] for m in STUDY_SOURCE_METHODS.values() if m.get("adv_norm") == "linf"),
+    next(m["adv_eps"] for m in STUDY_SOURCE_METHODS.values() if m.get("adv_norm") == "l2")
+    / math.sqrt(STUDY_CHANNELS * STUDY_INPUT_SIZE ** 2))) / 100
 STUDY_DIGIT_TARGETS = ("digits", "mnist")  # embedded sklearn digits, or real MNIST under --data-root
 STUDY_SHAPE_TARGET = "shape-target"
 STUDY_OOD = "intensity-3"  # background offset + foreground gain: a shift the sources' nuisance covers
@@ -383,13 +393,14 @@ def study_experiment(seed_base: int, target: str = "digits", scale: str = "full"
 
 
 def _study_common(epochs: int) -> dict[str, Any]:
-    return {"input_size": 16, "augment": "none", "batch_size": 32, "lr": 0.05, "momentum": 0.9,
+    return {"input_size": STUDY_INPUT_SIZE, "augment": "none", "batch_size": 32, "lr": 0.05, "momentum": 0.9,
             "weight_decay": 5e-4, "schedule": "thirds", "eval_images": 0, "head_init": "default",
             "eval_epochs": [epochs]}
 
 
 def _study_sources(scale: StudyScale, seed_base: int) -> list[TrialSpec]:
-    params = {**_study_common(scale.source_epochs), "batch_size": 64, "lr": 0.1, "robust_eval_steps": 5}
+    params = {**_study_common(scale.source_epochs), "batch_size": 64, "lr": 0.1, "robust_eval_steps": 5,
+              "shortcut_amplitude": STUDY_SHORTCUT_AMPLITUDE}
     return [TrialSpec(kind="source", arch=STUDY_ARCH, dataset=STUDY_SOURCE, ood=STUDY_CONFLICT, method=method,
                       seed=seed_base, epochs=scale.source_epochs, params={**params, **adv})
             for method, adv in STUDY_SOURCE_METHODS.items()]

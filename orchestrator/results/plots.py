@@ -76,6 +76,17 @@ def _figure(panels: int, width: float = 5.2, height: float = 4.0, max_columns: i
     return figure, axes[:panels]
 
 
+def _label_axes(ax: Any, title: str, xlabel: str, ylabel: str, legend_title: str | None = None,
+                legend: bool = True) -> None:
+    """The labelling every panel shares: title, axis labels, a small legend, a light grid."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if legend:
+        ax.legend(fontsize="small", title=legend_title)
+    ax.grid(alpha=0.3)
+
+
 def _band(ax: Any, x: Sequence[float], mean: np.ndarray, ci: np.ndarray, label: str, style: Style,
           limits: tuple[float, float], n: Sequence[int] | None = None, marker_size: float = 5.0) -> None:
     """A mean line with its CI band clipped to the metric's range; the label says on how many runs it rests."""
@@ -148,10 +159,8 @@ def plot_accuracy_delta(db: ReadOnlyDatabase, experiment: str, blocks: int | Non
                   100 * rows["ci95"].to_numpy(float), str(dataset), look[str(dataset)], DELTA_RANGE,
                   rows["n"].tolist())
         ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set_title(f"{label} − natural, {blocks} fine-tuned blocks")
-        ax.set_xlabel("training images (log scale)")
-        ax.set_ylabel("Δ test accuracy (pp)")
-        ax.legend(title="target", fontsize="small")
+        _label_axes(ax, f"{label} − natural, {blocks} fine-tuned blocks",
+                    "training images (log scale)", "Δ test accuracy (pp)", "target")
     figure.suptitle(f"{experiment}: robust − natural source, mean ± 95% CI over seed-paired runs (n = pairs)")
     return figure
 
@@ -220,10 +229,8 @@ def plot_learning_curve(db: ReadOnlyDatabase, experiment: str, blocks: int | Non
                   100 * rows["ci95"].to_numpy(float), label, look[label], ACCURACY_RANGE, rows["n"].tolist(),
                   marker_size=3.0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{dataset}: {subset_label(size)} images, {blocks} fine-tuned blocks")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)")
-        ax.legend(title="source", fontsize="small")
+        _label_axes(ax, f"{dataset}: {subset_label(size)} images, {blocks} fine-tuned blocks",
+                    "epoch", "test accuracy (%)", "source")
     figure.suptitle(f"{experiment}: test accuracy during fine-tuning, mean ± 95% CI over seeds (n = runs)")
     return figure
 
@@ -246,10 +253,8 @@ def plot_blocks(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None
             _band(ax, rows["blocks"].to_numpy(float), 100 * rows["mean"].to_numpy(float),
                   100 * rows["ci95"].to_numpy(float), label, look[label], ACCURACY_RANGE, rows["n"].tolist())
         ax.set_xticks(sorted(part["blocks"].dropna().unique().astype(int).tolist()))
-        ax.set_title(f"{dataset}: {subset_label(size)} images")
-        ax.set_xlabel("fine-tuned residual blocks")
-        ax.set_ylabel("test accuracy (%)")
-        ax.legend(title="source", fontsize="small")
+        _label_axes(ax, f"{dataset}: {subset_label(size)} images",
+                    "fine-tuned residual blocks", "test accuracy (%)", "source")
     figure.suptitle(f"{experiment}: accuracy by number of fine-tuned blocks, mean ± 95% CI over seeds (n = runs)")
     return figure
 
@@ -281,13 +286,10 @@ def plot_asr_vs_clean(db: ReadOnlyDatabase, experiment: str, blocks: int | None 
             for row in rows.itertuples(index=False):
                 ax.annotate(str(row.dataset), (100 * row.clean_acc, 100 * row.asr), fontsize="xx-small",
                             xytext=(3, 3), textcoords="offset points", color="dimgrey")
-        ax.set_title(f"{arch}: one point per (method, dataset)")
-        ax.set_xlabel("clean test accuracy (%)")
-        ax.set_ylabel("attack success rate, ASR (%)")
         ax.set_xlim(*ACCURACY_RANGE)
         ax.set_ylim(*ACCURACY_RANGE)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", title="method (n = seeds per point)", loc="best")
+        _label_axes(ax, f"{arch}: one point per (method, dataset)",
+                    "clean test accuracy (%)", "attack success rate, ASR (%)", "method (n = seeds per point)")
     figure.suptitle(f"{experiment}: attack success rate vs clean accuracy, means over seeds (Renofeation)")
     return figure
 
@@ -318,11 +320,8 @@ def plot_er(db: ReadOnlyDatabase, experiment: str, blocks: int | None = None,
     if baselines:
         caption = "\n".join(textwrap.fill(line, 120, subsequent_indent="    ") for line in baselines)
         figure.supxlabel(caption, x=0.01, ha="left", fontsize="x-small", family="monospace")
-    ax.set_title("Effective robustness during training (mean per 1% ID-accuracy bin)")
-    ax.set_xlabel("ID test accuracy (%)")
-    ax.set_ylabel("effective robustness (pp)")
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
+    _label_axes(ax, "Effective robustness during training (mean per 1% ID-accuracy bin)",
+                "ID test accuracy (%)", "effective robustness (pp)")
     return figure
 
 
@@ -347,11 +346,8 @@ def plot_study_accuracy(db: ReadOnlyDatabase, experiment: str, blocks: int | Non
             line = rows[rows["source_label"] == label].sort_values("subset_size")
             _band(ax, [positions[s] for s in line["subset_size"]], 100 * line["mean"].to_numpy(float),
                   100 * line["ci95"].to_numpy(float), str(label), look[label], ACCURACY_RANGE, line["n"].tolist())
-        ax.set_title(f"{dataset}: fine-tuning the last {int(fine_tuned)} blocks")
-        ax.set_xlabel("training images")
-        ax.set_ylabel("test accuracy (%), mean ± 95% CI")
-        ax.legend(fontsize="small", title="source")
-        ax.grid(alpha=0.3)
+        _label_axes(ax, f"{dataset}: fine-tuning the last {int(fine_tuned)} blocks",
+                    "training images", "test accuracy (%), mean ± 95% CI", "source")
     figure.suptitle(f"Utrera et al.: robust vs natural sources — {experiment}")
     return figure
 
@@ -378,11 +374,8 @@ def plot_study_asr(db: ReadOnlyDatabase, experiment: str, blocks: int | None = N
                         yerr=_clipped_error(y, 100 * row.ci95_asr, ACCURACY_RANGE), marker=look[row.method].marker,
                         color=look[row.method].colour, capsize=3, linestyle="", markersize=8,
                         label=f"{row.method} (n={int(row.n_acc)})")
-        ax.set_title(f"{dataset}, {subset_label(subset)} training images")
-        ax.set_xlabel("clean test accuracy (%)")
-        ax.set_ylabel("attack success rate, ASR (%)")
-        ax.legend(fontsize="small", title="method")
-        ax.grid(alpha=0.3)
+        _label_axes(ax, f"{dataset}, {subset_label(subset)} training images",
+                    "clean test accuracy (%)", "attack success rate, ASR (%)", "method")
     figure.suptitle(f"Chin et al.: the penultimate-layer attack from the natural source — {experiment}")
     return figure
 
@@ -418,11 +411,8 @@ def plot_study_er(db: ReadOnlyDatabase, experiment: str, blocks: int | None = No
     if baselines:
         caption = "\n".join(textwrap.fill(line, 120, subsequent_indent="    ") for line in baselines)
         figure.supxlabel(caption, x=0.01, ha="left", fontsize="x-small", family="monospace")
-    ax.set_title(f"Andreassen et al.: ER during fine-tuning, binned by ID accuracy — {experiment}")
-    ax.set_xlabel("ID test accuracy (%)")
-    ax.set_ylabel("effective robustness (pp)")
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
+    _label_axes(ax, f"Andreassen et al.: ER during fine-tuning, binned by ID accuracy — {experiment}",
+                "ID test accuracy (%)", "effective robustness (pp)")
     return figure
 
 
