@@ -352,7 +352,7 @@ class StudyScale:
 
 
 STUDY_SCALES: dict[str, StudyScale] = {
-    "full": StudyScale(seeds=5, source_epochs=8, transfer_epochs={100: 30, 400: 20}, er_seeds=3, er_epochs=15,
+    "full": StudyScale(seeds=5, source_epochs=8, transfer_epochs={100: 30, 400: 20}, er_seeds=5, er_epochs=12,
                        testbed_subsets=(100, 200, 400, 800, 1600), testbed_seeds=2),
     "reduced": StudyScale(seeds=3, source_epochs=5, transfer_epochs={100: 20, 400: 10}, er_seeds=3, er_epochs=8,
                           testbed_subsets=(100, 200, 400, 800), testbed_seeds=2),
