@@ -1,0 +1,160 @@
+"""The fine-tune step's data path, old vs new, side by side in one run (issue 16).
+
+For each block setting: images/s of the data path alone (a batch fetched, resized to the input size,
+augmented, and on the device), of the model step alone (the kernel's train_epoch on batches already on
+the device), and of the full kernel step (train_epoch fed by the loader). "old" makes batches on the CPU
+and moves them (the path before issue 16); "new" keeps the uint8 set on the training device and makes
+batches there. On a CPU both are the same code (there is no other device), so the CPU figure that
+matters is full / model-only: how much of the step the data path costs.
+
+    python bench/data_path.py --quick            # CPU: tiny_resnet 32 px and ResNet-50 at 64 px (< 1 min)
+    python bench/data_path.py --profile          # + the top ops of a full step whose ratio misses 0.9
+    python bench/data_path.py                    # on a GPU: ResNet-50 224 px, bf16, channels-last
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from bench.timing import default_device, device_name, timed_seconds
+from workers import data, models
+from workers.training import BatchStream, make_optimizer, train_epoch
+
+SOURCE_PX = 32  # the small-image targets (CIFAR, SVHN, …) are stored at 32 px, uint8
+TARGET = 0.9  # issue 16: the full step at >= 0.9 of the model-only step (on GPU)
+
+
+@dataclass(frozen=True)
+class Config:
+    arch: str
+    size: int
+    batch: int
+
+
+def configs(device: torch.device, quick: bool) -> list[Config]:
+    if device.type == "cuda":
+        return [Config("resnet50", 224, 128)]
+    return [Config("tiny_resnet", 32, 64), Config("resnet50", 64, 8 if quick else 16)]
+
+
+def uint8_set(images: int, seed: int = 0) -> data.ImageSet:
+    """A CIFAR-like in-memory set: uint8 RGB at 32 px, 10 classes (random pixels: speed does not care)."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (images, 3, SOURCE_PX, SOURCE_PX), generator=generator, dtype=torch.uint8)
+    return data.ImageSet("bench-uint8", [i % 10 for i in range(images)], 10, 3, data=pixels)
+
+
+def student(arch: str, blocks: int, device: torch.device) -> tuple[models.Classifier, torch.optim.Optimizer]:
+    """As the transfer kernel builds it: the last `blocks` blocks + head trainable, channels-last on GPU."""
+    torch.manual_seed(0)
+    model = models.build_model(arch, 10)
+    models.set_trainable_blocks(model, blocks)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], 0.01, 0.9, 5e-4)
+    return model, optimizer
+
+
+def stream(ds: data.ImageSet, config: Config, device: torch.device, new: bool) -> BatchStream:
+    """The kernel's batch stream; old: batches made on the CPU, new: on `device` (make_train_loader)."""
+    where = device if new else torch.device("cpu")
+    return BatchStream(lambda seed: data.make_train_loader(ds, range(len(ds)), config.batch, config.size, seed=seed,
+                                                           device=where), seed=0)
+
+
+def on_device(batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+              device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for x, y in batches:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+@dataclass
+class Row:
+    blocks: int
+    data_old: float
+    data_new: float
+    model: float
+    full_old: float
+    full_new: float
+
+
+def measure(config: Config, blocks: int, steps: int, device: torch.device) -> Row:
+    ds = uint8_set(config.batch * (steps + 2))
+    images = config.batch * steps
+    model, optimizer = student(config.arch, blocks, device)
+    streams = {new: stream(ds, config, device, new) for new in (False, True)}
+
+    def data_rate(new: bool) -> float:
+        seconds = timed_seconds(lambda: [x.sum() for x, _ in on_device(streams[new].loader(0, steps), device)], device)
+        return images / seconds
+
+    def step_rate(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        seconds = timed_seconds(lambda: train_epoch(model, batches, optimizer, None, step=0, device=device), device)
+        return images / seconds
+
+    fixed = [(x.to(device), y.to(device)) for x, y in streams[True].loader(0, steps)]
+    step_rate(fixed[:2])  # warm-up: allocator, autotuning, the set's one copy to the device
+    data_rate(True)
+    return Row(blocks, data_rate(False), data_rate(True), step_rate(fixed),
+               step_rate(streams[False].loader(0, steps)), step_rate(streams[True].loader(0, steps)))
+
+
+def profile_full_step(config: Config, blocks: int, steps: int, device: torch.device, rows: int = 12) -> None:
+    """The top ops (self time) of the new full step: where the time goes when the ratio misses TARGET."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ds = uint8_set(config.batch * steps)
+    model, optimizer = student(config.arch, blocks, device)
+    batches = stream(ds, config, device, True)
+    train_epoch(model, batches.loader(0, 1), optimizer, None, step=0, device=device)  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        train_epoch(model, batches.loader(1, steps - 1), optimizer, None, step=0, device=device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nprofile: {config.arch} {config.size} px, blocks={blocks}, new full step ({steps - 1} batches)")
+    print(prof.key_averages().table(sort_by=sort, row_limit=rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer steps and a smaller ResNet-50 batch on CPU")
+    parser.add_argument("--steps", type=int, default=None, help="timed batches per measurement")
+    parser.add_argument("--blocks", type=int, nargs="+", default=[0, 1, 3, 9])
+    parser.add_argument("--profile", action="store_true", help="profile the full step where full/model < 0.9")
+    args = parser.parse_args()
+    device = default_device()
+    torch.backends.cudnn.benchmark = True
+    steps = args.steps or (4 if args.quick else (20 if device.type == "cuda" else 8))
+    dtype = "bf16 autocast, channels-last" if device.type == "cuda" else "fp32"
+    print(f"device: {device_name(device)}; {dtype}; source images uint8 {SOURCE_PX} px; {steps} timed batches")
+    if device.type == "cpu":
+        print("(CPU: old and new are the same code path; compare full/model-only)")
+    header = (f"{'arch':>11} {'px':>4} {'batch':>5} {'blocks':>6} | {'data old':>9} {'data new':>9} | "
+              f"{'model':>8} | {'full old':>8} {'full new':>8} | {'old/model':>9} {'new/model':>9}")
+    to_profile: list[tuple[Config, int]] = []
+    for config in configs(device, args.quick):
+        print(header)
+        block_count = len(models.residual_block_names(models.build_model(config.arch, 10)))
+        for requested in args.blocks:
+            blocks = min(requested, block_count)  # tiny_resnet has 8 blocks: 9 means all of them
+            row = measure(config, blocks, steps, device)
+            old_ratio, new_ratio = row.full_old / row.model, row.full_new / row.model
+            print(f"{config.arch:>11} {config.size:>4} {config.batch:>5} {blocks:>6} | {row.data_old:9.0f} "
+                  f"{row.data_new:9.0f} | {row.model:8.0f} | {row.full_old:8.0f} {row.full_new:8.0f} | "
+                  f"{old_ratio:9.2f} {new_ratio:9.2f}", flush=True)
+            if new_ratio < TARGET and not any(c == config for c, _ in to_profile):
+                to_profile.append((config, blocks))
+    print(f"headline: full step / model-only step, old path and new path (target >= {TARGET} on GPU): see the "
+          "last two columns")
+    if args.profile:
+        for config, blocks in to_profile:
+            profile_full_step(config, blocks, steps, device)
+
+
+if __name__ == "__main__":
+    main()

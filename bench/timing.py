@@ -1,0 +1,48 @@
+"""The one timing loop of bench/: warm-up, device synchronisation, images per second; and the device's name."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; the CPU needs nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def images_per_second(step: Callable[[], object], images_per_step: int, steps: int, device: torch.device,
+                      warmup: int = 3) -> float:
+    """Throughput of `step` (which processes images_per_step images) over `steps` timed calls after
+    `warmup` untimed ones (allocator, cuDNN autotuning, lazy init)."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return images_per_step * steps / (time.perf_counter() - started)
+
+
+def timed_seconds(run: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call of `run`, the device's queue drained before and after."""
+    synchronize(device)
+    started = time.perf_counter()
+    run()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads, {platform.machine()})"
