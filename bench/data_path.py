@@ -7,7 +7,7 @@ and moves them (the path before issue 16); "new" keeps the uint8 set on the trai
 batches there. On a CPU both are the same code (there is no other device), so the CPU figure that
 matters is full / model-only: how much of the step the data path costs.
 
-    python bench/data_path.py --quick            # CPU: tiny_resnet 32 px and ResNet-50 at 64 px (< 1 min)
+    python bench/data_path.py --quick            # CPU (1 thread): tiny_resnet 32 px and ResNet-50 at 64 px
     python bench/data_path.py --profile          # + the top ops of a full step whose ratio misses 0.9
     python bench/data_path.py                    # on a GPU: ResNet-50 224 px, bf16, channels-last
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.timing import default_device, device_name, timed_seconds
+from bench.timing import best_of, default_device, device_name, timed_seconds, use_threads
 from workers import data, models
 from workers.training import BatchStream, make_optimizer, train_epoch
 
@@ -38,7 +38,7 @@ class Config:
 def configs(device: torch.device, quick: bool) -> list[Config]:
     if device.type == "cuda":
         return [Config("resnet50", 224, 128)]
-    return [Config("tiny_resnet", 32, 64), Config("resnet50", 64, 8 if quick else 16)]
+    return [Config("tiny_resnet", 32, 32), Config("resnet50", 64, 4 if quick else 8)]
 
 
 def uint8_set(images: int, seed: int = 0) -> data.ImageSet:
@@ -73,17 +73,9 @@ def on_device(batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-@dataclass
-class Row:
-    blocks: int
-    data_old: float
-    data_new: float
-    model: float
-    full_old: float
-    full_new: float
-
-
-def measure(config: Config, blocks: int, steps: int, device: torch.device) -> Row:
+def measure(config: Config, blocks: int, steps: int, rounds: int, device: torch.device) -> dict[str, float]:
+    """images/s: data_old, data_new (the data path alone), model (the step alone), full_old, full_new;
+    each the best of `rounds` interleaved rounds."""
     ds = uint8_set(config.batch * (steps + 2))
     images = config.batch * steps
     model, optimizer = student(config.arch, blocks, device)
@@ -98,14 +90,17 @@ def measure(config: Config, blocks: int, steps: int, device: torch.device) -> Ro
         return images / seconds
 
     fixed = [(x.to(device), y.to(device)) for x, y in streams[True].loader(0, steps)]
-    step_rate(fixed[:2])  # warm-up: allocator, autotuning, the set's one copy to the device
+    step_rate(fixed[:1])  # warm-up: allocator, autotuning, the set's one copy to the device
     data_rate(True)
-    return Row(blocks, data_rate(False), data_rate(True), step_rate(fixed),
-               step_rate(streams[False].loader(0, steps)), step_rate(streams[True].loader(0, steps)))
+    return best_of(rounds, lambda: {
+        "data_old": data_rate(False), "data_new": data_rate(True), "model": step_rate(fixed),
+        "full_old": step_rate(streams[False].loader(0, steps)), "full_new": step_rate(streams[True].loader(0, steps)),
+    })
 
 
 def profile_full_step(config: Config, blocks: int, steps: int, device: torch.device, rows: int = 12) -> None:
-    """The top ops (self time) of the new full step: where the time goes when the ratio misses TARGET."""
+    """The top ops (self time) of the new full step, and the data path's share of it: where the time goes
+    when full/model misses TARGET."""
     from torch.profiler import ProfilerActivity, profile
 
     ds = uint8_set(config.batch * steps)
@@ -115,24 +110,35 @@ def profile_full_step(config: Config, blocks: int, steps: int, device: torch.dev
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         train_epoch(model, batches.loader(1, steps - 1), optimizer, None, step=0, device=device)
+    events = prof.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    # the loader's __next__ (fetch, resize, augment) is one profiler range in train_epoch's loop
+    fetch = sum(event.cpu_time_total for event in events if event.key.startswith("enumerate(DataLoader)"))
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(f"\nprofile: {config.arch} {config.size} px, blocks={blocks}, new full step ({steps - 1} batches)")
-    print(prof.key_averages().table(sort_by=sort, row_limit=rows))
+    print(f"\nprofile: {config.arch} {config.size} px, blocks={blocks}, new full step ({steps - 1} batches): "
+          f"the data path (DataLoader __next__) is {fetch / max(total, 1):.0%} of the step's CPU time")
+    print(events.table(sort_by=sort, row_limit=rows))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer steps and a smaller ResNet-50 batch on CPU")
+    parser.add_argument("--quick", action="store_true", help="fewer steps and rounds, a smaller ResNet-50 batch")
     parser.add_argument("--steps", type=int, default=None, help="timed batches per measurement")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds; the best counts")
     parser.add_argument("--blocks", type=int, nargs="+", default=[0, 1, 3, 9])
+    parser.add_argument("--threads", type=int, default=1, help="CPU: torch threads (1, as a CPU trial)")
     parser.add_argument("--profile", action="store_true", help="profile the full step where full/model < 0.9")
     args = parser.parse_args()
     device = default_device()
+    use_threads(device, args.threads)
     torch.backends.cudnn.benchmark = True
-    steps = args.steps or (4 if args.quick else (20 if device.type == "cuda" else 8))
-    dtype = "bf16 autocast, channels-last" if device.type == "cuda" else "fp32"
-    print(f"device: {device_name(device)}; {dtype}; source images uint8 {SOURCE_PX} px; {steps} timed batches")
-    if device.type == "cpu":
+    gpu = device.type == "cuda"
+    steps = args.steps or (20 if gpu else 2 if args.quick else 4)
+    rounds = args.rounds or (3 if gpu else 2)
+    dtype = "bf16 autocast, channels-last" if gpu else "fp32"
+    print(f"device: {device_name(device)}; {dtype}; source images uint8 {SOURCE_PX} px; {steps} timed batches, "
+          f"best of {rounds} rounds")
+    if not gpu:
         print("(CPU: old and new are the same code path; compare full/model-only)")
     header = (f"{'arch':>11} {'px':>4} {'batch':>5} {'blocks':>6} | {'data old':>9} {'data new':>9} | "
               f"{'model':>8} | {'full old':>8} {'full new':>8} | {'old/model':>9} {'new/model':>9}")
@@ -142,18 +148,17 @@ def main() -> None:
         block_count = len(models.residual_block_names(models.build_model(config.arch, 10)))
         for requested in args.blocks:
             blocks = min(requested, block_count)  # tiny_resnet has 8 blocks: 9 means all of them
-            row = measure(config, blocks, steps, device)
-            old_ratio, new_ratio = row.full_old / row.model, row.full_new / row.model
-            print(f"{config.arch:>11} {config.size:>4} {config.batch:>5} {blocks:>6} | {row.data_old:9.0f} "
-                  f"{row.data_new:9.0f} | {row.model:8.0f} | {row.full_old:8.0f} {row.full_new:8.0f} | "
+            rate = measure(config, blocks, steps, rounds, device)
+            old_ratio, new_ratio = rate["full_old"] / rate["model"], rate["full_new"] / rate["model"]
+            print(f"{config.arch:>11} {config.size:>4} {config.batch:>5} {blocks:>6} | {rate['data_old']:9.0f} "
+                  f"{rate['data_new']:9.0f} | {rate['model']:8.1f} | {rate['full_old']:8.1f} {rate['full_new']:8.1f} | "
                   f"{old_ratio:9.2f} {new_ratio:9.2f}", flush=True)
             if new_ratio < TARGET and not any(c == config for c, _ in to_profile):
                 to_profile.append((config, blocks))
-    print(f"headline: full step / model-only step, old path and new path (target >= {TARGET} on GPU): see the "
-          "last two columns")
+    print(f"headline: full step / model-only step, old and new path (last two columns; target >= {TARGET} on GPU)")
     if args.profile:
         for config, blocks in to_profile:
-            profile_full_step(config, blocks, steps, device)
+            profile_full_step(config, blocks, max(steps, 3), device)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from bench.data_path import uint8_set
-from bench.timing import default_device, device_name, timed_seconds
+from bench.timing import default_device, device_name, timed_seconds, use_threads
 from workers import data, models
 from workers.training import BatchStream, make_optimizer, train_epoch
 
@@ -110,8 +110,10 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, nargs="+", default=[0, 1, 3, 9])
     parser.add_argument("--workers", type=int, default=0, help="the plain loop's DataLoader workers")
     parser.add_argument("--compile", action="store_true", help="also time the kernel step with torch.compile")
+    parser.add_argument("--threads", type=int, default=1, help="CPU: torch threads (1, as a CPU trial)")
     args = parser.parse_args()
     device = default_device()
+    use_threads(device, args.threads)
     gpu = device.type == "cuda"
     arch = args.arch or ("resnet50" if gpu else "tiny_resnet")
     size, batch = args.size or (224 if gpu else 32), args.batch or (128 if gpu else 64)

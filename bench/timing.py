@@ -38,6 +38,22 @@ def timed_seconds(run: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - started
 
 
+def best_of(rounds: int, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Each key's best value over `rounds` calls of `measure` (all its measurements interleaved per round,
+    so a slow spell of a shared machine hits every side alike, and the best round is the least disturbed)."""
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for key, value in measure().items():
+            best[key] = max(best.get(key, value), value)
+    return best
+
+
+def use_threads(device: torch.device, threads: int) -> None:
+    """CPU runs use `threads` torch threads (1: as a CPU trial with --cpus-per-trial 1 runs)."""
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
