@@ -67,7 +67,7 @@ def flops_per_image(run: Callable[[], object], images: int) -> float:
     """FLOPs of one call of `run` (matmuls and convolutions, forward and backward) per image."""
     with FlopCounterMode(display=False) as counter:
         run()
-    return counter.get_total_flops() / images
+    return float(counter.get_total_flops()) / images
 
 
 def suite(config: Config, blocks_list: Iterable[int], steps: int, device: torch.device,
