@@ -26,7 +26,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.data_path import Config, on_device, stream, student, uint8_set
-from bench.timing import default_device, device_name, timed_seconds
+from bench.timing import default_device, device_name, timed_seconds, use_threads
+from orchestrator.plan.cost import THROUGHPUT_COLUMNS
 from workers import data, models
 from workers.kernels.common import GPU_EVAL_BATCH_FACTOR
 from workers.training import evaluate, train_epoch
@@ -37,7 +38,6 @@ BF16_PEAK_TFLOPS: dict[str, float] = {"H200": 989.4, "H100": 989.4, "A100": 312.
                                       "A10": 125.0, "RTX 4090": 165.2, "V100": 125.0}
 COLUMNS = ["measurement", "arch", "size", "blocks", "batch", "images_per_s", "gflop_per_image", "achieved_tflops",
            "peak_tflops", "peak_fraction", "peak_mem_mib", "device"]
-THROUGHPUT_COLUMNS = ["arch", "input_size", "blocks", "train_images_per_s", "eval_images_per_s", "device", "source"]
 
 
 def peak_tflops(device: torch.device, override: float | None) -> float:
@@ -149,7 +149,8 @@ def main() -> None:
     device = default_device()
     torch.backends.cudnn.benchmark = True
     if args.smoke:
-        configs, blocks, steps = [Config("tiny_resnet", 16, 8)], [0, 9], args.steps or 2
+        use_threads(device, 1)
+        configs, blocks, steps = [Config("tiny_resnet", 16, 8)], [0, 9], args.steps or 1
     else:
         configs, blocks, steps = [Config("resnet50", 224, 128)], [0, 1, 3, 9], args.steps or 20
     peak = peak_tflops(device, args.peak_tflops)
@@ -158,7 +159,7 @@ def main() -> None:
     rows = [row for config in configs for row in suite(config, blocks, steps, device, peak)]
     write_csv(args.out, COLUMNS, rows)
     plan_rows = args.out.with_suffix(".throughput.csv")
-    write_csv(plan_rows, THROUGHPUT_COLUMNS, throughput_rows(rows, dtype))
+    write_csv(plan_rows, list(THROUGHPUT_COLUMNS), throughput_rows(rows, dtype))
     print(f"table: {args.out}; rtgrid plan rows (orchestrator/plan/throughput.csv columns): {plan_rows}")
 
 

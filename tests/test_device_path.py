@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from image_folder import write_image_folder
 from torchvision.transforms.v2 import functional as TF
 
+from orchestrator.plan.cost import read_throughput
 from workers import data
 from workers.context import KernelContext
 from workers.data.decode_cache import DecodedImageCache
@@ -243,7 +244,7 @@ def test_gpu_suite_smoke_run_writes_its_table(tmp_path: Path) -> None:
         assert float(row["peak_fraction"]) == 0.0  # a CPU has no bf16 peak in the table: unknown, not invented
         if not row["measurement"].startswith("data_"):  # the data path runs no matmul or convolution
             assert float(row["gflop_per_image"]) > 0
-    with table.with_suffix(".throughput.csv").open() as handle:
-        plan_rows = list(csv.DictReader(handle))
-    assert [r["blocks"] for r in plan_rows] == ["0", "8"]
-    assert all(float(r["train_images_per_s"]) > 0 and "bench/gpu_suite.sh" in r["source"] for r in plan_rows)
+    plan_rows = read_throughput(table.with_suffix(".throughput.csv"))  # as `rtgrid plan --throughput` reads it
+    for blocks in ("0", "8"):
+        row = plan_rows[("tiny_resnet", 16, blocks)]
+        assert row.train_images_per_s > 0 and row.eval_images_per_s > 0 and "bench/gpu_suite.sh" in row.source
