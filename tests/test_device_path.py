@@ -25,9 +25,11 @@ import torch.nn.functional as F
 from image_folder import write_image_folder
 from torchvision.transforms.v2 import functional as TF
 
+from orchestrator.errors import UserError
 from orchestrator.plan.cost import read_throughput
+from orchestrator.run.runner import RunOptions, worker_settings
 from workers import data
-from workers.context import KernelContext
+from workers.context import GPU_DATA_WORKERS, GPU_DECODE_CACHE_MB, KernelContext
 from workers.data.decode_cache import DecodedImageCache
 from workers.kernels import run_transfer
 
@@ -224,6 +226,21 @@ def test_photo_loader_with_workers_and_cache_gives_the_same_batches(tmp_path: Pa
     assert loader.num_workers == 2 and not loader.pin_memory  # pinned only for a CUDA device
     for (a, ya), (b, yb) in zip(plain, list(loader), strict=True):
         assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
+# ------------------------------------------------------------------------------------- runtime settings
+
+
+def test_data_path_settings_travel_from_the_run_options_to_the_kernel() -> None:
+    settings = worker_settings(RunOptions(gpus_per_trial=1.0, data_workers=3, decode_cache_mb=64.0), "artifacts")
+    assert (settings.device, settings.data_workers, settings.decode_cache_mb) == ("cuda", 3, 64.0)
+    explicit = KernelContext(device="cuda", data_workers=3, decode_cache_mb=64.0)
+    assert (explicit.loader_workers(), explicit.loader_cache_mb()) == (3, 64.0)
+    assert (KernelContext(device="cuda").loader_workers(), KernelContext(device="cuda").loader_cache_mb()) == \
+        (GPU_DATA_WORKERS, GPU_DECODE_CACHE_MB)
+    assert (KernelContext().loader_workers(), KernelContext().loader_cache_mb()) == (0, 0)  # CPU: as before
+    with pytest.raises(UserError, match="--decode-cache-mb -1"):
+        RunOptions(decode_cache_mb=-1.0)
 
 
 # ------------------------------------------------------------------------------------- the GPU suite
