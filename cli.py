@@ -289,6 +289,12 @@ def run_options(func: F) -> F:
                      help="Retries per spec."),
         click.option("--pack-size", type=click.IntRange(min=1), default=None,
                      help="Specs per Tune trial (default: automatic)."),
+        click.option("--data-workers", type=click.IntRange(min=0), default=None,
+                     help="DataLoader workers decoding photo datasets, per trial (default: none on CPU, a few "
+                          "on GPU; in-memory sets are batched on the training device)."),
+        click.option("--decode-cache-mb", type=click.FloatRange(min=0), default=None,
+                     help="MiB of decoded photos each loader worker keeps (default: none on CPU; on GPU the "
+                          "workers' default, GPU_DECODE_CACHE_MB in workers/context.py)."),
         click.option("--download", is_flag=True, help="Allow torchvision to download missing datasets."),
         click.option("--quiet", is_flag=True, help="No progress bar; one summary line."),
         click.option("--worker-logs", is_flag=True,

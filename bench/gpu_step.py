@@ -11,16 +11,16 @@ the input, so autograd records nothing before the first trainable block.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
 
+from bench.timing import default_device, device_name, images_per_second
 from workers import models
 from workers.training import device_autocast
 
 
-def images_per_second(blocks: int, fast: bool, batch: int, size: int, steps: int, device: torch.device) -> float:
+def step_rate(blocks: int, fast: bool, batch: int, size: int, steps: int, device: torch.device) -> float:
     torch.manual_seed(0)
     model = models.build_model("resnet50", 1000)
     models.replace_head(model, 10, init="normal")
@@ -42,16 +42,7 @@ def images_per_second(blocks: int, fast: bool, batch: int, size: int, steps: int
         loss.backward()
         optimizer.step()
 
-    for _ in range(3):  # warm-up: cuDNN autotuning, allocator
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - started)
+    return images_per_second(step, batch, steps, device)  # warm-up first: cuDNN autotuning, allocator
 
 
 def main() -> None:
@@ -60,13 +51,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     torch.backends.cudnn.benchmark = True
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    name = device_name(device)
     print(f"device: {name}; ResNet-50, batch {args.batch}, {args.size} px, {args.steps} timed steps")
     for blocks in (0, 3, 9, 16):
-        plain = images_per_second(blocks, False, args.batch, args.size, args.steps, device)
-        fast = images_per_second(blocks, True, args.batch, args.size, args.steps, device)
+        plain = step_rate(blocks, False, args.batch, args.size, args.steps, device)
+        fast = step_rate(blocks, True, args.batch, args.size, args.steps, device)
         print(f"blocks={blocks:>2}: fp32 {plain:8.0f} img/s   bf16+channels-last {fast:8.0f} img/s   "
               f"ratio {fast / plain:.2f}x")
 

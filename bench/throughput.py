@@ -9,12 +9,11 @@ BN; evaluation under no_grad). Prints CSV rows to paste into the table or pass t
 from __future__ import annotations
 
 import argparse
-import platform
-import time
 
 import torch
 from torch import nn
 
+from bench.timing import default_device, device_name, images_per_second
 from workers import models
 
 
@@ -38,22 +37,9 @@ def rates(arch: str, blocks: int, batch: int, size: int, steps: int, device: tor
         with torch.no_grad():
             model(images)
 
-    def timed(step: object) -> float:
-        assert callable(step)
-        for _ in range(3):  # warm-up
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        for _ in range(steps):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return batch * steps / (time.perf_counter() - started)
-
-    train = timed(train_step)
+    train = images_per_second(train_step, batch, steps, device)
     model.eval()
-    return train, timed(eval_step)
+    return train, images_per_second(eval_step, batch, steps, device)
 
 
 def main() -> None:
@@ -64,11 +50,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--blocks", type=int, nargs="+", default=[3, 8])
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name()
-    else:
-        name = f"CPU ({torch.get_num_threads()} threads, {platform.machine()})"
+    device = default_device()
+    name = device_name(device)
     for blocks in args.blocks:
         train, evaluation = rates(args.arch, blocks, args.batch, args.size, args.steps, device)
         print(f'{args.arch},{args.size},{blocks},{train:.0f},{evaluation:.0f},"{name}, fp32",'

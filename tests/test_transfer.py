@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from image_folder import write_image_folder
 
 from workers import catalog, data, models
 from workers.context import KernelContext
@@ -51,7 +52,8 @@ def make_spec(method: str, source: str | None, **overrides: Any) -> dict[str, An
     return spec
 
 
-def run(spec: dict[str, Any], source: str | None, tmp_path: Path, resume: dict | None = None):
+def run(spec: dict[str, Any], source: str | None, tmp_path: Path, resume: dict | None = None, **runtime: Any):
+    """run_transfer's reports, final answer and saved states; runtime: KernelContext's data-path settings."""
     reports: list[tuple[int, dict[str, float]]] = []
     states: list[dict[str, Any]] = []
 
@@ -62,7 +64,7 @@ def run(spec: dict[str, Any], source: str | None, tmp_path: Path, resume: dict |
         states.append(torch.load(buffer, weights_only=True))
 
     ctx = KernelContext(artifacts_dir=str(tmp_path / "artifacts"), source_path=source, resume_state=resume,
-                        save_state=save)
+                        save_state=save, **runtime)
     final = run_transfer(spec, ctx, lambda epoch, metrics: reports.append((epoch, dict(metrics))))
     return reports, final, states
 
@@ -84,20 +86,32 @@ def test_finetune_reports_eval_epochs_and_is_deterministic(source: str, tmp_path
     assert without_time(again) == without_time(reports) and final_again == final
 
 
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An ImageFolder of PNGs of varying sizes: a set decoded on demand, like the Renofeation photos."""
+    return write_image_folder(tmp_path_factory.mktemp("photos"))
+
+
 @pytest.mark.parametrize(
-    ("method", "overrides", "resume_after"),
+    ("method", "overrides", "resume_after", "runtime"),
     [
-        ("finetune", {"epochs": 3, "params": {"iterations_per_epoch": 3, "schedule": "cosine"}}, 1),
-        ("renofeation", {"epochs": 2, "params": {"lambda_feat": 1.0, "swa_epochs": 2, "swa_every": 2}}, 3),
+        ("finetune", {"epochs": 3, "params": {"iterations_per_epoch": 3, "schedule": "cosine"}}, 1, {}),
+        ("renofeation", {"epochs": 2, "params": {"lambda_feat": 1.0, "swa_epochs": 2, "swa_every": 2}}, 3, {}),
+        # decoded photos: the resumed run has loader workers and their decoded-image caches, the
+        # uninterrupted one neither (runtime settings, not spec params: the results must not change)
+        ("finetune", {"epochs": 3, "dataset": "photos", "params": {"augment": "renofeation", "batch_size": 4}}, 1,
+         {"data_workers": 2, "decode_cache_mb": 1}),
     ],
 )
 def test_resume_gives_the_uninterrupted_result(
-    source: str, tmp_path: Path, method: str, overrides: dict, resume_after: int
+    source: str, photos: str, tmp_path: Path, method: str, overrides: dict, resume_after: int, runtime: dict
 ) -> None:
+    if overrides.get("dataset") == "photos":
+        overrides = {**overrides, "dataset": photos, "subset_size": None}
     spec = make_spec(method, source, **overrides)
     reports, final, states = run(spec, source, tmp_path)
     total = len(reports)
-    resumed_reports, resumed_final, _ = run(spec, source, tmp_path, resume=states[resume_after - 1])
+    resumed_reports, resumed_final, _ = run(spec, source, tmp_path, resume=states[resume_after - 1], **runtime)
     assert without_time(resumed_reports) == without_time(reports[resume_after:])
     assert resumed_final == final
     # a state saved after the last epoch only replays the final answer

@@ -51,6 +51,8 @@ class WorkerSettings:
     checkpoint_interval_s: float = 300.0  # long trials checkpoint at eval epochs this often
     flush_interval_s: float = 0.25  # events of quick specs travel together, one report per interval
     diagnostics: Diagnostics | None = None  # tests and benchmarks only; None in production
+    data_workers: int | None = None  # KernelContext.data_workers (None: the device's default)
+    decode_cache_mb: float | None = None  # KernelContext.decode_cache_mb (None: the device's default)
 
 
 # --- events -------------------------------------------------------------------------------------

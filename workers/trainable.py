@@ -247,6 +247,8 @@ class PackRunner:
                 source_path=item.source_path,
                 resume_state=state,
                 save_state=save_state,
+                data_workers=settings.data_workers,
+                decode_cache_mb=settings.decode_cache_mb,
             )
             started = time.time()
             try:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from workers import catalog
 from workers.errors import KernelInputError
@@ -164,6 +164,19 @@ def make_lr_schedule(name: str, base_lr: float, epochs: int, iterations_per_epoc
 # ---------------------------------------------------------------------------------------------- batches
 
 
+class _PlanWindow(Sampler[Any]):
+    """The plan items of the batches a persistent loader serves next (BatchStream.loader sets them)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self.items))
+
+
 class BatchStream:
     """A deterministic, random-access stream of training batches: pass p over the data is the loader
     `make_pass_loader(derive_seed(seed, "pass", p))` (its own shuffle and augmentation seeds).
@@ -183,6 +196,8 @@ class BatchStream:
             raise KernelInputError("the training set is empty")
         self._plans: dict[int, list[Any]] = {}
         self._template = first
+        self._window = _PlanWindow()
+        self._persistent: DataLoader[Any] | None = None
 
     def _plan(self, pass_index: int) -> list[Any]:
         if pass_index not in self._plans:
@@ -203,12 +218,21 @@ class BatchStream:
         return items
 
     def loader(self, first_batch: int, count: int) -> DataLoader[Any]:
-        """Batches first_batch .. first_batch+count-1 of the endless stream."""
+        """Batches first_batch .. first_batch+count-1 of the endless stream. Iterate it before asking
+        for the next one: with loader workers the same loader is returned, over the new items."""
         template = self._template
         items = self.plan_items(first_batch, count)
+        if template.batch_size is None and template.num_workers > 0:
+            # One loader for the stream's life: its workers (and their decoded-image caches) persist,
+            # and each iteration reads the window's current items in the main process.
+            if self._persistent is None:
+                self._persistent = DataLoader(template.dataset, sampler=self._window, batch_size=None,
+                                              num_workers=template.num_workers, pin_memory=template.pin_memory,
+                                              persistent_workers=True)
+            self._window.items = items
+            return self._persistent
         if template.batch_size is None:
-            return DataLoader(template.dataset, sampler=items, batch_size=None,
-                              num_workers=template.num_workers, pin_memory=template.pin_memory)
+            return DataLoader(template.dataset, sampler=items, batch_size=None, pin_memory=template.pin_memory)
         return DataLoader(template.dataset, batch_sampler=items, num_workers=template.num_workers,
                           pin_memory=template.pin_memory, collate_fn=template.collate_fn)
 
@@ -310,11 +334,12 @@ def train_epoch(
     )
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: str | torch.device
 ) -> tuple[float, float]:
-    """(top-1 accuracy fraction, mean cross-entropy) in eval mode; the model's mode is restored."""
+    """(top-1 accuracy fraction, mean cross-entropy) in eval mode, under inference_mode (bf16 autocast on
+    GPU: device_autocast); the model's mode is restored."""
     device = torch.device(device)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)

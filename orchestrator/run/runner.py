@@ -68,6 +68,8 @@ class RunOptions:
     flush_interval_s: float = 0.25  # a worker sends the events of quick specs together, this often
     stale_after_s: float = 120.0  # a claim or running trial without a heartbeat this long is abandoned
     diagnostics: Diagnostics | None = None  # tests and benchmarks only (no-op kernel, fault injection)
+    data_workers: int | None = None  # loader workers decoding photo sets per trial; None: the device's default
+    decode_cache_mb: float | None = None  # each loader worker's decoded-image cache; None: the device's default
 
     def __post_init__(self) -> None:
         """Refuse values that would hang or misbehave (negative, NaN, infinite) before anything runs."""
@@ -88,6 +90,8 @@ _LIMITS: tuple[tuple[str, str, float, bool, str], ...] = (
     ("max_concurrent", "--max-concurrent", 1.0, False, "trials running at once"),
     ("max_failures", "--max-failures", 0.0, False, "retries per spec"),
     ("pack_size", "--pack-size", 1.0, False, "specs per Tune trial"),
+    ("data_workers", "--data-workers", 0.0, False, "loader workers per trial"),
+    ("decode_cache_mb", "--decode-cache-mb", 0.0, False, "MiB of decoded images per loader worker"),
     ("stale_after_s", "--stale-after", 0.0, False,
      "seconds without a heartbeat before another driver's claim counts as abandoned; 0 = at once"),
     ("checkpoint_interval_s", "checkpoint_interval_s", 0.0, False, "seconds between resume checkpoints"),
@@ -275,6 +279,8 @@ def worker_settings(options: RunOptions, artifacts: str) -> WorkerSettings:
         checkpoint_interval_s=options.checkpoint_interval_s,
         flush_interval_s=options.flush_interval_s,
         diagnostics=diagnostics_of(options),
+        data_workers=options.data_workers,
+        decode_cache_mb=options.decode_cache_mb,
     )
 
 

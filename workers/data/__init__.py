@@ -4,7 +4,8 @@ registry: the loader of each catalog dataset name (LOADERS), loading a split by 
 renofeation, embedded: where splits come from; transforms: resize and the augmentation recipes (RECIPES);
 loaders: subsets and batch loaders; ood: OOD sets.
 In-memory sets keep one uint8/float tensor so that loaders fetch and augment whole batches at once
-(the same augmentation family as REFERENCE C, drawn per image, vectorised per batch).
+(the same augmentation family as REFERENCE C, drawn per image, vectorised per batch), on the training
+device when it is not the CPU (ImageSet.on; the random draws stay on the CPU generator).
 """
 
 from workers.data.embedded import generate_synthetic, synthetic_classes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from workers import catalog
 from workers.data.imageset import ImageSet
-from workers.data.transforms import RECIPES
+from workers.data.transforms import BATCHED_RECIPES, RECIPES
 from workers.errors import KernelInputError
 
 
@@ -88,7 +89,8 @@ class _BatchPlan(Sampler[tuple[int | None, list[int]]]):
 
 
 class _BatchFetcher(Dataset[tuple[Tensor, Tensor]]):
-    """Turns a planned batch into (images B×C×S×S in [0,1], labels) with optional augmentation."""
+    """Turns a planned batch into (images B×C×S×S in [0,1], labels) with optional augmentation, on the
+    device that holds the source's data (labels too)."""
 
     def __init__(self, source: ImageSet, input_size: int, augment: bool, recipe: str = "utrera") -> None:
         transform = RECIPES.get(catalog.check_augment(recipe))
@@ -105,10 +107,30 @@ class _BatchFetcher(Dataset[tuple[Tensor, Tensor]]):
 
     def __getitem__(self, item: tuple[int | None, list[int]]) -> tuple[Tensor, Tensor]:
         aug_seed, indices = item
+        # The generator stays on the CPU whatever the device: device batches use the CPU's random numbers.
         generator = torch.Generator().manual_seed(aug_seed) if self.augment and aug_seed is not None else None
         images = self.transform(self.source, indices, self.input_size, generator)
-        labels = torch.tensor([self.source.targets[i] for i in indices], dtype=torch.long)
+        labels = torch.tensor([self.source.targets[i] for i in indices], dtype=torch.long).to(images.device)
         return images.contiguous(), labels
+
+
+@dataclass(frozen=True)
+class _LoaderSetup:
+    fetcher: _BatchFetcher
+    num_workers: int
+    pin_memory: bool
+
+
+def _setup(ds: ImageSet, input_size: int, augment: bool, recipe: str, device: str | torch.device, num_workers: int,
+           decode_cache_mb: float) -> _LoaderSetup:
+    """Where a loader's batches are made. An in-memory set with a batched recipe on an accelerator: held on
+    it (ImageSet.on) and fetched, resized and augmented there, in this process. Anything else: on the CPU
+    in `num_workers` workers (decoded sets through a per-worker cache), pinned for a CUDA device."""
+    device = torch.device(device)
+    if device.type != "cpu" and ds.data is not None and recipe in BATCHED_RECIPES:
+        return _LoaderSetup(_BatchFetcher(ds.on(device), input_size, augment, recipe), 0, False)
+    source = ds.with_decode_cache(decode_cache_mb)
+    return _LoaderSetup(_BatchFetcher(source, input_size, augment, recipe), num_workers, device.type == "cuda")
 
 
 def make_train_loader(
@@ -119,23 +141,27 @@ def make_train_loader(
     seed: int,
     augment: bool = True,
     num_workers: int = 0,
-    pin_memory: bool = False,
     recipe: str = "utrera",
+    device: str | torch.device = "cpu",
+    decode_cache_mb: float = 0,
 ) -> DataLoader[tuple[Tensor, Tensor]]:
     """Shuffled batches of `indices` (a fresh permutation per pass), deterministic given seed.
 
     Each iteration over the loader is one epoch; iterating again continues the same random stream,
     so an endlessly cycled loader is reproducible too (`loader.sampler.generator` holds the state).
     recipe: the transform family (RECIPES); augment=False gives its test transform.
+    device: the training device (_setup: whether batches are made there); num_workers and
+    decode_cache_mb apply to batches made on the CPU.
     """
     plan = _BatchPlan(indices, batch_size, shuffle=True, seed=seed)
+    setup = _setup(ds, input_size, augment, recipe, device, num_workers, decode_cache_mb)
     return DataLoader(
-        _BatchFetcher(ds, input_size, augment, recipe),
+        setup.fetcher,
         sampler=plan,
         batch_size=None,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
+        num_workers=setup.num_workers,
+        pin_memory=setup.pin_memory,
+        persistent_workers=setup.num_workers > 0,
     )
 
 
@@ -145,16 +171,20 @@ def make_eval_loader(
     batch_size: int,
     input_size: int,
     num_workers: int = 0,
-    pin_memory: bool = False,
     recipe: str = "utrera",
+    device: str | torch.device = "cpu",
+    decode_cache_mb: float = 0,
 ) -> DataLoader[tuple[Tensor, Tensor]]:
     """Batches of `indices` in order with the recipe's test transform: Resize(input_size) (utrera,
-    none) or Resize(input_size·256/224) → CenterCrop(input_size) (renofeation)."""
+    none) or Resize(input_size·256/224) → CenterCrop(input_size) (renofeation). device, num_workers,
+    decode_cache_mb: as make_train_loader."""
     plan = _BatchPlan(indices, batch_size, shuffle=False, seed=None)
+    setup = _setup(ds, input_size, False, recipe, device, num_workers, decode_cache_mb)
     return DataLoader(
-        _BatchFetcher(ds, input_size, augment=False, recipe=recipe),
+        setup.fetcher,
         sampler=plan,
         batch_size=None,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
+        num_workers=setup.num_workers,
+        pin_memory=setup.pin_memory,
+        persistent_workers=setup.num_workers > 0,  # evaluated every eval epoch: workers keep their caches
     )

@@ -21,7 +21,7 @@ def to_float(x: Tensor) -> Tensor:
 
 
 def resize(x: Tensor, size: int) -> Tensor:
-    """Images resized to size×size (antialiased, clamped to [0,1]); unchanged when already that size."""
+    """Images resized to size×size (antialiased, clamped to [0,1]) on x's device; unchanged when already that size."""
     if x.shape[-2:] == (size, size):
         return x
     from torchvision.transforms.v2 import functional as TF
@@ -32,21 +32,26 @@ def resize(x: Tensor, size: int) -> Tensor:
 
 def augment_batch(x: Tensor, generator: torch.Generator) -> Tensor:
     """REFERENCE C train transform after the resize, drawn per image: RandomCrop(pad 4),
-    horizontal flip, ColorJitter(0.25, 0.25, 0.25) in a random order, RandomRotation(2°)."""
+    horizontal flip, ColorJitter(0.25, 0.25, 0.25) in a random order, RandomRotation(2°).
+
+    Runs on x's device. Every random draw comes from the CPU `generator` in a fixed order and only the
+    small draw tensors move to the device, so a device batch uses exactly the random numbers of the
+    CPU batch (and CPU results are those of the all-CPU version, bit for bit)."""
     b, c, h, w = x.shape
+    device = x.device
 
     # RandomCrop(size, padding=4): zero padding, per-image offset in [0, 8].
     padded = F.pad(x, (4, 4, 4, 4))
-    oy = torch.randint(0, 9, (b,), generator=generator)
-    ox = torch.randint(0, 9, (b,), generator=generator)
-    rows = (oy[:, None] + torch.arange(h))[:, :, None]
-    cols = (ox[:, None] + torch.arange(w))[:, None, :]
-    x = padded[torch.arange(b)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    oy = torch.randint(0, 9, (b,), generator=generator).to(device)
+    ox = torch.randint(0, 9, (b,), generator=generator).to(device)
+    rows = (oy[:, None] + torch.arange(h, device=device))[:, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=device))[:, None, :]
+    x = padded[torch.arange(b, device=device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
 
-    flip = torch.rand(b, generator=generator) < 0.5
+    flip = (torch.rand(b, generator=generator) < 0.5).to(device)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
 
-    factors = 0.75 + 0.5 * torch.rand(3, b, 1, 1, 1, generator=generator)
+    factors = (0.75 + 0.5 * torch.rand(3, b, 1, 1, 1, generator=generator)).to(device)
     for op in torch.randperm(3, generator=generator).tolist():
         f = factors[op]
         if op == 0:  # brightness
@@ -57,11 +62,12 @@ def augment_batch(x: Tensor, generator: torch.Generator) -> Tensor:
         elif c == 3:  # saturation (a no-op on greyscale, as in torchvision)
             x = (f * x + (1 - f) * _grey(x)).clamp(0, 1)
 
-    # RandomRotation(2): nearest interpolation, zero fill, about the centre.
+    # RandomRotation(2): nearest interpolation, zero fill, about the centre. The b×2×3 matrices are
+    # computed on the CPU (as before), the sampling grid on the device.
     theta = (torch.rand(b, generator=generator) * 4 - 2) * math.pi / 180
     cos, sin = torch.cos(theta), torch.sin(theta)
     zeros = torch.zeros_like(cos)
-    matrix = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
+    matrix = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1).to(device)
     grid = F.affine_grid(matrix, [b, c, h, w], align_corners=False)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
@@ -126,6 +132,9 @@ def resize_batch(ds: ImageSet, indices: Sequence[int], size: int, generator: tor
     return ds.batch(indices, size)
 
 
+# The recipes whose batch is whole-tensor ops on an in-memory set (index, resize, augment_batch): for such a
+# set they run on the training device (loaders.py). The others transform decoded images one at a time.
+BATCHED_RECIPES: frozenset[str] = frozenset({"utrera", "none"})
 # (images, indices, size, augmentation generator or None for the test transform) -> the batch
 RecipeBatch = Callable[["ImageSet", Sequence[int], int, "torch.Generator | None"], Tensor]
 # The one place a transform recipe (catalog.AUGMENT_RECIPES, the `augment` param) maps to its batch transform:

@@ -21,9 +21,14 @@ from workers.training import EpochResult, LRSchedule, evaluate, pack_state, unpa
 LAST_METRICS = ("test_acc", "robust_acc", "ood_acc")
 
 
+# Evaluation batches on a GPU are this many training batches (inference needs no activations kept);
+# on the CPU they stay the training batch, so CPU results are unchanged.
+GPU_EVAL_BATCH_FACTOR = 4
+
+
 @dataclass(frozen=True)
 class KernelData:
-    """A kernel's training subset and its fixed ID (and OOD) evaluation loaders."""
+    """A kernel's training subset and its fixed ID (and OOD) evaluation loaders, made on `device`."""
 
     train_ds: data.ImageSet
     test_ds: data.ImageSet
@@ -33,29 +38,40 @@ class KernelData:
     recipe: str
     test_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]]
     ood_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None
+    robust_loader: DataLoader[tuple[torch.Tensor, torch.Tensor]]  # the test images at the training batch (PGD)
+    device: str = "cpu"
+    data_workers: int = 0
+    decode_cache_mb: float = 0
 
     def pass_loader(self, pass_seed: int) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
         """One augmented, shuffled pass over the training subset (BatchStream's pass factory)."""
         return data.make_train_loader(self.train_ds, self.train_idx, self.batch_size, self.input_size,
-                                      seed=pass_seed, augment=True, recipe=self.recipe)
+                                      seed=pass_seed, augment=True, recipe=self.recipe, device=self.device,
+                                      num_workers=self.data_workers, decode_cache_mb=self.decode_cache_mb)
 
 
 def load_kernel_data(spec: Mapping[str, Any], ctx: KernelContext, params: Mapping[str, Any], seed: int) -> KernelData:
-    """The spec's train split (its subset of `seed`), test split and OOD set, with the eval loaders."""
+    """The spec's train split (its subset of `seed`), test split and OOD set, with the eval loaders, on ctx.device."""
     train_ds = data.load_split(spec["dataset"], True, ctx.data_root, ctx.download, params)
     test_ds = data.load_split(spec["dataset"], False, ctx.data_root, ctx.download, params)
     train_idx = data.subset_indices(train_ds.targets, spec.get("subset_size"), seed)
     batch_size, input_size, eval_images = int(params["batch_size"]), int(params["input_size"]), \
         int(params["eval_images"])
     recipe = data.transform_recipe(spec["dataset"], params["augment"])
-    test_loader = data.make_eval_loader(test_ds, data.eval_indices(len(test_ds), eval_images), batch_size, input_size,
-                                        recipe=recipe)
+    runtime: dict[str, Any] = {"recipe": recipe, "device": ctx.device, "num_workers": ctx.loader_workers(),
+                               "decode_cache_mb": ctx.loader_cache_mb()}
+    eval_batch = batch_size * (GPU_EVAL_BATCH_FACTOR if ctx.on_gpu else 1)
+    test_indices = data.eval_indices(len(test_ds), eval_images)
+    test_loader = data.make_eval_loader(test_ds, test_indices, eval_batch, input_size, **runtime)
+    robust_loader = test_loader if eval_batch == batch_size else \
+        data.make_eval_loader(test_ds, test_indices, batch_size, input_size, **runtime)
     ood_loader = None
     if spec.get("ood"):
         ood_ds = data.load_ood(spec["dataset"], spec["ood"], ctx.data_root, ctx.download, params)
-        ood_loader = data.make_eval_loader(ood_ds, data.eval_indices(len(ood_ds), eval_images), batch_size,
-                                           input_size, recipe=recipe)
-    return KernelData(train_ds, test_ds, train_idx, batch_size, input_size, recipe, test_loader, ood_loader)
+        ood_loader = data.make_eval_loader(ood_ds, data.eval_indices(len(ood_ds), eval_images), eval_batch,
+                                           input_size, **runtime)
+    return KernelData(train_ds, test_ds, train_idx, batch_size, input_size, recipe, test_loader, ood_loader,
+                      robust_loader, ctx.device, ctx.loader_workers(), ctx.loader_cache_mb())
 
 
 def resume(

@@ -209,7 +209,7 @@ def run_source(spec: dict[str, Any], ctx: KernelContext, report: Report) -> dict
     # ---- resume
     start_epoch, last = resume(ctx, model=model, optimizer=optimizer, state_kind=STATE_KIND, total_epochs=epochs)
     robust_acc = _robust_evaluator(threat, int(params["robust_eval_steps"]), float(params["robust_eval_step"]),
-                                   kernel_data.test_loader, device, seed)
+                                   kernel_data.robust_loader, device, seed)
 
     for epoch in range(start_epoch + 1, epochs + 1):
         started = time.perf_counter()

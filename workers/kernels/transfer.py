@@ -396,7 +396,8 @@ def transfer_asr(
     recipe = data.transform_recipe(str(spec["dataset"]), params.get("augment"))
     if recipe != "utrera":
         attack_params["transform"] = recipe  # it shapes the clean images (keys of utrera sets stay as they were)
-    loader = data.make_eval_loader(test_ds, indices, ATTACK_BATCH, input_size, recipe=recipe)
+    loader = data.make_eval_loader(test_ds, indices, ATTACK_BATCH, input_size, recipe=recipe, device=device,
+                                   num_workers=ctx.loader_workers(), decode_cache_mb=ctx.loader_cache_mb())
     source.to(device)
     clean = normalised_images(source, loader)
     labels = torch.tensor([test_ds.targets[i] for i in indices], dtype=torch.long)
