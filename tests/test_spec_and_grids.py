@@ -140,8 +140,8 @@ PRESET_COUNTS = {
     "andreassen2021": 4 * 5 * 2,  # archs x seeds x (pre-trained, random init) = 40
     "smoke": 3 + 3 * 2 * 2 * 2 * 2 + 2 * 5,  # sources + transfers + from-scratch testbed = 61
     # 3 sources + Utrera 2 targets x 3 sources x 2 sizes x 5 seeds + Chin 4 more methods x 2 sizes x 5 seeds
-    # + Andreassen 2 inits x 3 seeds + the testbed 5 sizes x 2 seeds
-    "study": 3 + 2 * 3 * 2 * 5 + 4 * 2 * 5 + 2 * 3 + 5 * 2,
+    # + Andreassen 2 inits x 5 seeds + the testbed 5 sizes x 2 seeds
+    "study": 3 + 2 * 3 * 2 * 5 + 4 * 2 * 5 + 2 * 5 + 5 * 2,
 }
 
 
