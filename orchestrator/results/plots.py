@@ -411,8 +411,10 @@ def plot_study_er(db: ReadOnlyDatabase, experiment: str, blocks: int | None = No
     if baselines:
         caption = "\n".join(textwrap.fill(line, 120, subsequent_indent="    ") for line in baselines)
         figure.supxlabel(caption, x=0.01, ha="left", fontsize="x-small", family="monospace")
-    _label_axes(ax, f"Andreassen et al.: ER during fine-tuning, binned by ID accuracy — {experiment}",
+    # the experiment goes in the figure's title, as in the other study plots: a long name overflowed the axes title
+    _label_axes(ax, "Andreassen et al.: ER during fine-tuning, binned by ID accuracy",
                 "ID test accuracy (%)", "effective robustness (pp)")
+    figure.suptitle(experiment)
     return figure
 
 
